@@ -1,0 +1,129 @@
+"""Pieces shared by the decoders: canvas setup, scores, commit rules, block schedules.
+
+Conventions from decoders.md §0: scores come from the raw logits (temperature only enters the
+Gumbel perturbation of the argmax); confidence and entropy are taken in float64; ties break
+deterministically by (score, then position ascending).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from dleval.models.base import Model
+from dleval.types import Generation, OnStep, Step
+
+NEG_INF = float("-inf")
+
+
+# ---------------------------------------------------------------------------- canvas
+
+
+def make_canvas(
+    model: Model, prompts: Sequence[Sequence[int]], gen_length: int, pad_id: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Left-pad the prompts and append gen_length masks.
+
+    Returns the canvas x (B, P+L), the key padding mask (B, P+L) or None when no row is padded,
+    and P. Left padding keeps every row's generation region at the same absolute offsets, and
+    RoPE attention depends only on relative positions, so a padded row computes the same
+    function as the row alone.
+    """
+    if not prompts:
+        raise ValueError("decode() needs at least one prompt")
+    P = max(len(p) for p in prompts)
+    pad = model.eos_id if pad_id is None else pad_id
+    x = torch.full((len(prompts), P + gen_length), model.mask_id, dtype=torch.long)
+    attention = torch.ones_like(x, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        if len(prompt) < P:
+            x[row, : P - len(prompt)] = pad
+            attention[row, : P - len(prompt)] = False
+        x[row, P - len(prompt) : P] = torch.tensor(list(prompt), dtype=torch.long)
+    if (x[:, :P] == model.mask_id).any():
+        raise ValueError("a prompt contains the mask token id")
+    mask = None if bool(attention.all()) else attention.to(model.device)
+    return x.to(model.device), mask, P
+
+
+def generations(x: torch.Tensor, P: int, commits: list[list[int]], finish: Sequence[str] | str = "length") -> list[Generation]:
+    """Package the canvas rows after the prompt as Generations."""
+    rows = x[:, P:].tolist()
+    finishes = [finish] * len(rows) if isinstance(finish, str) else list(finish)
+    return [Generation(tuple(r), tuple(c), f) for r, c, f in zip(rows, commits, finishes)]
+
+
+def report_step(on_step: OnStep | None, nfe: int, x: torch.Tensor, committed: torch.Tensor) -> None:
+    if on_step is not None:
+        on_step(Step(nfe=nfe, canvas=x.clone(), committed=committed.clone()))
+
+
+# ---------------------------------------------------------------------------- scores
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """argmax of exp(logits) / (-log u)^T in float64 (every reference repo); plain argmax at T=0."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.to(torch.float64)
+    noise = torch.rand_like(logits, dtype=torch.float64)
+    return (logits.exp() / (-torch.log(noise)) ** temperature).argmax(dim=-1)
+
+
+def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)[tokens] in float64; logits (..., V), tokens (...)."""
+    p = torch.softmax(logits.to(torch.float64), dim=-1)
+    return torch.gather(p, -1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """-sum p log(p + 1e-12), natural log, float64 (dParallel, d3LLM)."""
+    p = torch.softmax(logits.to(torch.float64), dim=-1)
+    return -(p * torch.log(p + 1e-12)).sum(dim=-1)
+
+
+def margin(logits: torch.Tensor) -> torch.Tensor:
+    """top-1 minus top-2 of the raw logits (Prophet's exit test), float64."""
+    top = torch.topk(logits.to(torch.float64), 2, dim=-1).values
+    return top[..., 0] - top[..., 1]
+
+
+# ---------------------------------------------------------------------------- commit rules
+
+
+def rank(scores: torch.Tensor) -> torch.Tensor:
+    """Indices that sort each row by score descending, ties by position ascending. scores (B, T)."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices
+
+
+def top_k_mask(scores: torch.Tensor, k: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """Bool (B, T): the k[b] best-scored positions of each row (deterministic ties)."""
+    order = rank(scores)
+    k_t = torch.as_tensor(k, device=scores.device).view(-1, 1)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    return ranks < k_t
+
+
+def threshold_mask(scores: torch.Tensor, candidates: torch.Tensor, accept: torch.Tensor) -> torch.Tensor:
+    """Commit every candidate that `accept`s, and always the best-scored candidate of each row
+    that has one (Fast-dLLM / dParallel "forced top-1"). All (B, T); scores higher is better."""
+    scores = torch.where(candidates, scores, torch.full_like(scores, NEG_INF))
+    best = top_k_mask(scores, [1] * scores.shape[0]) & candidates
+    return (candidates & accept) | best
+
+
+def quota(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
+    """LLaDA's per-step quota (B, steps): floor(n/steps) each, the first n mod steps get one more."""
+    base = mask_count.view(-1, 1) // steps
+    rem = mask_count.view(-1, 1) % steps
+    return base + (torch.arange(steps, device=mask_count.device).view(1, -1) < rem).long()
+
+
+def check_blocks(gen_length: int, block_length: int) -> int:
+    if gen_length <= 0 or block_length <= 0:
+        raise ValueError("gen_length and block_length must be positive")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+    return gen_length // block_length

@@ -1,0 +1,105 @@
+"""LLaDA low-confidence remasking with a fixed per-step quota: the baseline every paper compares to.
+
+Source: Nie et al., "Large Language Diffusion Models" (arXiv 2502.09992); ML-GSAI/LLaDA
+`generate.py` @b7e6c35; spec decoders.md §1.1. Semi-autoregressive blocks of `block_length`,
+`steps / num_blocks` forwards per block, each committing a quota fixed in advance
+(floor(n/s), the first n mod s steps one more) of the most confident masked positions of the
+current block. No EOS stop: the forward count is exactly `steps`.
+
+Matches the reference code, including its quirk in `confidence_eos_eot_inf`: at temperature 0
+the perturbed and raw logits are one tensor, so EOS *and* EoT get confidence 0; at T>0 only
+EoT does (decoders.md §1.1 step 5). Deviations, per the harness conventions (§0.3): the
+confidence softmax is taken in float64 (the reference uses the logits' dtype), and ties break
+by position instead of `torch.topk`'s unspecified order. Batches are left-padded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dleval.decoders import _parts
+from dleval.models.base import Model
+from dleval.types import Generation, OnStep
+
+ALIASES = ("vanilla",)
+BATCHED = True
+
+
+@dataclass(frozen=True)
+class Config:
+    gen_length: int = 256  # decoders.md §9.1: the common baseline of Fast-dLLM/dParallel/d3LLM/Learn2PD/Prophet
+    block_length: int = 32  # same baseline (gen 256, block 32); LLaDA EVAL.md also uses block = gen_length
+    steps: int | None = None  # None = gen_length, one token per forward (the "TPF = 1" baseline)
+    temperature: float = 0.0  # every headline LLaDA number uses T = 0 (§0.3)
+    cfg_scale: float = 0.0  # generate.py default; CFG is used only for likelihood tasks (§1.2)
+    remasking: str = "low_confidence"  # generate.py: "low_confidence" | "random"
+    logits_eos_inf: bool = False  # generate.py flag: EOS can never be produced
+    confidence_eos_eot_inf: bool = False  # generate.py flag: EOS/EoT get confidence 0 (see quirk above)
+
+    def __post_init__(self) -> None:
+        blocks = _parts.check_blocks(self.gen_length, self.block_length)
+        if self.total_steps <= 0 or self.total_steps % blocks:
+            raise ValueError(f"steps ({self.total_steps}) must be a positive multiple of the number of blocks ({blocks})")
+        if self.remasking not in ("low_confidence", "random"):
+            raise ValueError(f"remasking must be 'low_confidence' or 'random', not {self.remasking!r}")
+        if self.temperature < 0 or self.cfg_scale < 0:
+            raise ValueError("temperature and cfg_scale must be >= 0")
+
+    @property
+    def total_steps(self) -> int:
+        return self.gen_length if self.steps is None else self.steps
+
+
+@torch.inference_mode()
+def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None) -> list[Generation]:
+    x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)
+    B, L = cfg.block_length, cfg.gen_length
+    blocks = L // B
+    per_block = cfg.total_steps // blocks
+    prompt_index = torch.zeros_like(x, dtype=torch.bool)
+    prompt_index[:, :P] = True
+    commits: list[list[int]] = [[] for _ in range(x.shape[0])]
+    nfe = 0
+    for b in range(blocks):
+        s, e = P + b * B, P + (b + 1) * B
+        k = _parts.quota((x[:, s:e] == model.mask_id).sum(dim=1), per_block)  # (B, per_block)
+        for i in range(per_block):
+            logits = _forward(model, x, attention, prompt_index, cfg.cfg_scale)[:, s:e]  # (B, B_len, V)
+            nfe += 1
+            if cfg.logits_eos_inf:
+                logits[:, :, model.eos_id] = _parts.NEG_INF
+            x0 = _parts.gumbel_argmax(logits, cfg.temperature)
+            if cfg.confidence_eos_eot_inf:
+                if cfg.temperature == 0:
+                    logits[:, :, model.eos_id] = _parts.NEG_INF
+                if model.eot_id is not None:
+                    logits[:, :, model.eot_id] = _parts.NEG_INF
+            if cfg.remasking == "low_confidence":
+                score = _parts.confidence(logits, x0)
+            else:
+                score = torch.rand(x0.shape, dtype=torch.float64, device=x0.device)
+            masked = x[:, s:e] == model.mask_id
+            score = torch.where(masked, score, torch.full_like(score, _parts.NEG_INF))
+            chosen = _parts.top_k_mask(score, k[:, i]) & masked
+            x[:, s:e] = torch.where(chosen, x0, x[:, s:e])
+            for row, n in enumerate(chosen.sum(dim=1).tolist()):
+                commits[row].append(n)
+            if on_step is not None:
+                full = torch.zeros_like(x, dtype=torch.bool)
+                full[:, s:e] = chosen
+                _parts.report_step(on_step, nfe, x, full)
+    return _parts.generations(x, P, commits)
+
+
+def _forward(model: Model, x: torch.Tensor, attention: torch.Tensor | None, prompt_index: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Logits (B, T, V); with CFG one batched call on [x; x with the prompt masked] (one NFE)."""
+    if cfg_scale <= 0:
+        return model.forward(x, attention_mask=attention).logits
+    un_x = torch.where(prompt_index, torch.full_like(x, model.mask_id), x)
+    mask = None if attention is None else torch.cat([attention, attention])
+    both = model.forward(torch.cat([x, un_x]), attention_mask=mask).logits
+    cond, uncond = both.chunk(2)
+    return uncond + (cfg_scale + 1) * (cond - uncond)

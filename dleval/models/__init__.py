@@ -1,0 +1,176 @@
+"""Load a denoiser and its tokenizer by registry name, local folder or Hugging Face hub id.
+
+`load("tiny")` gives the bundled CPU model; `load("GSAI-ML/LLaDA-8B-Instruct")` or a folder with
+a LLaDA-format `config.json` + safetensors gives the native transformer. Weights are loaded
+onto the meta device and then assigned shard by shard, so an 8B checkpoint never needs twice
+its memory; on CUDA they are cast to bfloat16 as they load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dleval.errors import UserError, did_you_mean
+from dleval.models.base import Counted, ForwardOutput, KVCache, Model
+from dleval.models.llada import LLaDA, LLaDAConfig
+
+__all__ = ["Counted", "ForwardOutput", "KVCache", "Loaded", "Model", "REGISTRY", "load", "resolve"]
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+@dataclass(frozen=True)
+class Entry:
+    source: str  # hub id, or a folder name under dleval/checkpoints
+    description: str
+    bundled: bool = False
+
+
+REGISTRY: dict[str, Entry] = {
+    "tiny": Entry("tiny", "bundled CPU model (~1M params) trained on synth_gsm by `dleval train tiny`", bundled=True),
+    "tiny-dparallel": Entry("tiny-dparallel", "tiny distilled with dParallel certainty forcing", bundled=True),
+    "tiny-d3llm": Entry("tiny-d3llm", "tiny distilled with d3LLM pseudo-trajectories", bundled=True),
+    "llada-8b-instruct": Entry("GSAI-ML/LLaDA-8B-Instruct", "LLaDA-8B-Instruct (Nie et al. 2025)"),
+    "llada-8b-base": Entry("GSAI-ML/LLaDA-8B-Base", "LLaDA-8B-Base"),
+    "llada-1.5": Entry("GSAI-ML/LLaDA-1.5", "LLaDA-1.5 (VRPO-aligned LLaDA-8B)"),
+    "dparallel-llada-8b": Entry("Zigeng/dParallel-LLaDA-8B-instruct", "dParallel-distilled LLaDA-8B-Instruct"),
+    "d3llm-llada": Entry("d3LLM/d3LLM_LLaDA", "d3LLM-distilled LLaDA-8B-Instruct"),
+}
+
+
+@dataclass
+class Loaded:
+    """A model ready for decoding: the denoiser, its tokenizer, and where it came from."""
+
+    model: Model
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    name: str
+    folder: Path
+    fingerprint: str  # sha256 of config.json and the weight files' names and sizes
+    dtype: str
+
+
+def resolve(name: str) -> tuple[str, Path | None]:
+    """(display name, local folder or None when it must come from the hub)."""
+    if name in REGISTRY:
+        entry = REGISTRY[name]
+        if entry.bundled:
+            folder = CHECKPOINTS / entry.source
+            if not (folder / "config.json").is_file():
+                raise UserError(f"the bundled model '{name}' is not in this installation ({folder} is missing)")
+            return name, folder
+        name = entry.source
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise UserError(f"'{name}' is not a model folder: it has no config.json")
+        return str(path), path
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name, None
+    raise UserError(
+        f"unknown model '{name}'{did_you_mean(name, REGISTRY)}: give a registry name "
+        f"({', '.join(REGISTRY)}), a local folder, or a hub id like GSAI-ML/LLaDA-8B-Instruct"
+    )
+
+
+def _download(hub_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]))
+    except Exception as exc:  # offline, gated, or unknown repo: all user-facing
+        raise UserError(
+            f"could not get '{hub_id}' from the Hugging Face hub ({type(exc).__name__}); "
+            "download it elsewhere and pass its folder with --model"
+        ) from None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError) as exc:
+            raise UserError(f"corrupt checkpoint index {index}: {exc}") from None
+        return [folder / s for s in shards]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise UserError(f"no safetensors weights in {folder} (expected model.safetensors or model.safetensors.index.json)")
+
+
+def _fingerprint(folder: Path, files: list[Path]) -> str:
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in files:
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def load(name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Loaded:
+    """Load model + tokenizer. Defaults: CUDA if available (bfloat16), else CPU (float32)."""
+    display, folder = resolve(name)
+    if folder is None:
+        folder = _download(display)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except ValueError as exc:
+        raise UserError(f"corrupt config.json in {folder}: {exc}") from None
+    model_type = raw.get("model_type", "")
+    if model_type != "llada" and "LLaDAModelLM" not in raw.get("architectures", []):
+        raise UserError(f"{folder} holds a '{model_type or 'unknown'}' model; dleval's native loader reads LLaDA-format checkpoints")
+    try:
+        cfg = LLaDAConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"unsupported config.json in {folder}: {exc}") from None
+    files = _weight_files(folder)
+    tokenizer = _tokenizer(folder)
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    eot_id = eot if isinstance(eot, int) and eot != tokenizer.unk_token_id else None
+    with torch.device("meta"):
+        model = LLaDA(cfg, eot_id=eot_id)
+    _load_weights(model, files, device, dtype)
+    model.eval()
+    return Loaded(model, tokenizer, display, folder, _fingerprint(folder, files), str(dtype).replace("torch.", ""))
+
+
+def _tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:
+        raise UserError(f"could not load the tokenizer in {folder}: {exc}") from None
+    tok.padding_side = "left"
+    return tok
+
+
+def _load_weights(model: LLaDA, files: list[Path], device: torch.device, dtype: torch.dtype) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    expected = dict(model.state_dict())
+    seen: set[str] = set()
+    for f in files:
+        try:
+            shard = load_file(str(f), device=str(device))
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"corrupt checkpoint {f}: {exc}") from None
+        unexpected = [k for k in shard if k not in expected]
+        if unexpected:
+            raise UserError(f"{f} has parameters the LLaDA architecture does not know, e.g. '{unexpected[0]}'")
+        shard = {k: v.to(dtype) for k, v in shard.items()}
+        model.load_state_dict(shard, strict=False, assign=True)
+        seen.update(shard)
+    missing = [k for k in expected if k not in seen]
+    if missing:
+        raise UserError(f"checkpoint is missing {len(missing)} parameters, e.g. '{missing[0]}'")

@@ -1,0 +1,119 @@
+"""The model contract every decoder talks to: `Model`, `KVCache`, and `Counted`.
+
+A decoder sees only this file. `Model.forward` runs the bidirectional denoiser over some
+positions of a canvas and returns logits plus the new positions' keys and values; the caller
+decides what to keep in a `KVCache`. `Counted` wraps any model and is the one place where
+forward passes (NFE) are counted (ARCHITECTURE §5: every call, cache builds and refreshes
+included; a CFG pair batched into one call counts once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys and values of canvas positions [0, length), after RoPE.
+
+    Tensors are (B, H, T, head_dim). The operations are exactly what the cache strategies need:
+    `keep` a prefix (Fast-dLLM prefix cache, refresh truncation), an in-place span overwrite
+    (Fast-dLLM dual cache; done by `Model.forward` when `start < length`), `append` the first n
+    new positions (d3LLM delayed caching), and rebuilding from a full forward's `kv`.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return int(self.keys[0].shape[2]) if self.keys else 0
+
+    def keep(self, n: int) -> KVCache:
+        """The cache of positions [0, n) only (views, no copy)."""
+        return KVCache([k[:, :, :n] for k in self.keys], [v[:, :, :n] for v in self.values])
+
+    def append(self, new: KVCache, n: int) -> KVCache:
+        """This cache followed by the first n positions of `new` (the K/V a forward returned)."""
+        return KVCache(
+            [torch.cat([k, nk[:, :, :n]], dim=2) for k, nk in zip(self.keys, new.keys)],
+            [torch.cat([v, nv[:, :, :n]], dim=2) for v, nv in zip(self.values, new.values)],
+        )
+
+    def clone(self) -> KVCache:
+        """An independent copy, so that in-place span writes do not touch the original."""
+        return KVCache([k.clone() for k in self.keys], [v.clone() for v in self.values])
+
+
+@dataclass
+class ForwardOutput:
+    """Logits (B, T, V) for the forwarded positions and their fresh keys/values (length T)."""
+
+    logits: torch.Tensor
+    kv: KVCache
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A masked-diffusion denoiser plus the token ids decoders need.
+
+    `forward(ids, start=s, cache=c)` processes tokens at absolute positions [s, s+T):
+    - no cache: a full forward (s must be 0);
+    - `start == cache.length`: the new positions attend to the cached prefix and to themselves;
+    - `start < cache.length`: the span [s, s+T) lies inside the cache, its fresh K/V overwrite the
+      cached ones in place, and attention runs over the whole cache (Fast-dLLM dual cache).
+    `attention_mask` is (B, total_len) over key positions (False = left padding).
+    `logit_shift` is True for Dream-style models whose logit at i-1 predicts token i; the
+    implementation already undoes the shift, so logits[:, i] always predicts token i.
+    """
+
+    mask_id: int
+    eos_id: int
+    eot_id: int | None
+    vocab_size: int
+    device: torch.device
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        *,
+        start: int = 0,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> ForwardOutput: ...
+
+
+class Counted:
+    """Wraps a Model and counts its forward passes: the only NFE counter in dleval.
+
+    `nfe` counts calls; `rows` counts sequences forwarded (batch rows, a CFG pair is two rows)
+    and `positions` counts token positions processed, so cache savings are visible as data.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.inner = model
+        self.nfe = 0
+        self.rows = 0
+        self.positions = 0
+
+    def __getattr__(self, name: str):  # attributes such as mask_id come from the wrapped model
+        return getattr(self.inner, name)
+
+    def reset(self) -> None:
+        self.nfe = self.rows = self.positions = 0
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        *,
+        start: int = 0,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> ForwardOutput:
+        self.nfe += 1
+        self.rows += int(ids.shape[0])
+        self.positions += int(ids.numel())
+        return self.inner.forward(ids, start=start, cache=cache, attention_mask=attention_mask)

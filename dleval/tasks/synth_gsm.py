@@ -1,0 +1,95 @@
+"""synth_gsm: a synthetic multi-step arithmetic task in GSM8K answer form, generated from a seed.
+
+The tiny model's benchmark. A dial starts at a digit and turns by a list of signed steps; the
+answer writes every intermediate reading, each computed from the previous one, and ends with
+`#### N`, so the GSM8K scorer applies unchanged:
+
+    Q: The dial shows 3. Turns: +4, -2, +5, -1, +3, -6, +2, +1. Where does it stop?
+    A: 3 +4=7 -2=5 +5=0 -1=9 +3=2 -6=6 +2=8 +1=9. #### 9
+
+Why this shape. Each reading depends on the one before it (mod 10), so a model that writes one
+token per forward can compute every step locally, while committing several tokens per forward
+forces it to guess readings whose predecessors are still masked: the task has the
+accuracy-parallelism trade-off that parallel decoders exist to manage. The copied steps, the
+separators, `####` and the EOS padding are easy tokens that a good adaptive decoder commits in
+parallel. Prompt and answer list the steps with the same stride, so the lookup of step i sits
+at a fixed relative offset, which a few-million-parameter model learns in minutes.
+
+Problems are keyed by (split, index): training draws from the "train" stream, evaluation from
+"test"; the streams never share a seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dleval.types import Sample, Score
+
+if TYPE_CHECKING:
+    from dleval.tasks import TaskSpec
+
+OBJECTS = ("dial", "lock", "wheel", "clock", "meter", "gauge")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Parameters of the generator (all overridable with -T)."""
+
+    steps: int = 8  # chained operations per problem
+    magnitude: int = 9  # each turn is +-1..magnitude
+    size: int = 500  # problems in the evaluation split
+    seed: int = 0  # offsets the problem stream; 0 is the published benchmark
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    answer: str  # the full worked answer ending in "#### N"
+    value: int
+
+
+def split_seed(split: str, index: int, seed: int = 0) -> int:
+    """A seed unique to (split, index, seed); train and test never collide."""
+    salt = {"train": 0x5EED0000, "test": 0x7E570000, "valid": 0x7A11D000, "distill": 0xD1570000}[split]
+    return (salt + seed) * 1_000_003 + index
+
+
+def make_problem(rng: random.Random, steps: int = 8, magnitude: int = 9) -> Problem:
+    start = rng.randrange(10)
+    ops = [rng.choice([-1, 1]) * rng.randrange(1, magnitude + 1) for _ in range(steps)]
+    obj = rng.choice(OBJECTS)
+    turns = ", ".join(f"{op:+d}" for op in ops)
+    question = f"The {obj} shows {start}. Turns: {turns}. Where does it stop?"
+    value, parts = start, []
+    for op in ops:
+        value = (value + op) % 10
+        parts.append(f"{op:+d}={value}")
+    answer = f"{start} " + " ".join(parts) + f". #### {value}"
+    return Problem(question=question, answer=answer, value=value)
+
+
+def problem(split: str, index: int, cfg: Config = Config()) -> Problem:
+    return make_problem(random.Random(split_seed(split, index, cfg.seed)), cfg.steps, cfg.magnitude)
+
+
+def samples(spec: TaskSpec, data_dir: Path | None = None) -> list[Sample]:
+    """`size` problems of the spec's split, worded by the spec's template."""
+    cfg: Config = spec.params
+    split = spec.data.split
+    if split not in ("test", "valid"):
+        raise ValueError(f"synth_gsm evaluates on 'test' or 'valid', not '{split}' (training uses its own stream)")
+    out = []
+    for i in range(cfg.size):
+        p = problem(split, i, cfg)
+        question = spec.prompt.template.format(question=p.question)
+        out.append(Sample(id=f"{split}/{i}", question=question, target=p.answer))
+    return out
+
+
+def score(spec: TaskSpec, sample: Sample, completion: str) -> Score:
+    from dleval.tasks import gsm8k_score
+
+    return gsm8k_score(spec, sample.target, completion)

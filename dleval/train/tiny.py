@@ -1,0 +1,210 @@
+"""`dleval train tiny`: build the tokenizer and train the bundled tiny masked-diffusion model.
+
+LLaDA-style SFT (ML-GSAI/LLaDA GUIDELINES.md, "SFT"): the prompt is never masked; each
+response, padded with EOS, is masked at a ratio p = (1-eps)t + eps with t ~ U(0, 1) per
+example; the loss is the masked-token cross entropy weighted by 1/p and divided by the answer
+length (EOS padding included, so the model learns to stop). The model is dleval's native LLaDA
+architecture at a few million parameters, trained on `synth_gsm` problems from the "train"
+stream, and written as an HF-format folder (config.json, model.safetensors, tokenizer.json with
+a chat template) that `--model` loads like any LLaDA checkpoint.
+
+Deterministic: a fixed seed, data drawn by index from the problem stream, a fixed thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from dleval.models.llada import LLaDA, LLaDAConfig
+from dleval.tasks import synth_gsm
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|mdm_mask|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+EOS_ID, MASK_ID = 0, 1
+# Words, signed digits and "=digit" are single pieces; digits are never merged with each other.
+PRETOKEN_PATTERN = r" ?[A-Za-z]+| ?[+\-=]?\d| ?#+| ?[^\sA-Za-z\d]|\s+"
+# LLaDA-8B-Instruct's chat format (LLaMA-3 style headers), with the tiny model's special tokens.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_hidden_size: int = 384
+    vocab_size: int = 384  # BPE budget; the saved config records the actual size
+    train_steps: int = 3000
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    mask_eps: float = 1e-3  # LLaDA forward_process eps
+    gen_lengths: tuple[int, ...] = (24, 32, 48)  # response padded with EOS to one of these per batch
+    problem_steps: int = 8
+    problem_magnitude: int = 9
+    seed: int = 0
+    threads: int = 2
+
+
+def chat_prompt(question: str) -> str:
+    """The tiny model's chat template rendered for one user turn, as a string."""
+    return (
+        f"<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+def build_tokenizer(cfg: TinyConfig):
+    """Byte-level BPE trained on synth_gsm text: every string encodes, decoding is exact."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(PRETOKEN_PATTERN), "isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    rng = random.Random(cfg.seed)
+    corpus = []
+    for _ in range(4000):
+        p = synth_gsm.make_problem(rng, cfg.problem_steps, cfg.problem_magnitude)
+        corpus.append(f"user\n\n{p.question}assistant\n\n{p.answer}")
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return tok
+
+
+def save_folder(out: Path, model: LLaDA, tokenizer, meta: dict) -> None:
+    """Write an HF-format model folder that `dleval.models.load` and AutoTokenizer read."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save(str(out / "tokenizer.json"))
+    tok_cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "mask_token": "<|mdm_mask|>",
+        "padding_side": "left",
+        "model_max_length": model.cfg.max_sequence_length,
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+    (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def make_batch(tokenizer, start_index: int, cfg: TinyConfig, gen_length: int) -> tuple[torch.Tensor, int]:
+    """Token ids (batch, P + gen_length) of consecutive training problems, and P.
+
+    synth_gsm prompts of one step count all tokenize to the same length, so batches need no
+    padding mask; the response is padded with EOS to gen_length.
+    """
+    rows, P = [], None
+    for i in range(start_index, start_index + cfg.batch_size):
+        p = synth_gsm.problem("train", i, synth_gsm.Config(steps=cfg.problem_steps, magnitude=cfg.problem_magnitude))
+        prompt = tokenizer.encode(chat_prompt(p.question)).ids
+        answer = tokenizer.encode(p.answer).ids
+        if P is None:
+            P = len(prompt)
+        if len(prompt) != P or len(answer) >= gen_length:
+            raise AssertionError("synth_gsm prompts must share one length and answers fit gen_length")
+        rows.append(prompt + answer + [EOS_ID] * (gen_length - len(answer)))
+    return torch.tensor(rows), P or 0
+
+
+def diffusion_loss(model: LLaDA, ids: torch.Tensor, P: int, gen: torch.Generator, eps: float) -> torch.Tensor:
+    """LLaDA SFT loss: response masked at p=(1-eps)t+eps, CE / p, normalised by answer length."""
+    B, T = ids.shape
+    # Stratified t (one draw per 1/B of [0, 1)): same objective, far less variance at small batch.
+    t = (torch.arange(B) + torch.rand(B, generator=gen)) / B
+    t = t[torch.randperm(B, generator=gen)]
+    p_mask = ((1 - eps) * t + eps)[:, None].expand(B, T)
+    masked = torch.rand(B, T, generator=gen) < p_mask
+    masked[:, :P] = False
+    noisy = torch.where(masked, torch.full_like(ids, MASK_ID), ids)
+    logits = model.forward(noisy).logits
+    ce = F.cross_entropy(logits[masked], ids[masked], reduction="none") / p_mask[masked]
+    return ce.sum() / (B * (T - P))
+
+
+def train(cfg: TinyConfig, out: Path, log=print, eval_every: int = 0, evaluate=None) -> dict:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_tokenizer(cfg)
+    mcfg = LLaDAConfig(
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        n_kv_heads=cfg.n_heads,
+        n_layers=cfg.n_layers,
+        mlp_hidden_size=cfg.mlp_hidden_size,
+        vocab_size=tokenizer.get_vocab_size(),
+        embedding_size=tokenizer.get_vocab_size(),
+        max_sequence_length=512,
+        rope_theta=10000.0,
+        mask_token_id=MASK_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+    )
+    model = LLaDA(mcfg, eot_id=tokenizer.token_to_id("<|eot_id|>"))
+    model.init_weights(cfg.seed)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    history = []
+    t0 = time.time()
+    running = None
+    for step in range(cfg.train_steps):
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.train_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        gen_length = cfg.gen_lengths[step % len(cfg.gen_lengths)]
+        ids, P = make_batch(tokenizer, step * cfg.batch_size, cfg, gen_length)
+        model.train()
+        loss = diffusion_loss(model, ids, P, gen, cfg.mask_eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if (step + 1) % 50 == 0:
+            log(f"step {step + 1}/{cfg.train_steps} loss {running:.4f} lr {lr:.2e} {time.time() - t0:.0f}s")
+        if eval_every and evaluate is not None and (step + 1) % eval_every == 0:
+            model.eval()
+            result = evaluate(model, tokenizer)
+            history.append({"step": step + 1, "seconds": round(time.time() - t0, 1), **result})
+            log(f"eval {history[-1]}")
+    meta = {
+        "recipe": "dleval train tiny",
+        "config": asdict(cfg),
+        "train_seconds": round(time.time() - t0, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "history": history,
+        "torch": torch.__version__,
+    }
+    model.eval()
+    save_folder(out, model, tokenizer, meta)
+    return meta

@@ -1,0 +1,76 @@
+"""The command line: bad input gives one sentence and exit 2, never a traceback.
+
+Run: pytest tests/test_cli.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dleval.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["run", "--decoder", "lladaa", "--task", "synth_gsm"], "unknown decoder 'lladaa' (did you mean 'llada'?)"),
+        (["run", "--decoder", "llada", "--task", "gsm9k"], "unknown task 'gsm9k'"),
+        (["run", "--decoder", "llada", "--task", "synth_gsm", "--model", "tinny"], "unknown model 'tinny' (did you mean 'tiny'?)"),
+        (
+            ["run", "--decoder", "llada", "--task", "synth_gsm", "-D", "gen_lenght=8"],
+            "has no parameter 'gen_lenght' (did you mean 'gen_length'?)",
+        ),
+        (["run", "--decoder", "llada", "--task", "synth_gsm", "-D", "steps=many"], "steps='many' is not a valid"),
+        (["run", "--decoder", "llada", "--task", "synth_gsm", "-D", "steps"], "-D expects key=value"),
+        (["run", "--decoder", "llada", "--task", "synth_gsm", "-D", "steps=5"], "multiple of the number of blocks"),
+        (["run", "--decoder", "llada", "--task", "synth_gsm", "-T", "shots=x"], "not a valid int"),
+        (["run", "--decoder", "llada", "--task", "synth_gsm", "--limit", "0"], "--limit must be"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("dleval: error:") and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_missing_checkpoint_folder(capsys, tmp_path):
+    folder = tmp_path / "nothing-here"
+    folder.mkdir()
+    assert main(["run", "--decoder", "llada", "--task", "synth_gsm", "--model", str(folder), "--out", str(tmp_path)]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+
+
+def test_list_commands(capsys):
+    assert main(["list", "decoders"]) == 0
+    out = capsys.readouterr().out
+    assert "llada" in out and "alias: vanilla" in out
+    assert main(["list", "tasks"]) == 0
+    assert "synth_gsm" in capsys.readouterr().out
+    assert main(["list", "models"]) == 0
+    assert "tiny" in capsys.readouterr().out
+
+
+def test_console_entry_point_runs_and_prints_a_summary(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "dleval",
+        "run",
+        "--decoder",
+        "vanilla",
+        "--task",
+        "synth_gsm",
+        "--limit",
+        "4",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "accuracy (strict-match)" in done.stdout and "mean NFE" in done.stdout
+    assert "no CUDA device: using the bundled model 'tiny'" in done.stderr

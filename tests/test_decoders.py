@@ -1,0 +1,76 @@
+"""Conformance: every decoder module in dleval/decoders/ obeys the decoder contract.
+
+New decoder files join automatically. Run: pytest tests/test_decoders.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from dleval import decoders
+from dleval.models.base import Counted
+from dleval.types import Step
+from tests.conftest import random_llada
+
+PROMPTS = [[5, 9, 12, 7, 30], [8, 3, 44], [6, 6, 6, 6, 6, 6, 21]]
+
+
+def small_config(name: str, **extra):
+    module = decoders.load(name)
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    values = {k: v for k, v in {"gen_length": 16, "block_length": 8}.items() if k in fields}
+    values.update(extra)
+    return module, module.Config(**values)
+
+
+@pytest.fixture(params=decoders.names())
+def decoder(request):
+    return request.param
+
+
+def run(module, cfg, prompts, model=None):
+    counted = Counted(model or random_llada())
+    steps: list[Step] = []
+    gens = module.decode(counted, prompts, cfg, on_step=steps.append)
+    return gens, counted, steps
+
+
+def test_output_is_complete_and_counted(decoder):
+    module, cfg = small_config(decoder)
+    prompts = PROMPTS if getattr(module, "BATCHED", False) else PROMPTS[:1]
+    gens, counted, steps = run(module, cfg, prompts)
+    assert len(gens) == len(prompts)
+    for g in gens:
+        assert 0 < len(g.tokens) <= cfg.gen_length
+        assert 1 not in g.tokens  # no mask left
+        assert len(g.committed_per_step) == counted.nfe >= 1  # one entry per forward
+        assert all(n >= 1 for n in g.committed_per_step)  # progress on every forward
+        assert sum(g.committed_per_step) == len(g.tokens)
+    assert len(steps) == counted.nfe  # on_step sees every forward
+
+
+def test_deterministic_at_temperature_zero(decoder):
+    module, cfg = small_config(decoder)
+    a, na, _ = run(module, cfg, PROMPTS[:1])
+    b, nb, _ = run(module, cfg, PROMPTS[:1])
+    assert a == b and na.nfe == nb.nfe
+
+
+def test_batch_equals_one_by_one(decoder):
+    module, cfg = small_config(decoder)
+    if not getattr(module, "BATCHED", False):
+        pytest.skip(f"{decoder} decodes one prompt at a time")
+    together, _, _ = run(module, cfg, PROMPTS)
+    alone = [run(module, cfg, [p])[0][0] for p in PROMPTS]
+    assert together == alone
+
+
+def test_module_contract(decoder):
+    module = decoders.load(decoder)
+    assert module.__doc__ and module.__doc__.strip(), "a decoder opens with a docstring"
+    assert dataclasses.is_dataclass(module.Config) and module.Config.__dataclass_params__.frozen
+    assert callable(module.decode)
+    info = decoders.info(decoder)
+    assert info.summary
