@@ -42,8 +42,10 @@ def parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list decoders, tasks or models")
     lst.add_argument("what", choices=["decoders", "tasks", "models"])
     train = sub.add_parser("train", help="training recipes")
-    train.add_argument("recipe", choices=["tiny"], help="tiny: build the bundled CPU model")
+    train.add_argument("recipe", choices=["tiny", "distill"], help="tiny: build the bundled CPU model; distill: dParallel/d3LLM students")
     train.add_argument("--out", type=Path, help="output folder (default: the package's bundled folder)")
+    train.add_argument("--method", choices=["dparallel", "d3llm"], default="dparallel", help="distill: which recipe (default dparallel)")
+    train.add_argument("--teacher", default="tiny", help="distill: teacher model (default tiny)")
     train.add_argument("-O", dest="train_args", action="append", default=[], metavar="KEY=VALUE", help="recipe option (repeatable)")
     return top
 
@@ -151,10 +153,23 @@ def _list(what: str) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dleval import options
     from dleval.models import CHECKPOINTS
-    from dleval.train import tiny
 
-    cfg = options.build(tiny.TinyConfig, options.parse_pairs(args.train_args, "-O"), "recipe 'tiny'")
-    out = args.out or CHECKPOINTS / "tiny"
-    meta = tiny.train(cfg, out, log=lambda m: print(m, file=sys.stderr))
-    print(f"trained {meta['parameters']:,} parameters in {meta['train_seconds']:.0f} s -> {out}")
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    overrides = options.parse_pairs(args.train_args, "-O")
+    if args.recipe == "tiny":
+        from dleval.train import tiny
+
+        cfg = options.build(tiny.TinyConfig, overrides, "recipe 'tiny'")
+        out = args.out or CHECKPOINTS / "tiny"
+        meta = tiny.train(cfg, out, log=log)
+        print(f"trained {meta['parameters']:,} parameters in {meta['train_seconds']:.0f} s -> {out}")
+        return 0
+    from dleval import models
+    from dleval.train import distill
+
+    cfg = options.build(distill.DistillConfig, {**overrides, "method": args.method}, f"recipe 'distill --method {args.method}'")
+    teacher = models.load(args.teacher, device="cpu")
+    out = args.out or CHECKPOINTS / f"tiny-{args.method}"
+    meta = distill.train(teacher, cfg, out, log=log)
+    print(f"distilled {args.method} student of {teacher.name} in {meta['total_seconds']:.0f} s -> {out}")
     return 0

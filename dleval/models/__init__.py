@@ -86,8 +86,8 @@ def _download(hub_id: str) -> Path:
         return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]))
     except Exception as exc:  # offline, gated, or unknown repo: all user-facing
         raise UserError(
-            f"could not get '{hub_id}' from the Hugging Face hub ({type(exc).__name__}); "
-            "download it elsewhere and pass its folder with --model"
+            f"'{hub_id}' is not a local folder and could not be downloaded from the Hugging Face hub "
+            f"({type(exc).__name__}); download it elsewhere and pass its folder with --model"
         ) from None
 
 

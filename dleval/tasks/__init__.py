@@ -21,10 +21,9 @@ from typing import Any
 
 from dleval import options
 from dleval.errors import UserError, did_you_mean, unknown
+from dleval.prompts import STYLES
 from dleval.scorers import GSM8K_STRICT
 from dleval.types import Sample, Score
-
-STYLES = ("raw", "chat", "chat_multiturn")
 
 
 @dataclass(frozen=True)

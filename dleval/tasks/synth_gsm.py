@@ -4,8 +4,8 @@ The tiny model's benchmark. A dial starts at a digit and turns by a list of sign
 answer writes every intermediate reading, each computed from the previous one, and ends with
 `#### N`, so the GSM8K scorer applies unchanged:
 
-    Q: The dial shows 3. Turns: +4, -2, +5, -1, +3, -6, +2, +1. Where does it stop?
-    A: 3 +4=7 -2=5 +5=0 -1=9 +3=2 -6=6 +2=8 +1=9. #### 9
+    Q: The dial shows 3. Turns: +1, -1, -1, -1, +1, -1, -1, -1. Where does it stop?
+    A: 3 +1=4 -1=3 -1=2 -1=1 +1=2 -1=1 -1=0 -1=9. #### 9
 
 Why this shape. Each reading depends on the one before it (mod 10), so a model that writes one
 token per forward can compute every step locally, while committing several tokens per forward
@@ -13,7 +13,9 @@ forces it to guess readings whose predecessors are still masked: the task has th
 accuracy-parallelism trade-off that parallel decoders exist to manage. The copied steps, the
 separators, `####` and the EOS padding are easy tokens that a good adaptive decoder commits in
 parallel. Prompt and answer list the steps with the same stride, so the lookup of step i sits
-at a fixed relative offset, which a few-million-parameter model learns in minutes.
+at a fixed relative offset, which a one-million-parameter model learns in minutes. Turns are +-1
+by default: with +-1..9 (a 10 x 18 addition table) the same model stayed at chance on the
+readings after 1500 steps, while +-1 reaches 100% at one token per forward in about as many.
 
 Problems are keyed by (split, index): training draws from the "train" stream, evaluation from
 "test"; the streams never share a seed.
@@ -39,7 +41,7 @@ class Config:
     """Parameters of the generator (all overridable with -T)."""
 
     steps: int = 8  # chained operations per problem
-    magnitude: int = 9  # each turn is +-1..magnitude
+    magnitude: int = 1  # each turn is +-1..magnitude (1: small enough for a 1M-parameter model to learn in minutes)
     size: int = 500  # problems in the evaluation split
     seed: int = 0  # offsets the problem stream; 0 is the published benchmark
 

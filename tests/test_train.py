@@ -1,0 +1,51 @@
+"""`dleval train tiny`: the recipe is deterministic and writes a loadable HF-format folder.
+
+Run: pytest tests/test_train.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from dleval import models
+from dleval.train import tiny
+
+SMALL = tiny.TinyConfig(
+    d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=64, train_steps=3, batch_size=4, eval_problems=4, gen_lengths=(32,)
+)
+
+
+def digest(folder) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_recipe_is_deterministic_and_loadable(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    meta = tiny.train(SMALL, a, log=lambda m: None)
+    tiny.train(SMALL, b, log=lambda m: None)
+    assert digest(a) == digest(b)
+    assert set(meta["accuracy_gen32"]) == {"1_tokens_per_step", "2_tokens_per_step", "4_tokens_per_step", "8_tokens_per_step"}
+    loaded = models.load(str(a), device="cpu")
+    assert loaded.model.mask_id == tiny.MASK_ID and loaded.model.eos_id == tiny.EOS_ID
+    assert (
+        loaded.tokenizer.chat_template
+        and loaded.tokenizer.decode(loaded.tokenizer("The dial shows 3.")["input_ids"]) == "The dial shows 3."
+    )
+
+
+def test_chat_template_matches_the_training_prompt(bundled):
+    question = "The dial shows 3. Turns: +1, -1. Where does it stop?"
+    rendered = bundled.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    assert rendered == tiny.chat_prompt(question)
+
+
+def test_loss_masks_only_the_response():
+    model = models.llada.LLaDA(
+        tiny.LLaDAConfig(d_model=16, n_heads=2, n_kv_heads=2, n_layers=1, mlp_hidden_size=32, vocab_size=20, embedding_size=20)
+    )
+    model.init_weights(0)
+    ids = torch.randint(2, 20, (4, 12))
+    loss = tiny.diffusion_loss(model, ids, P=12, gen=torch.Generator().manual_seed(0), eps=0.05)
+    assert loss.item() == 0.0  # prompt-only sequences: nothing masked, nothing to learn
