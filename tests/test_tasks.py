@@ -65,6 +65,18 @@ def test_synth_gsm_is_deterministic_and_chained():
     assert exact_match(str(a.value), a.answer)
 
 
+def test_evaluation_problems_are_a_reserved_partition():
+    for i in range(300):
+        p = synth_gsm.problem("test", i)
+        start = int(p.question.split("shows ")[1].split(".")[0])
+        ops = [int(t) for t in p.question.split("Turns: ")[1].split(".")[0].split(", ")]
+        assert synth_gsm.heldout(start, ops)
+        q = synth_gsm.problem("train", i)
+        start = int(q.question.split("shows ")[1].split(".")[0])
+        ops = [int(t) for t in q.question.split("Turns: ")[1].split(".")[0].split(", ")]
+        assert not synth_gsm.heldout(start, ops)
+
+
 def test_test_stream_never_reuses_training_seeds():
     train = {synth_gsm.split_seed("train", i) for i in range(200_000)}
     assert not any(synth_gsm.split_seed("test", i) in train for i in range(5_000))

@@ -41,11 +41,20 @@ def test_chat_template_matches_the_training_prompt(bundled):
     assert rendered == tiny.chat_prompt(question)
 
 
-def test_loss_masks_only_the_response():
-    model = models.llada.LLaDA(
-        tiny.LLaDAConfig(d_model=16, n_heads=2, n_kv_heads=2, n_layers=1, mlp_hidden_size=32, vocab_size=20, embedding_size=20)
-    )
+def test_noising_never_masks_the_prompt_and_spans_all_ratios():
+    ids = torch.randint(2, 20, (64, 40))
+    noisy, masked, p_mask = tiny.forward_process(ids, P=10, gen=torch.Generator().manual_seed(0), eps=0.05)
+    assert not masked[:, :10].any() and (noisy[:, :10] == ids[:, :10]).all()
+    assert (noisy[masked] == tiny.MASK_ID).all() and (noisy[~masked] == ids[~masked]).all()
+    rates = p_mask[:, 0].sort().values
+    strata = (torch.arange(64) + 0.5) / 64 * 0.95 + 0.05
+    assert torch.allclose(rates, strata, atol=0.95 / 128 + 1e-6)  # one draw per 1/64 of [0, 1)
+
+
+def test_loss_is_finite_and_positive():
+    cfg = tiny.LLaDAConfig(d_model=16, n_heads=2, n_kv_heads=2, n_layers=1, mlp_hidden_size=32, vocab_size=20, embedding_size=20)
+    model = models.llada.LLaDA(cfg)
     model.init_weights(0)
-    ids = torch.randint(2, 20, (4, 12))
-    loss = tiny.diffusion_loss(model, ids, P=12, gen=torch.Generator().manual_seed(0), eps=0.05)
-    assert loss.item() == 0.0  # prompt-only sequences: nothing masked, nothing to learn
+    ids = torch.randint(2, 20, (8, 12))
+    loss = tiny.diffusion_loss(model, ids, P=4, gen=torch.Generator().manual_seed(0), eps=0.05)
+    assert torch.isfinite(loss) and loss.item() > 0

@@ -23,6 +23,7 @@ Problems are keyed by (split, index): training draws from the "train" stream, ev
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +60,25 @@ def split_seed(split: str, index: int, seed: int = 0) -> int:
     return (salt + seed) * 1_000_003 + index
 
 
-def make_problem(rng: random.Random, steps: int = 8, magnitude: int = 9) -> Problem:
-    start = rng.randrange(10)
-    ops = [rng.choice([-1, 1]) * rng.randrange(1, magnitude + 1) for _ in range(steps)]
+HELDOUT_SPLITS = ("test", "valid")
+
+
+def heldout(start: int, ops: list[int]) -> bool:
+    """True for the ~1/8 of (start, turns) combinations reserved for evaluation.
+
+    Training streams skip them and evaluation streams draw only them, so no evaluated problem
+    is ever seen in training, whatever the stream sizes.
+    """
+    digest = hashlib.sha256(f"{start}:{','.join(map(str, ops))}".encode()).digest()
+    return digest[0] < 32
+
+
+def make_problem(rng: random.Random, steps: int = 8, magnitude: int = 9, evaluation: bool = False) -> Problem:
+    while True:
+        start = rng.randrange(10)
+        ops = [rng.choice([-1, 1]) * rng.randrange(1, magnitude + 1) for _ in range(steps)]
+        if heldout(start, ops) == evaluation:
+            break
     obj = rng.choice(OBJECTS)
     turns = ", ".join(f"{op:+d}" for op in ops)
     question = f"The {obj} shows {start}. Turns: {turns}. Where does it stop?"
@@ -74,7 +91,8 @@ def make_problem(rng: random.Random, steps: int = 8, magnitude: int = 9) -> Prob
 
 
 def problem(split: str, index: int, cfg: Config = Config()) -> Problem:
-    return make_problem(random.Random(split_seed(split, index, cfg.seed)), cfg.steps, cfg.magnitude)
+    rng = random.Random(split_seed(split, index, cfg.seed))
+    return make_problem(rng, cfg.steps, cfg.magnitude, evaluation=split in HELDOUT_SPLITS)
 
 
 def samples(spec: TaskSpec, data_dir: Path | None = None) -> list[Sample]:

@@ -129,8 +129,13 @@ def _order_recorder(orders: torch.Tensor, gen_length: int):
 
 
 def segment(rng: random.Random, response_len: int, block: int, total: int) -> tuple[int, int]:
-    """[start, end) of the active segment, relative to the response: n ~ U{0..response_len // block}."""
-    blocks = response_len // block
+    """[start, end) of the active segment, relative to the response; the last one runs to `total`.
+
+    The reference draws n ~ U{0..response_len // block}; when the length is a multiple of the
+    block its last draw is an empty segment (no loss at all). That is rare at the papers' 384/32
+    and half of all draws for a 32-token response, so n stops at the last non-empty segment.
+    """
+    blocks = max(math.ceil(response_len / block) - 1, 0)
     n = rng.randint(0, blocks)
     start = n * block
     return start, total if n == blocks else start + block
