@@ -268,7 +268,10 @@ def _check(args: argparse.Namespace) -> int:
     result, new = check(ref, update=args.update, work_dir=work_dir, threads=args.threads, progress=args.progress, log=_log)
     if new is not None:
         args.reference.write_text(json.dumps(new, indent=2) + "\n")
-        print(f"updated {args.reference}: {len(new['sweeps'])} decoders, y_max {new['y_max']:.2f}, gate ran in {result.seconds:.0f} s")
+        print(
+            f"updated {args.reference}: {len(new['sweeps'])} decoders, y_max {new['y_max']:.2f}; "
+            f"the gate ran in {result.seconds:.0f} s ({result.cpu_seconds:.0f} s of CPU)"
+        )
     else:
         print(format_check(result))
     if args.report is not None:

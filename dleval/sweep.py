@@ -368,7 +368,8 @@ class Comparison:
 class CheckResult:
     reference: Reference
     lines: tuple[Comparison, ...]
-    seconds: float
+    seconds: float  # wall clock of the gate's runs
+    cpu_seconds: float  # CPU time of this process: what the gate costs on an idle machine
     runs: int
     sweep_dirs: tuple[Path, ...]
     y_max: float
@@ -414,7 +415,7 @@ def check(
 
 
 def _check(ref: Reference, update: bool, work_dir: Path | None, progress: bool, log: Log) -> tuple[CheckResult, dict[str, Any] | None]:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     names = decoders.names()
     pinned = list(ref.sweeps)
     lines: list[Comparison] = []
@@ -449,7 +450,7 @@ def _check(ref: Reference, update: bool, work_dir: Path | None, progress: bool, 
                 task_args=ref.task_args, runs_dir=root / "runs", sweeps_dir=root / "sweeps", seed=ref.seed, progress=progress,
             )  # fmt: skip
             results.append((s, run_sweep(req, log=lambda m: None)))
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         runs = len({p.result.run_dir for _, r in results for p in [*r.points, *([r.baseline] if r.baseline else [])]})
         pool = [p.summary.accuracy for _, r in results for p in [*r.points, *([r.baseline] if r.baseline else [])]]
         y_max = max(pool, default=0.0) if update or ref.y_max is None else ref.y_max
@@ -481,15 +482,17 @@ def _check(ref: Reference, update: bool, work_dir: Path | None, progress: bool, 
                 ok = s.aup is not None and value is not None and abs(value - s.aup) <= tol + 1e-9
                 note = "a point has no answer tokens (TPF 0)" if value is None else ""
                 lines.append(Comparison(s.decoder, "curve", "AUP", s.aup, value, f"±{tol:.3g}", ok, note))
-        result = CheckResult(ref, tuple(lines), seconds, runs, tuple(r.sweep_dir for _, r in results), y_max)
-        new = _updated(ref, results, y_max, fingerprints, seconds) if update else None
+        result = CheckResult(ref, tuple(lines), seconds, cpu_seconds, runs, tuple(r.sweep_dir for _, r in results), y_max)
+        new = _updated(ref, results, y_max, fingerprints, result) if update else None
         return result, new
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
-def _updated(ref: Reference, results: list[tuple[PinnedSweep, SweepResult]], y_max: float, fingerprints, seconds: float) -> dict[str, Any]:
+def _updated(
+    ref: Reference, results: list[tuple[PinnedSweep, SweepResult]], y_max: float, fingerprints, check: CheckResult
+) -> dict[str, Any]:
     def point(settings: dict[str, str], s: Summary) -> dict[str, Any]:
         return {
             "settings": settings,
@@ -538,7 +541,8 @@ def _updated(ref: Reference, results: list[tuple[PinnedSweep, SweepResult]], y_m
                 "torch": env.get("torch", ""),
                 "device": env.get("device", ""),
                 "threads": torch.get_num_threads(),
-                "gate_seconds": round(seconds, 1),
+                "gate_seconds": round(check.seconds, 1),
+                "gate_cpu_seconds": round(check.cpu_seconds, 1),
             },
         }
     )
@@ -576,7 +580,7 @@ def format_check(result: CheckResult) -> str:
         *("  " + fmt(r) for r in body),
         "",
     ]
-    timing = f"{result.runs} runs in {result.seconds:.0f} s"
+    timing = f"{result.runs} runs in {result.seconds:.0f} s, {result.cpu_seconds:.0f} s of CPU"
     if not failed:
         out.append(f"PASS: all {len(result.lines)} checks within tolerance ({timing})")
     else:
