@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from dleval import decoders
+from dleval import decoders, tasks
 from dleval.cli import main
 from dleval.decoders import llada
 from dleval.sweep import load_reference
 
 ROOT = Path(__file__).resolve().parents[1]
+GEN = tasks.load_task("synth_gsm").generation.gen_length  # the baseline's NFE: one token per forward
 COMMITTED = ROOT / "results" / "reference" / "tiny_synth_gsm.json"
 
 
@@ -44,7 +45,7 @@ def test_update_pins_every_point_the_pool_y_max_and_the_model(reference):
     assert [p["settings"] for p in sweep["points"]] == [{"steps": "12"}, {"steps": "6"}]
     assert [p["nfe_mean"] for p in sweep["points"]] == [12.0, 6.0] and sweep["aup"] is not None
     (base,) = data["baselines"]
-    assert base["model"] == "tiny" and base["nfe_mean"] == 24.0
+    assert base["model"] == "tiny" and base["nfe_mean"] == GEN
     accuracies = [base["accuracy_pct"], *(p["accuracy_pct"] for p in sweep["points"])]
     assert data["y_max"] == pytest.approx(max(accuracies))
     assert set(data["fingerprints"]) == {"tiny"} and data["tolerance"]["accuracy_pct"] == 25.0  # two samples of 8
@@ -69,8 +70,8 @@ def test_check_fails_with_a_readable_diff_when_a_decoder_ignores_its_setting(ref
     assert main(["check", "--reference", str(reference)]) == 1
     out = capsys.readouterr().out
     assert "FAIL:" in out and "regenerate the reference on purpose" in out and "--update" in out
-    assert "llada steps=12 mean NFE: 24.00 vs reference 12.00 (+12.00, tolerance ±2%)" in out
-    assert "llada steps=6 mean NFE: 24.00 vs reference 6.00 (+18.00, tolerance ±2%)" in out
+    assert f"llada steps=12 mean NFE: {GEN:.2f} vs reference 12.00 ({GEN - 12:+.2f}, tolerance ±2%)" in out
+    assert f"llada steps=6 mean NFE: {GEN:.2f} vs reference 6.00 ({GEN - 6:+.2f}, tolerance ±2%)" in out
     table = [line for line in out.splitlines() if line.strip().startswith("llada")]
     assert any("steps=6" in line and "mean NFE" in line and "FAIL" in line for line in table)
     assert any("baseline" in line and "mean NFE" in line and line.rstrip().endswith("ok") for line in table)
