@@ -57,7 +57,9 @@ def test_check_passes_on_unchanged_decoders(reference, capsys):
     assert main(["check", "--reference", str(reference)]) == 0
     out = capsys.readouterr().out
     assert "PASS: all" in out and "FAIL" not in out
-    assert "llada    steps=12" in out and "mean NFE" in out and "AUP" in out
+    table = [line.split() for line in out.splitlines()]
+    assert ["llada", "steps=12", "mean", "NFE", "12.00", "12.00", "+0.00", "±2%", "ok"] in table
+    assert any(cells[:3] == ["llada", "curve", "AUP"] and cells[-1] == "ok" for cells in table)
 
 
 def test_check_fails_with_a_readable_diff_when_a_decoder_ignores_its_setting(reference, monkeypatch, capsys):
