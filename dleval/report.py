@@ -152,7 +152,7 @@ def read_records(path: Path) -> list[Record]:
             continue
         try:
             out.append(Record.from_json(line))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             if n == len(lines):
                 break
             raise UserError(f"{path} line {n} is not a dleval record ({exc})") from None
@@ -441,7 +441,7 @@ def build(
     # Speedups: against a named baseline run of the same task and samples, else that row.
     named = []
     for name in baselines:
-        match = [k for k, g in members.items() if any(name in (r.run_id, str(r.path), r.path.name) for r in g)]
+        match = [k for k, g in members.items() if any(name in (r.run_id, r.path.name) or Path(name).resolve() == r.path for r in g)]
         if not match:
             raise UserError(f"--baseline '{name}' is not one of the runs in the report")
         named.append(match[0])

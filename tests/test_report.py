@@ -225,6 +225,8 @@ def test_speedup_against_a_named_baseline(tmp_path, capsys):
     named = {r.run_id: r for r in report.build([tmp_path], baselines=["slow"]).rows}
     assert named["fast"].speedup_nfe == pytest.approx(2.0) and named["fast"].speedup_vs_baseline == pytest.approx(2.0)
     assert named["base"].speedup_baseline == "slow"
+    by_folder = {r.run_id: r for r in report.build([tmp_path], baselines=[str(tmp_path / "slow")]).rows}
+    assert by_folder["fast"].speedup_baseline == "slow"
     assert main(["report", str(tmp_path), "--baseline", "nope", "--out", str(tmp_path / "out")]) == 2
     assert "--baseline 'nope' is not one of the runs" in capsys.readouterr().err
 
