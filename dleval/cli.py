@@ -1,4 +1,4 @@
-"""The `dleval` command: a thin argparse front end over run, list and train.
+"""The `dleval` command: a thin argparse front end over run, sweep, report, check, list and train.
 
 Bad input (unknown names, malformed values, missing files) prints one sentence and exits 2;
 Ctrl-C during a run keeps every finished sample and exits 130.
@@ -39,6 +39,28 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dleval", description="Benchmark parallel decoding of diffusion LLMs.")
     sub = top.add_subparsers(dest="command", required=True)
     _add_run_args(sub.add_parser("run", help="evaluate one decoder on one task"))
+    sweep = sub.add_parser("sweep", help="run a grid of decoder settings (comma lists in -D) plus the baseline point")
+    _add_run_args(sweep)
+    sweep.add_argument("--sweeps-out", type=Path, default=Path("results/sweeps"), help="where sweep records go (default results/sweeps)")
+    sweep.add_argument("--no-baseline", action="store_true", help="do not add the llada one-token-per-step point")
+    sweep.add_argument("--fresh", action="store_true", help="start new runs instead of resuming runs of the same configuration")
+    rep = sub.add_parser("report", help="leaderboard.csv, board.csv and report.html from run or sweep folders")
+    rep.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR", help="run folders, sweep folders, or folders of them")
+    rep.add_argument("--out", type=Path, default=Path("results/report"), help="output folder (default results/report)")
+    rep.add_argument("--tasks", help="comma list of tasks the mean AUP is over (default: every task in the report)")
+    rep.add_argument(
+        "--y-max", action="append", default=[], metavar="TASK=ACC", help="pin a task's y_max (accuracy %%) instead of the pool's best"
+    )
+    rep.add_argument("--baseline", action="append", default=[], metavar="RUN", help="run id or folder that speedups divide by (per task)")
+    rep.add_argument("--strict-aup", action="store_true", help="fail like d3LLM's reference when a curve falls more than 5 points")
+    rep.add_argument("--title", default="dleval report", help="page title")
+    chk = sub.add_parser("check", help="CI regression gate: rerun pinned sweeps and compare with a reference file")
+    chk.add_argument("--reference", type=Path, required=True, help="reference file, e.g. results/reference/tiny_synth_gsm.json")
+    chk.add_argument("--update", action="store_true", help="regenerate the reference from this run (on purpose) instead of comparing")
+    chk.add_argument("--keep", type=Path, help="keep the gate's runs in this folder (default: a temporary folder)")
+    chk.add_argument("--report", type=Path, help="also write the report of the gate's runs into this folder")
+    chk.add_argument("--threads", type=int, default=1, help="torch threads for the gate's runs (default 1, the pinned setting)")
+    chk.add_argument("--progress", action="store_true", help="show progress bars")
     lst = sub.add_parser("list", help="list decoders, tasks or models")
     lst.add_argument("what", choices=["decoders", "tasks", "models"])
     train = sub.add_parser("train", help="training recipes")
@@ -55,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "check":
+            return _check(args)
         if args.command == "list":
             return _list(args.what)
         if args.command == "train":
@@ -65,16 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    from dleval import options
-    from dleval.run import Interrupted, RunRequest, run
-
+def _check_run_args(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be a positive number of samples")
     if args.batch_size <= 0:
         raise UserError("--batch-size must be positive")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise UserError(f"data dir '{args.data_dir}' does not exist")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dleval import options
+    from dleval.run import Interrupted, RunRequest, run
+
+    _check_run_args(args)
     req = RunRequest(
         decoder=args.decoder,
         task=args.task,
@@ -173,3 +205,92 @@ def _train(args: argparse.Namespace) -> int:
     meta = distill.train(teacher, cfg, out, log=log)
     print(f"distilled {args.method} student of {teacher.name} in {meta['total_seconds']:.0f} s -> {out}")
     return 0
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from dleval import options
+    from dleval.run import Interrupted
+    from dleval.sweep import SweepRequest, format_sweep, run_sweep, split_axes
+
+    _check_run_args(args)
+    req = SweepRequest(
+        decoder=args.decoder,
+        task=args.task,
+        axes=split_axes(args.decoder, options.parse_pairs(args.decoder_args, "-D")),
+        model=args.model,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        task_args=options.parse_pairs(args.task_args, "-T"),
+        runs_dir=args.out,
+        sweeps_dir=args.sweeps_out,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        baseline=not args.no_baseline,
+        resume=not args.fresh,
+    )
+    try:
+        result = run_sweep(req, log=_log)
+    except Interrupted as stop:
+        print(f"interrupted: finished samples are kept ({stop.result.run_dir}); rerun the same command to continue", file=sys.stderr)
+        return 130
+    print(format_sweep(result))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from dleval import report
+
+    y_max = {}
+    for item in args.y_max:
+        task, sep, value = item.partition("=")
+        try:
+            y_max[task.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not task.strip():
+            raise UserError(f"--y-max expects TASK=ACCURACY in percent, got '{item}'")
+    mean_tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    built = report.build(args.paths, mean_tasks=mean_tasks, y_max=y_max, baselines=args.baseline, strict=args.strict_aup)
+    paths = report.write(built, args.out, title=args.title)
+    for note in built.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{len(built.rows)} rows, {len(built.board)} board entries, tasks: {', '.join(built.tasks)}")
+    for e in built.board:
+        cells = "  ".join(f"{t} {e.cells[t].aup:.1f}" for t in built.tasks if t in e.cells)
+        mean = "–" if e.mean_aup is None else f"{e.mean_aup:.1f}"
+        print(f"  {e.rank or '–':>2}  {e.model} · {e.decoder:<12} mean AUP {mean:>7}   {cells}")
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    import json
+
+    from dleval import report
+    from dleval.sweep import check, format_check, load_reference
+
+    ref = load_reference(args.reference)
+    work_dir = args.keep or (args.report / "runs" if args.report is not None else None)
+    if args.threads <= 0:
+        raise UserError("--threads must be positive")
+    result, new = check(ref, update=args.update, work_dir=work_dir, threads=args.threads, progress=args.progress, log=_log)
+    if new is not None:
+        args.reference.write_text(json.dumps(new, indent=2) + "\n")
+        print(
+            f"updated {args.reference}: {len(new['sweeps'])} decoders, y_max {new['y_max']:.2f}; "
+            f"the gate ran in {result.seconds:.0f} s ({result.cpu_seconds:.0f} s of CPU)"
+        )
+    else:
+        print(format_check(result))
+    if args.report is not None:
+        built = report.build(result.sweep_dirs, y_max={ref.task: result.y_max}, alpha=ref.alpha)
+        for path in report.write(built, args.report, title=f"dleval check: {args.reference.name}"):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0 if new is not None or result.ok else 1
