@@ -207,7 +207,10 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     samples_path = run_dir / "samples.jsonl"
-    done = {r.sample_id: r for r in read_records(samples_path, config_hash)}
+    wanted = {s.id: s.target for s in samples}
+    # Resume only what belongs to this sample set: ids beyond a smaller --limit are left in the
+    # file, and a record whose target differs (changed data) is redone.
+    done = {r.sample_id: r for r in read_records(samples_path, config_hash) if wanted.get(r.sample_id, None) == r.target}
     if done:
         log(f"resuming {run_dir}: {len(done)} of {len(samples)} samples already finished")
     pending = [s for s in samples if s.id not in done]
@@ -219,7 +222,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
     except KeyboardInterrupt:
         interrupted = True
     ordered = {s.id: i for i, s in enumerate(samples)}
-    records = sorted([*done.values(), *new], key=lambda r: ordered.get(r.sample_id, len(ordered)))
+    records = sorted({**done, **{r.sample_id: r for r in new}}.values(), key=lambda r: ordered[r.sample_id])
     summary = summarize(records)
     complete = len(records) == len(samples)
     (run_dir / "summary.json").write_text(

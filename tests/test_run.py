@@ -93,3 +93,10 @@ def test_batch_size_does_not_change_results(tmp_path):
     a = run(request(tmp_path / "a", limit=6, batch_size=6), log=lambda m: None)
     b = run(request(tmp_path / "b", limit=6, batch_size=1), log=lambda m: None)
     assert [r.raw for r in a.records] == [r.raw for r in b.records]
+
+
+def test_resume_with_a_smaller_limit_uses_only_its_samples(tmp_path):
+    first = run(request(tmp_path, limit=6, batch_size=6), log=lambda m: None)
+    again = run(request(tmp_path, limit=4, batch_size=4, resume=True), log=lambda m: None)
+    assert again.run_dir == first.run_dir and again.complete
+    assert [r.sample_id for r in again.records] == [f"test/{i}" for i in range(4)]
