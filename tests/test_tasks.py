@@ -58,9 +58,10 @@ def test_synth_gsm_is_deterministic_and_chained():
     a = synth_gsm.problem("test", 3)
     assert a == synth_gsm.problem("test", 3)
     value = int(a.question.split("shows ")[1].split(".")[0])
-    ops = [int(t) for t in a.question.split("Turns: ")[1].split(".")[0].split(", ")]
+    ops = a.question.split("Turns: ")[1].split(".")[0].split(", ")
+    assert set(ops) <= {"+1", "-1", "flip"}
     for op in ops:
-        value = (value + op) % 10
+        value = (10 - value) % 10 if op == "flip" else (value + int(op)) % 10
     assert a.value == value and a.answer.endswith(f"#### {value}")
     assert exact_match(str(a.value), a.answer)
 
@@ -69,11 +70,11 @@ def test_evaluation_problems_are_a_reserved_partition():
     for i in range(300):
         p = synth_gsm.problem("test", i)
         start = int(p.question.split("shows ")[1].split(".")[0])
-        ops = [int(t) for t in p.question.split("Turns: ")[1].split(".")[0].split(", ")]
+        ops = p.question.split("Turns: ")[1].split(".")[0].split(", ")
         assert synth_gsm.heldout(start, ops)
         q = synth_gsm.problem("train", i)
         start = int(q.question.split("shows ")[1].split(".")[0])
-        ops = [int(t) for t in q.question.split("Turns: ")[1].split(".")[0].split(", ")]
+        ops = q.question.split("Turns: ")[1].split(".")[0].split(", ")
         assert not synth_gsm.heldout(start, ops)
 
 

@@ -4,8 +4,8 @@ The tiny model's benchmark. A dial starts at a digit and turns by a list of sign
 answer writes every intermediate reading, each computed from the previous one, and ends with
 `#### N`, so the GSM8K scorer applies unchanged:
 
-    Q: The dial shows 3. Turns: +1, -1, -1, -1, +1, -1, -1, -1. Where does it stop?
-    A: 3 +1=4 -1=3 -1=2 -1=1 +1=2 -1=1 -1=0 -1=9. #### 9
+    Q: The dial shows 3. Turns: +1, -1, -1, -1, +1, -1, -1, -1, +1, +1. Where does it stop?
+    A: 3 +1=4 -1=3 -1=2 -1=1 +1=2 -1=1 -1=0 -1=9 +1=0 +1=1. #### 1
 
 Why this shape. Each reading depends on the one before it (mod 10), so a model that writes one
 token per forward can compute every step locally, while committing several tokens per forward
@@ -15,7 +15,9 @@ separators, `####` and the EOS padding are easy tokens that a good adaptive deco
 parallel. Prompt and answer list the steps with the same stride, so the lookup of step i sits
 at a fixed relative offset, which a one-million-parameter model learns in minutes. Turns are +-1
 by default: with +-1..9 (a 10 x 18 addition table) the same model stayed at chance on the
-readings after 1500 steps, while +-1 reaches 100% at one token per forward in about as many.
+readings after 1500 steps, and +-1..2 was still below 50% per reading at 1250, while +-1 reaches
+100% at one token per forward in about 1500. Ten turns give 10 * 2^10 combinations; the 1/8
+reserved by `heldout` are never trained on.
 
 Problems are keyed by (split, index): training draws from the "train" stream, evaluation from
 "test"; the streams never share a seed.
@@ -41,8 +43,8 @@ OBJECTS = ("dial", "lock", "wheel", "clock", "meter", "gauge")
 class Config:
     """Parameters of the generator (all overridable with -T)."""
 
-    steps: int = 8  # chained operations per problem
-    magnitude: int = 1  # each turn is +-1..magnitude (1: small enough for a 1M-parameter model to learn in minutes)
+    steps: int = 10  # chained operations per problem
+    turns: tuple[str, ...] = ("+1", "-1", "flip")  # "+k"/"-k" add mod 10; "flip" maps x to (10 - x) mod 10
     size: int = 500  # problems in the evaluation split
     seed: int = 0  # offsets the problem stream; 0 is the published benchmark
 
@@ -63,7 +65,11 @@ def split_seed(split: str, index: int, seed: int = 0) -> int:
 HELDOUT_SPLITS = ("test", "valid")
 
 
-def heldout(start: int, ops: list[int]) -> bool:
+def apply_turn(value: int, turn: str) -> int:
+    return (10 - value) % 10 if turn == "flip" else (value + int(turn)) % 10
+
+
+def heldout(start: int, ops: list[str]) -> bool:
     """True for the ~1/8 of (start, turns) combinations reserved for evaluation.
 
     Training streams skip them and evaluation streams draw only them, so no evaluated problem
@@ -73,26 +79,25 @@ def heldout(start: int, ops: list[int]) -> bool:
     return digest[0] < 32
 
 
-def make_problem(rng: random.Random, steps: int = 8, magnitude: int = 9, evaluation: bool = False) -> Problem:
+def make_problem(rng: random.Random, steps: int = 10, turns: tuple[str, ...] = Config.turns, evaluation: bool = False) -> Problem:
     while True:
         start = rng.randrange(10)
-        ops = [rng.choice([-1, 1]) * rng.randrange(1, magnitude + 1) for _ in range(steps)]
+        ops = [rng.choice(turns) for _ in range(steps)]
         if heldout(start, ops) == evaluation:
             break
     obj = rng.choice(OBJECTS)
-    turns = ", ".join(f"{op:+d}" for op in ops)
-    question = f"The {obj} shows {start}. Turns: {turns}. Where does it stop?"
+    question = f"The {obj} shows {start}. Turns: {', '.join(ops)}. Where does it stop?"
     value, parts = start, []
     for op in ops:
-        value = (value + op) % 10
-        parts.append(f"{op:+d}={value}")
+        value = apply_turn(value, op)
+        parts.append(f"{op}={value}")
     answer = f"{start} " + " ".join(parts) + f". #### {value}"
     return Problem(question=question, answer=answer, value=value)
 
 
 def problem(split: str, index: int, cfg: Config = Config()) -> Problem:
     rng = random.Random(split_seed(split, index, cfg.seed))
-    return make_problem(rng, cfg.steps, cfg.magnitude, evaluation=split in HELDOUT_SPLITS)
+    return make_problem(rng, cfg.steps, cfg.turns, evaluation=split in HELDOUT_SPLITS)
 
 
 def samples(spec: TaskSpec, data_dir: Path | None = None) -> list[Sample]:

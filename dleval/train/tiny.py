@@ -56,9 +56,9 @@ class TinyConfig:
     mask_eps: float = 0.05
     # Response padded with EOS to one of these per batch. Longer canvases (32-64) delayed learning
     # past 1500 steps (39% at one token per forward), so the canvases stay close to the task's 32.
-    gen_lengths: tuple[int, ...] = (24, 32, 48)
-    problem_steps: int = 8
-    problem_magnitude: int = 1
+    gen_lengths: tuple[int, ...] = (28, 32, 48)
+    problem_steps: int = 10
+    problem_turns: tuple[str, ...] = synth_gsm.Config.turns
     seed: int = 0
     threads: int = 1  # the bundled checkpoint was trained with 1 thread; the same count reproduces it bit for bit
     eval_problems: int = 500  # held-out synth_gsm test problems measured after training
@@ -83,7 +83,7 @@ def build_tokenizer(cfg: TinyConfig):
     rng = random.Random(cfg.seed)
     corpus = []
     for _ in range(4000):
-        p = synth_gsm.make_problem(rng, cfg.problem_steps, cfg.problem_magnitude)
+        p = synth_gsm.make_problem(rng, cfg.problem_steps, cfg.problem_turns)
         corpus.append(f"user\n\n{p.question}assistant\n\n{p.answer}")
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size,
@@ -125,7 +125,7 @@ def make_batch(tokenizer, start_index: int, cfg: TinyConfig, gen_length: int) ->
     """
     rows, P = [], None
     for i in range(start_index, start_index + cfg.batch_size):
-        p = synth_gsm.problem("train", i, synth_gsm.Config(steps=cfg.problem_steps, magnitude=cfg.problem_magnitude))
+        p = synth_gsm.problem("train", i, synth_gsm.Config(steps=cfg.problem_steps, turns=cfg.problem_turns))
         prompt = tokenizer.encode(chat_prompt(p.question)).ids
         answer = tokenizer.encode(p.answer).ids
         if P is None:
@@ -162,7 +162,7 @@ def evaluate(model: LLaDA, tokenizer, cfg: TinyConfig, gen_length: int = 32, tok
     from dleval.decoders import llada
     from dleval.models.base import Counted
 
-    task = synth_gsm.Config(steps=cfg.problem_steps, magnitude=cfg.problem_magnitude)
+    task = synth_gsm.Config(steps=cfg.problem_steps, turns=cfg.problem_turns)
     problems = [synth_gsm.problem("test", i, task) for i in range(cfg.eval_problems)]
     prompts = [tokenizer.encode(chat_prompt(p.question)).ids for p in problems]
     out = {}
