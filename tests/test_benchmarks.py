@@ -214,6 +214,22 @@ def test_missing_data_is_one_sentence_naming_the_file(tmp_path, monkeypatch):
     assert "\n" not in str(err.value)
 
 
+def test_without_local_files_records_come_from_the_hub_at_the_pinned_revision(tmp_path, monkeypatch):
+    calls = []
+    hub = types.ModuleType("datasets")
+
+    def load_dataset(path, name=None, split=None, revision=None):
+        calls.append((path, name, split, revision))
+        return [{"question": f"{split} question", "answer": "Two.\n#### 2"}]
+
+    hub.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", hub)
+    spec, samples = load("gsm8k", tmp_path, shots="1")
+    assert calls == [("openai/gsm8k", "main", "test", spec.data.revision), ("openai/gsm8k", "main", "train", spec.data.revision)]
+    assert len(spec.data.revision) == 40 and samples[0].question == "Question: test question\nAnswer:"
+    assert samples[0].fewshot == (("Question: train question\nAnswer:", "Two.\n#### 2"),)
+
+
 def test_unknown_filter_and_split_are_user_errors(data):
     with pytest.raises(UserError, match="has no filter 'boxed'"):
         load("mbpp", data, filters="boxed", primary="boxed")
