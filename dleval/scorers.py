@@ -100,10 +100,10 @@ def gsm8k_extract(text: str, filters: Sequence[str], strict_pattern: str = GSM8K
 # - "raw": the cut completion as it is (lm-eval mbpp; for HumanEval the loader prepends the
 #   prompt, lm-eval's `create_test`);
 # - "extract_code": lm-eval mbpp_instruct's filter, whose gen_prefix opens a ```python fence;
-# - "sanitize": dParallel / Fast-dLLM / d3LLM post-processing (tasks.md §2.2, §2.6): the first
+# - "sanitized": dParallel / Fast-dLLM / d3LLM post-processing (tasks.md §2.2, §2.6): the first
 #   python block, then `sanitize` (with the entry point for HumanEval).
 
-CODE_FILTERS = ("raw", "extract_code", "sanitize")
+CODE_FILTERS = ("raw", "extract_code", "sanitized")
 _FENCED = re.compile(r"```(?:\w+)?\n?(.*?)\n?```", re.DOTALL)
 
 

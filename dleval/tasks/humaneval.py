@@ -25,7 +25,7 @@ from dleval.types import Sample, Score
 if TYPE_CHECKING:
     from dleval.tasks import TaskSpec
 
-FILTERS = ("raw", "sanitize")
+FILTERS = ("raw", "sanitized")
 
 
 @dataclass(frozen=True)
