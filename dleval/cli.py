@@ -1,4 +1,4 @@
-"""The `dleval` command: a thin argparse front end over run, sweep, report, check, list and train.
+"""The `dleval` command: a thin argparse front end over run, sweep, report, check, validate, list and train.
 
 Bad input (unknown names, malformed values, missing files) prints one sentence and exits 2;
 Ctrl-C during a run keeps every finished sample and exits 130.
@@ -61,6 +61,17 @@ def parser() -> argparse.ArgumentParser:
     chk.add_argument("--report", type=Path, help="also write the report of the gate's runs into this folder")
     chk.add_argument("--threads", type=int, default=1, help="torch threads for the gate's runs (default 1, the pinned setting)")
     chk.add_argument("--progress", action="store_true", help="show progress bars")
+    val = sub.add_parser("validate", help="score a task's reference answers with its own scorer (exit 1 unless all pass)")
+    val.add_argument("--task", required=True, help="task name (see `dleval list tasks`)")
+    val.add_argument("-T", dest="task_args", action="append", default=[], metavar="KEY=VALUE", help="task parameter (repeatable)")
+    val.add_argument("--limit", type=int, help="only the first N samples")
+    val.add_argument("--workers", type=int, help="programs run at once (default: one per CPU)")
+    val.add_argument(
+        "--data-dir",
+        type=Path,
+        default=os.environ.get("DLEVAL_DATA_DIR"),
+        help="local dataset folder (default $DLEVAL_DATA_DIR, else the hub)",
+    )
     lst = sub.add_parser("list", help="list decoders, tasks or models")
     lst.add_argument("what", choices=["decoders", "tasks", "models"])
     train = sub.add_parser("train", help="training recipes")
@@ -83,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "validate":
+            return _validate(args)
         if args.command == "list":
             return _list(args.what)
         if args.command == "train":
@@ -155,6 +168,43 @@ def format_summary(result) -> str:
     if s.errors:
         lines.append(f"  errors{'':<22} {s.errors} samples (see 'error' in samples.jsonl)")
     lines.append(f"  results: {result.run_dir}")
+    return "\n".join(lines)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from dleval import executor, options, tasks
+
+    if args.limit is not None and args.limit <= 0:
+        raise UserError("--limit must be a positive number of samples")
+    if args.workers is not None and args.workers <= 0:
+        raise UserError("--workers must be positive")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise UserError(f"data dir '{args.data_dir}' does not exist")
+    spec = tasks.load_task(args.task, options.parse_pairs(args.task_args, "-T"))
+    samples = tasks.load_samples(spec, Path(args.data_dir) if args.data_dir else None)[: args.limit]
+    if not samples:
+        raise UserError(f"task '{spec.name}' has no samples to validate")
+    v = tasks.validate(spec, samples, args.workers)
+    print(format_validation(v, spec))
+    if spec.scoring.scorer == "code":
+        print(f"  sandbox: {executor.isolation().describe()}")
+    return 0 if v.ok else 1
+
+
+def format_validation(v, spec) -> str:
+    timeouts = f", timeout {spec.scoring.timeout:g} s" + (
+        f" ({', '.join(spec.scoring.timeout_overrides)})" if spec.scoring.timeout_overrides else ""
+    )
+    code = spec.scoring.scorer == "code"
+    lines = [
+        f"{v.task}: {v.passed[v.primary]}/{v.n} reference answers pass ({v.primary})   {v.seconds:.1f} s"
+        + (f", {v.workers} workers{timeouts}" if code else "")
+    ]
+    lines += [f"  {name:<18} {count}/{v.n}" for name, count in v.passed.items() if name != v.primary]
+    for sample_id, why in v.failures[:10]:
+        lines.append(f"  FAIL {sample_id}: {why}")
+    if len(v.failures) > 10:
+        lines.append(f"  ... and {len(v.failures) - 10} more")
     return "\n".join(lines)
 
 

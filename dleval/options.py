@@ -65,9 +65,11 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                 continue
         raise UserError(f"{key}={value!r} is not a valid {_name(annotation)}")
     if origin is tuple:
-        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v.strip()]
+        # Items of a TOML list keep their whitespace (stop strings like "\nclass"); a command-line
+        # "a, b" is split on commas and stripped.
+        items = list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",") if v.strip()]
         inner = args[0] if args else str
-        return tuple(coerce(v.strip() if isinstance(v, str) else v, inner, key) for v in items)
+        return tuple(coerce(v, inner, key) for v in items)
     if origin is typing.Literal:
         if value not in args:
             raise UserError(f"{key} must be one of {', '.join(map(str, args))}, not '{value}'")

@@ -4,8 +4,9 @@ A spec (`tasks/<name>.toml`) is data only: which loader builds the samples, wher
 from (hub id + pinned revision, or a file under a data dir), the prompt wording and style, stop
 strings, scoring filters, generation-length hints and the paper it reproduces. The loader is a
 module `dleval/tasks/<loader>.py` exporting `samples(spec, data_dir)` and
-`score(spec, sample, completion)`, and optionally a `Config` dataclass of its own parameters
-(the spec's `[params]` table). `-T key=value` overrides any field of any section by name.
+`score(spec, sample, completion)`, optionally `reference(spec, sample)` (the completion an ideal
+model would write, for `validate`) and a `Config` dataclass of its own parameters (the spec's
+`[params]` table). `-T key=value` overrides any field of any section by name.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from dleval import options
+from dleval import executor, options
 from dleval.errors import UserError, did_you_mean, unknown
 from dleval.prompts import STYLES
-from dleval.scorers import GSM8K_STRICT
+from dleval.scorers import GSM8K_STRICT, cut_at_stops
 from dleval.types import Sample, Score
 
 
@@ -32,9 +35,10 @@ class DataSpec:
     hub: str = ""  # Hugging Face dataset id
     hub_config: str = ""
     revision: str = ""  # pinned dataset revision
-    local: str = ""  # file name under --data-dir / DLEVAL_DATA_DIR
+    local: str = ""  # file under --data-dir / DLEVAL_DATA_DIR; "{split}" is replaced by the split
     fewshot_split: str = ""
     fewshot_local: str = ""
+    fewshot_file: str = ""  # exemplars shipped beside the specs (tasks/<file>: JSON list of {question, answer})
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,24 @@ class ScoringSpec:
     primary: str = "strict-match"  # the filter whose value is `correct`
     strict_pattern: str = GSM8K_STRICT
     timeout: float = 10.0  # seconds per program (code tasks)
+    timeout_overrides: tuple[str, ...] = ()  # "sample_id=seconds" for known slow references
 
     def __post_init__(self) -> None:
         if self.primary not in self.filters:
             raise ValueError(f"primary filter '{self.primary}' is not among filters {list(self.filters)}")
+        for item in self.timeout_overrides:
+            key, sep, value = item.rpartition("=")
+            try:
+                ok = bool(sep and key) and float(value) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"timeout_overrides entries look like 'sample_id=seconds', not '{item}'")
+
+    def limits(self, sample_id: str) -> executor.Limits:
+        """Sandbox limits for one program: the task timeout, or the sample's override."""
+        overrides = {key: float(value) for key, _, value in (item.rpartition("=") for item in self.timeout_overrides)}
+        return executor.Limits(timeout=overrides.get(sample_id, self.timeout))
 
 
 @dataclass(frozen=True)
@@ -192,3 +210,49 @@ def gsm8k_score(spec: TaskSpec, target: str, completion: str) -> Score:
     metrics = {f: float(exact_match(a, target)) for f, a in answers.items()}
     primary = spec.scoring.primary
     return Score(correct=metrics[primary], answer=answers[primary], metrics=metrics, answers=answers)
+
+
+def reference(spec: TaskSpec, sample: Sample) -> str:
+    module = loader_module(spec.loader)
+    if not hasattr(module, "reference"):
+        raise UserError(f"task '{spec.name}' has no reference answers to validate")
+    return module.reference(spec, sample)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """`validate`'s outcome: how many reference completions pass under each filter."""
+
+    task: str
+    n: int
+    primary: str
+    passed: dict[str, int]  # filter -> reference completions that score 1
+    failures: tuple[tuple[str, str], ...]  # (sample id, why) under the primary filter
+    seconds: float
+    workers: int
+
+    @property
+    def ok(self) -> bool:
+        return self.passed.get(self.primary, 0) == self.n
+
+
+def validate(spec: TaskSpec, samples: list[Sample], workers: int | None = None) -> Validation:
+    """Score each sample's reference completion, cut at the stop strings as a generation would be,
+    with the task's own scorer (code runs in the sandbox, `workers` programs at a time)."""
+    workers = workers or executor.default_workers()
+
+    def one(sample: Sample) -> Score:
+        completion = cut_at_stops(reference(spec, sample), spec.prompt.stop)
+        try:
+            return score(spec, sample, completion)
+        except Exception as exc:  # a scorer bug is a failed sample, reported like the others
+            return Score(correct=0.0, answer="", detail=f"scoring failed: {type(exc).__name__}: {exc}")
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        scores = list(pool.map(one, samples))
+    seconds = time.perf_counter() - start
+    primary = spec.scoring.primary
+    passed = {f: sum(int(s.metrics.get(f, 0.0) == 1.0) for s in scores) for f in spec.scoring.filters}
+    failures = tuple((smp.id, sc.detail or f"answered {sc.answer!r}") for smp, sc in zip(samples, scores) if sc.metrics.get(primary) != 1.0)
+    return Validation(spec.name, len(samples), primary, passed, failures, seconds, workers)

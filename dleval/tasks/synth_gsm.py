@@ -118,3 +118,7 @@ def score(spec: TaskSpec, sample: Sample, completion: str) -> Score:
     from dleval.tasks import gsm8k_score
 
     return gsm8k_score(spec, sample.target, completion)
+
+
+def reference(spec: TaskSpec, sample: Sample) -> str:
+    return sample.target
