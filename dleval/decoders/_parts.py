@@ -7,7 +7,7 @@ deterministically by (score, then position ascending).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -127,3 +127,102 @@ def check_blocks(gen_length: int, block_length: int) -> int:
     if gen_length % block_length:
         raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
     return gen_length // block_length
+
+
+# ---------------------------------------------------------------------------- threshold rules and the block-cache loop
+# Added for issue 3 (fastdllm, dparallel, eb). Fast-dLLM's three loops (decoders.md §2.2-2.4) are
+# one function here because dParallel and EB reuse them with another selection rule.
+
+CACHES = ("none", "prefix", "dual")
+
+# select(logits (1, B, V) of the current block, masked (1, B), forward index within the block)
+# -> (x0 (1, B) proposed tokens, chosen (1, B) bool positions to commit).
+Select = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def propose(logits: torch.Tensor, temperature: float, mask_id: int) -> torch.Tensor:
+    """x0 = gumbel_argmax over every token but [MASK]. logits (..., V) -> (...).
+
+    A trained dLLM never ranks [MASK] first, so this equals the reference's plain argmax; on a
+    model that does (a random one), the reference's until-no-mask loops would never end.
+    """
+    logits = logits.clone()
+    logits[..., mask_id] = NEG_INF
+    return gumbel_argmax(logits, temperature)
+
+
+def entropy_threshold_mask(h: torch.Tensor, candidates: torch.Tensor, tau: float) -> torch.Tensor:
+    """dParallel: commit every candidate with H <= tau, and always the lowest-entropy one
+    (ties by position). All (B, T)."""
+    return threshold_mask(-h, candidates, h <= tau)
+
+
+def entropy_bound_mask(h: torch.Tensor, candidates: torch.Tensor, gamma: float) -> torch.Tensor:
+    """EB-sampler: sort the candidates by entropy ascending (ties by position) and accept the
+    first k for the largest k with sum(H_1..k) - max(H_1..k) <= gamma; at least one per row
+    that has a candidate. All (B, T)."""
+    h = torch.where(candidates, h.to(torch.float64), torch.full_like(h, float("inf"), dtype=torch.float64))
+    order = rank(-h)  # ascending entropy, ties by position
+    valid = torch.gather(candidates, 1, order)  # (B, T), candidates first
+    hs = torch.where(valid, torch.gather(h, 1, order), torch.zeros_like(h))
+    ok = valid & (hs.cumsum(dim=1) - hs.cummax(dim=1).values <= gamma)
+    positions = torch.arange(h.shape[1], device=h.device).expand_as(ok)
+    k = torch.where(ok, positions + 1, torch.zeros_like(positions)).max(dim=1, keepdim=True).values.clamp(min=1)  # (B, 1)
+    accept_sorted = valid & (positions < k)
+    return torch.zeros_like(candidates).scatter(1, order, accept_sorted)
+
+
+def block_loop(
+    model: Model,
+    prompt: Sequence[int],
+    gen_length: int,
+    block_length: int,
+    select: Select,
+    *,
+    cache: str = "none",
+    refresh_every: int | None = None,
+    on_step: OnStep | None = None,
+) -> Generation:
+    """Decode one prompt block by block, each block until it has no mask, one `select` per forward.
+
+    The forwards are Fast-dLLM's (NVlabs/Fast-dLLM `llada/generate.py` @24cc59e):
+    - "none": every forward is over the full canvas (`generate`, §2.2);
+    - "prefix": the block's first forward is over the full canvas and keeps the K/V of
+      [0, block_start); later forwards run x[block_start:] against that prefix (§2.3);
+    - "dual": the first forward keeps the K/V of the whole canvas; later forwards run only the
+      block, overwriting its K/V in place, against the rest of the cache (§2.4).
+    A full forward also decodes (it is the block's first step) and is one NFE like any other.
+    `refresh_every=N` repeats that full forward every N forwards within a block as well (N=1:
+    every forward is full, which equals "none"). One difference from the reference loops, which
+    run their cached inner loop at least once: when the full forward completes the block, no
+    further forward is made (the reference makes one that commits nothing).
+    """
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {', '.join(CACHES)}, not {cache!r}")
+    x, _, P = make_canvas(model, [prompt], gen_length)  # (1, P+L); one row, so no padding mask
+    commits: list[int] = []
+    for s in range(P, P + gen_length, block_length):
+        e = s + block_length
+        kv = None
+        index = 0
+        while bool((masked := x[:, s:e] == model.mask_id).any()):
+            full = cache == "none" or index == 0 or (refresh_every is not None and index % refresh_every == 0)
+            if full:
+                out = model.forward(x)
+                logits = out.logits[:, s:e]  # (1, B, V)
+                kv = out.kv.keep(s) if cache == "prefix" else out.kv
+            elif cache == "prefix":
+                logits = model.forward(x[:, s:], start=s, cache=kv).logits[:, : e - s]  # block + masked suffix in, block out
+            else:
+                logits = model.forward(x[:, s:e], start=s, cache=kv).logits  # in-place span write into kv
+            x0, chosen = select(logits, masked, index)
+            chosen = chosen & masked
+            assert bool(chosen.any()), "a selection rule must commit at least one masked position"
+            x[:, s:e] = torch.where(chosen, x0, x[:, s:e])
+            commits.append(int(chosen.sum()))
+            if on_step is not None:
+                step = torch.zeros_like(x, dtype=torch.bool)
+                step[:, s:e] = chosen
+                report_step(on_step, len(commits), x, step)
+            index += 1
+    return generations(x, P, [commits])[0]

@@ -1,0 +1,66 @@
+"""dParallel: entropy-threshold parallel decoding (H <= tau, lowest entropy always) over sequential blocks.
+
+Source: Chen et al., "dParallel: Learnable Parallel Decoding for dLLMs" (arXiv 2509.26488);
+czg1225/dParallel `LLaDA/generate.py` @2ca4d14 (`generate` with `get_transfer_index_entropy`);
+spec decoders.md §3.1. The decoding rule is meant for the certainty-forcing distilled model
+(`Zigeng/dParallel-LLaDA-8B-instruct`), but runs on any LLaDA-format model. Fast-dLLM's no-cache
+loop: each block is decoded until it has no mask; a forward commits the masked position of the
+block with the lowest entropy (float64, §0.3) and every other one with H <= tau (the code rejects
+H > tau). No EOS early stop (the reference's early exit is commented out), so every block is
+decoded and NFE >= number of blocks.
+
+The reported numbers use no cache (README), so `cache` defaults to "none". The reference also has
+prefix- and dual-cache loops with the entropy rule; `cache` and `refresh_every` select them, with
+the same loops and the same one deviation as `fastdllm` (no extra forward when the block-start
+forward completes the block; [MASK] never proposed). Ties break by (entropy, then position) instead of `torch.topk`'s
+order. Batch-size-1 algorithm: prompts are decoded one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from dleval.decoders import _parts
+from dleval.models.base import Model
+from dleval.types import Generation, OnStep
+
+BATCHED = False
+PAPER_MODEL = "Zigeng/dParallel-LLaDA-8B-instruct"
+CPU_MODEL = "tiny"  # becomes "tiny-dparallel" once the distilled tiny model is shipped
+
+
+@dataclass(frozen=True)
+class Config:
+    gen_length: int = 256  # LLaDA/eval.sh: gen_length=256
+    block_length: int = 32  # eval.sh: block_length=32
+    threshold: float = 0.5  # eval.sh: entropy threshold 0.5 (0.45 for MBPP)
+    cache: Literal["none", "prefix", "dual"] = "none"  # README: results obtained without caching
+    refresh_every: int | None = None  # ours, as in fastdllm: extra full forward every N forwards in a block
+    temperature: float = 0.0  # eval_llada.py passes temperature=0
+
+    def __post_init__(self) -> None:
+        _parts.check_blocks(self.gen_length, self.block_length)
+        if self.cache not in _parts.CACHES:
+            raise ValueError(f"cache must be one of {', '.join(_parts.CACHES)}, not {self.cache!r}")
+        if self.refresh_every is not None and self.refresh_every < 1:
+            raise ValueError("refresh_every must be >= 1 (or None: refresh at block starts only)")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+
+
+@torch.inference_mode()
+def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None) -> list[Generation]:
+    def select(logits: torch.Tensor, masked: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = _parts.propose(logits, cfg.temperature, model.mask_id)  # (1, B)
+        return x0, _parts.entropy_threshold_mask(_parts.entropy(logits), masked, cfg.threshold)
+
+    return [
+        _parts.block_loop(
+            model, prompt, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every, on_step=on_step
+        )
+        for prompt in prompts
+    ]

@@ -1,0 +1,66 @@
+"""EB-sampler: entropy-bounded unmasking (accept the largest k with sum H - max H <= gamma) over sequential blocks.
+
+Source: Ben-Hamu et al., "Accelerated Sampling from Masked Diffusion Models via Entropy Bounded
+Unmasking" (arXiv 2505.24857); the same rule as diffusers' `EntropyBoundScheduler`
+(`entropy_bound`, default 0.1); spec decoders.md §7.5. No reference code was available for the
+LLaDA setting, so the rule comes from the abstract and the diffusers docs. Each forward sorts the
+masked positions of the current block by entropy ascending (float64, §0.3; ties by position) and
+commits the first k for the largest k with sum(H_1..k) - max(H_1..k) <= gamma, at least one.
+The left side bounds the joint dependence of the accepted tokens, so gamma = 0 commits one token
+per forward (whenever entropies are positive) and larger gamma commits more. Tokens are the
+argmax over every token but [MASK] (`_parts.propose`), as in `fastdllm`.
+
+The rule composes with the harness's block schedule: Fast-dLLM's sequential-block loop, each
+block decoded until it has no mask, on the common LLaDA baseline (gen 256, block 32, T = 0;
+decoders.md §9 checklist 1). The Fast-dLLM caches are available but off by default.
+Batch-size-1 loop: prompts are decoded one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from dleval.decoders import _parts
+from dleval.models.base import Model
+from dleval.types import Generation, OnStep
+
+BATCHED = False
+
+
+@dataclass(frozen=True)
+class Config:
+    gen_length: int = 256  # decoders.md §9.1: the common LLaDA baseline (gen 256, block 32)
+    block_length: int = 32  # same baseline; block_length = gen_length gives one global block
+    gamma: float = 0.1  # diffusers EntropyBoundScheduler: entropy_bound = 0.1
+    cache: Literal["none", "prefix", "dual"] = "none"  # ours: Fast-dLLM caches, off as in the paper's plain sampler
+    refresh_every: int | None = None  # ours, as in fastdllm: extra full forward every N forwards in a block
+    temperature: float = 0.0  # T = 0 as every LLaDA headline number (§0.3)
+
+    def __post_init__(self) -> None:
+        _parts.check_blocks(self.gen_length, self.block_length)
+        if self.gamma < 0:
+            raise ValueError("gamma must be >= 0")
+        if self.cache not in _parts.CACHES:
+            raise ValueError(f"cache must be one of {', '.join(_parts.CACHES)}, not {self.cache!r}")
+        if self.refresh_every is not None and self.refresh_every < 1:
+            raise ValueError("refresh_every must be >= 1 (or None: refresh at block starts only)")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+
+
+@torch.inference_mode()
+def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None) -> list[Generation]:
+    def select(logits: torch.Tensor, masked: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = _parts.propose(logits, cfg.temperature, model.mask_id)  # (1, B)
+        return x0, _parts.entropy_bound_mask(_parts.entropy(logits), masked, cfg.gamma)
+
+    return [
+        _parts.block_loop(
+            model, prompt, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every, on_step=on_step
+        )
+        for prompt in prompts
+    ]

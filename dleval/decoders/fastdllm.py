@@ -1,0 +1,94 @@
+"""Fast-dLLM v1: confidence-threshold parallel decoding with a prefix or dual KV cache.
+
+Source: Wu et al., "Fast-dLLM: Training-free Acceleration of Diffusion LLM by Enabling KV Cache
+and Parallel Decoding" (arXiv 2505.22618); NVlabs/Fast-dLLM `llada/generate.py` @24cc59e
+(`generate`, `generate_with_prefix_cache`, `generate_with_dual_cache`, `get_transfer_index`);
+spec decoders.md §2. Sequential blocks; each block is decoded until it has no mask. A forward
+commits the most confident masked position of the block plus every other one with conf >= tau
+(the top-1 even below tau), or, with no threshold, LLaDA's fixed per-step quota. The cache is
+rebuilt by a full forward at each block start, which is also the block's first decoding step and
+one NFE (§2.7: the paper says "after completing a block"; the code does it at the start, and we
+match the code). `prefix` keeps the K/V of [0, block_start) and forwards x[block_start:];
+`dual` keeps every position and forwards only the block, writing its K/V in place.
+
+Deviations, all from the harness conventions (§0.3) or its contract:
+- ties break by (confidence, then position) instead of `torch.topk`'s unspecified order;
+- **[quirk]** with a cache, the reference always makes at least one cached forward per block, so
+  when the block-start forward already completes the block (typical for EOS-padding blocks at
+  tau = 0.9) it spends one more forward that commits nothing, and counts it. We skip that forward:
+  our NFE is the reference's minus one per such block (checked against the reference code);
+- [MASK] is never proposed (`_parts.propose`): the same tokens for a trained model, and loops
+  that cannot spin forever on a random one that ranks [MASK] first;
+- `refresh_every` is ours: a full refresh forward every N forwards within a block (1 = every
+  forward, which reduces `dual` and `prefix` exactly to `none`).
+Batch-size-1 algorithm (the reference builds a canvas of batch 1 and its SDPA has no padding
+mask): prompts are decoded one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from dleval.decoders import _parts
+from dleval.models.base import Model
+from dleval.types import Generation, OnStep
+
+BATCHED = False
+
+
+@dataclass(frozen=True)
+class Config:
+    gen_length: int = 256  # llada/eval_gsm8k.sh: length=256
+    block_length: int = 32  # eval_gsm8k.sh: block_length=32; paper §4.1 default cache block size 32
+    threshold: float | None = 0.9  # eval_gsm8k.sh threshold=0.9; paper §4.1; None = LLaDA's fixed quota
+    steps: int | None = None  # used only when threshold is None; None = gen_length (one token per forward)
+    cache: Literal["none", "prefix", "dual"] = "prefix"  # paper §4.1 default PrefixCache (decoders.md §2.5)
+    refresh_every: int | None = None  # ours: extra full forward every N forwards in a block; None = block start only
+    temperature: float = 0.0  # eval_llada.py passes temperature=0
+    remasking: str = "low_confidence"  # generate.py: "low_confidence" | "random"
+
+    def __post_init__(self) -> None:
+        blocks = _parts.check_blocks(self.gen_length, self.block_length)
+        if self.threshold is None and (self.total_steps <= 0 or self.total_steps % blocks):
+            raise ValueError(f"steps ({self.total_steps}) must be a positive multiple of the number of blocks ({blocks})")
+        if self.cache not in _parts.CACHES:
+            raise ValueError(f"cache must be one of {', '.join(_parts.CACHES)}, not {self.cache!r}")
+        if self.refresh_every is not None and self.refresh_every < 1:
+            raise ValueError("refresh_every must be >= 1 (or None: refresh at block starts only)")
+        if self.remasking not in ("low_confidence", "random"):
+            raise ValueError(f"remasking must be 'low_confidence' or 'random', not {self.remasking!r}")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+
+    @property
+    def total_steps(self) -> int:
+        return self.gen_length if self.steps is None else self.steps
+
+
+@torch.inference_mode()
+def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None) -> list[Generation]:
+    per_block = cfg.total_steps // (cfg.gen_length // cfg.block_length)
+    # Blocks start fully masked, so the quota (k_0..k_{s-1}) is the same for every block.
+    k = _parts.quota(torch.tensor([cfg.block_length]), per_block)[0].tolist()
+
+    def select(logits: torch.Tensor, masked: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = _parts.propose(logits, cfg.temperature, model.mask_id)  # (1, B)
+        if cfg.remasking == "low_confidence":
+            conf = _parts.confidence(logits, x0)
+        else:
+            conf = torch.rand(x0.shape, dtype=torch.float64, device=x0.device)
+        if cfg.threshold is None:
+            scores = torch.where(masked, conf, torch.full_like(conf, _parts.NEG_INF))
+            return x0, _parts.top_k_mask(scores, [k[index]]) & masked
+        return x0, _parts.threshold_mask(conf, masked, conf >= cfg.threshold)
+
+    return [
+        _parts.block_loop(
+            model, prompt, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every, on_step=on_step
+        )
+        for prompt in prompts
+    ]

@@ -1,0 +1,87 @@
+"""dParallel decoding (decoders.md §3.1): the entropy threshold rule, sequential blocks, cache options.
+
+Run: pytest tests/test_dparallel.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from dleval import decoders
+from dleval.decoders import _parts, dparallel
+from dleval.models.base import Counted
+from tests.conftest import random_llada
+from tests.recording import FixedLogits, Recording, block_logits
+
+PROMPT = [5, 9, 12, 7, 30]
+PARALLEL = 3.9  # about the median entropy of the random model (vocab 64): several commits per forward
+
+
+def decode(cfg, prompt=PROMPT, model=None):
+    counted = Counted(model or random_llada())
+    steps = []
+    gens = dparallel.decode(counted, [prompt], cfg, on_step=steps.append)
+    return gens[0], counted.nfe, steps
+
+
+@pytest.mark.parametrize("tau", [-1.0, PARALLEL, 0.5])
+def test_commits_entropy_at_most_tau_plus_the_lowest(tau):
+    """Every forward commits exactly {masked block positions with H <= tau} plus the lowest-entropy one."""
+    P, B, L = len(PROMPT), 8, 16
+    model = Recording(random_llada())
+    gen, nfe, steps = decode(dparallel.Config(gen_length=L, block_length=B, threshold=tau), model=model)
+    before = torch.full((1, P + L), 1)
+    before[0, :P] = torch.tensor(PROMPT)
+    for call, step in zip(model.calls, steps, strict=True):
+        s = P + (int(step.committed[0].nonzero()[0]) - P) // B * B
+        logits = block_logits(call, s, B)[0]  # (B, V)
+        masked = before[0, s : s + B] == 1
+        h = torch.where(masked, _parts.entropy(logits), torch.full((B,), float("inf"), dtype=torch.float64))
+        lowest = int(torch.argmin(h))  # first of equal minima: position tie-break
+        expected = {i for i in range(B) if masked[i] and h[i] <= tau} | {lowest}
+        assert {int(i) - s for i in step.committed[0].nonzero().flatten()} == expected
+        before = step.canvas
+    if tau < 0:
+        assert nfe == L and set(gen.committed_per_step) == {1}  # entropy is never negative here: one token per forward
+    if tau == PARALLEL:
+        assert max(gen.committed_per_step) > 1 and nfe < L
+
+
+def test_large_threshold_decodes_each_block_in_one_forward():
+    gen, nfe, steps = decode(dparallel.Config(gen_length=32, block_length=8, threshold=100.0))
+    assert nfe == 4 and gen.committed_per_step == (8, 8, 8, 8)
+    P = len(PROMPT)
+    for b, step in enumerate(steps):  # sequential blocks, in order
+        assert step.committed[0].nonzero().flatten().tolist() == list(range(P + 8 * b, P + 8 * (b + 1)))
+
+
+def test_entropy_rule_prefers_low_entropy_over_high_confidence():
+    """A peaked-but-spread distribution can have higher confidence yet higher entropy than another."""
+    P, L = 2, 2
+    table = torch.full((P + L, 8), -30.0)
+    table[P, 3], table[P, 4] = 2.0, 2.0  # two tokens at p = 0.5: H = ln 2 = 0.69, conf 0.5
+    table[P + 1, [0, 2, 3, 4, 6, 7]] = torch.tensor(0.4 / 6).log()  # conf 0.6, the rest spread thin: H = 1.39
+    table[P + 1, 5] = torch.tensor(0.6).log()
+    gen, _, steps = decode(dparallel.Config(gen_length=L, block_length=L, threshold=0.1), [4, 5], FixedLogits(table))
+    h = _parts.entropy(table[P:])
+    conf = torch.softmax(table[P:].double(), -1).max(-1).values
+    assert h[0] < h[1] and conf[0] < conf[1]
+    assert int(steps[0].committed[0].nonzero()) == P  # lowest entropy first, not highest confidence
+
+
+@pytest.mark.parametrize("cache", ["dual", "prefix"])
+def test_cache_refreshed_at_every_step_equals_none(cache):
+    cfg = dparallel.Config(gen_length=16, block_length=8, threshold=PARALLEL)
+    plain = decode(cfg)
+    assert decode(dataclasses.replace(cfg, cache=cache, refresh_every=1))[:2] == plain[:2]
+
+
+def test_defaults_and_models():
+    cfg = dparallel.Config()
+    assert (cfg.gen_length, cfg.block_length, cfg.threshold, cfg.cache) == (256, 32, 0.5, "none")
+    info = decoders.info("dparallel")
+    assert info.paper_model == "Zigeng/dParallel-LLaDA-8B-instruct" and not info.batched
+    assert info.cpu_model in ("tiny", "tiny-dparallel")
