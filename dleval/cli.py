@@ -42,8 +42,12 @@ def parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list decoders, tasks or models")
     lst.add_argument("what", choices=["decoders", "tasks", "models"])
     train = sub.add_parser("train", help="training recipes")
-    train.add_argument("recipe", choices=["tiny"], help="tiny: build the bundled CPU model")
-    train.add_argument("--out", type=Path, help="output folder (default: the package's bundled folder)")
+    train.add_argument(
+        "recipe", choices=["tiny", "filter"], help="tiny: build the bundled CPU model; filter: train --model's Learn2PD filter"
+    )
+    train.add_argument("--model", default="tiny", help="filter: the model to trace and train for (default tiny)")
+    train.add_argument("--device", help="filter: torch device for tracing (default cuda if available, else cpu)")
+    train.add_argument("--out", type=Path, help="output folder (default: tiny: the package's bundled folder; filter: the model's folder)")
     train.add_argument("-O", dest="train_args", action="append", default=[], metavar="KEY=VALUE", help="recipe option (repeatable)")
     return top
 
@@ -153,6 +157,17 @@ def _train(args: argparse.Namespace) -> int:
     from dleval.models import CHECKPOINTS
     from dleval.train import tiny
 
+    if args.recipe == "filter":
+        from dleval.train import filter as learn2pd_filter
+
+        cfg = options.build(learn2pd_filter.FilterConfig, options.parse_pairs(args.train_args, "-O"), "recipe 'filter'")
+        meta = learn2pd_filter.train(args.model, cfg, args.out, log=lambda m: print(m, file=sys.stderr), device=args.device)
+        test = meta["metrics"].get("test", {})
+        print(
+            f"trained the Learn2PD filter on {meta['oracle_steps']} oracle steps in {meta['train_seconds']:.0f} s "
+            f"(test loss {test.get('loss', float('nan')):.4f}, precision {test.get('precision', float('nan')):.3f}) -> {meta['path']}"
+        )
+        return 0
     cfg = options.build(tiny.TinyConfig, options.parse_pairs(args.train_args, "-O"), "recipe 'tiny'")
     out = args.out or CHECKPOINTS / "tiny"
     meta = tiny.train(cfg, out, log=lambda m: print(m, file=sys.stderr))
