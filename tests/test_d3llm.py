@@ -55,18 +55,24 @@ def test_sequential_no_early_stop_no_cache_equals_dparallel(tau, gen, block):
         assert counted.nfe == len(commits)
 
 
-@pytest.mark.parametrize("delay", [0, 1, 2])
-@pytest.mark.parametrize("add,full", [(0.1, 0.95), (0.5, 0.7), (1.0, 1.0)])
-def test_delayed_cache_refreshed_every_forward_equals_no_cache(delay, add, full):
+@pytest.mark.parametrize("delay,refresh", [(0, 1), (1, 10000), (2, 3), (2, 1)])
+@pytest.mark.parametrize("add,full", [(0.1, 0.95), (1.0, 1.0)])
+def test_delayed_cache_is_exact_when_positions_do_not_interact(delay, refresh, add, full):
+    """With attention switched off, no cached K/V can be stale, so the delayed cache must give
+    exactly cache="none": this checks which positions each cached forward runs and where its
+    logits land. (With attention on it is an approximation, even with refresh_interval=1: see
+    d3llm's docstring.)"""
     model = random_llada(seed=2)
     with torch.no_grad():
         model.model.transformer.ff_out.weight[0] *= 2.5  # EOS likely: exercise the early stop too
+        for block in model.model.transformer.blocks:
+            block.attn_out.weight.zero_()
     base = dict(gen_length=32, block_length=8, threshold=1.0, block_add_threshold=add, decoded_token_threshold=full)
     for prompt in PROMPTS:
         plain, n_plain, _ = decode(model, prompt, d3llm.Config(**base))
-        cached, n_cached, _ = decode(model, prompt, d3llm.Config(**base, cache="delayed", cache_delay_iter=delay, refresh_interval=1))
+        cached, n_cached, _ = decode(model, prompt, d3llm.Config(**base, cache="delayed", cache_delay_iter=delay, refresh_interval=refresh))
         assert cached == plain and n_cached.nfe == n_plain.nfe
-        assert n_cached.positions == n_plain.positions  # every forward was a full one
+        assert n_cached.positions < n_plain.positions  # ...while forwarding fewer positions
 
 
 class Recording:
@@ -84,7 +90,7 @@ class Recording:
         return self.inner.forward(ids, start=start, cache=cache, attention_mask=attention_mask)
 
 
-@pytest.mark.parametrize("delay,refresh", [(1, 10000), (2, 3), (2, 4), (0, 5)])
+@pytest.mark.parametrize("delay,refresh", [(1, 10000), (2, 3), (0, 5), (2, 1)])
 def test_delayed_cache_bookkeeping(delay, refresh):
     P, L, B = len(PROMPTS[0]), 40, 8
     model = Recording(random_llada(seed=3))
@@ -109,7 +115,6 @@ def test_delayed_cache_bookkeeping(delay, refresh):
             continue
         used_cache = True
         assert start == cached and cached in ends  # the cache is a prefix of whole blocks
-        assert n % refresh != 0  # every refresh_interval-th forward is a full one
         newest = ends.index(cached)  # blocks 0..newest are cached (0 = the prompt)
         # A block enters the cache only after it has been finished for `delay` iterations: a block
         # finished by forward f is seen finished at forward f+1 and appended by forward f+1+delay
@@ -117,9 +122,14 @@ def test_delayed_cache_bookkeeping(delay, refresh):
         appended_at = max(delay, 1) if newest == 0 else finished[newest] + 1 + delay
         assert n > appended_at
     assert used_cache
+    # Every refresh_interval-th forward is a full one, unless it appends a block (then the next
+    # forward that uses the cache sees a longer one): the reference lets the append win.
+    cached_calls = [(n, c) for n, (_, _, c) in enumerate(calls, 1) if c is not None]
+    for i, (n, c) in enumerate(cached_calls):
+        if n % refresh == 0:
+            assert all(c2 > c for _, c2 in cached_calls[i + 1 : i + 2])
     assert counted.positions < counted.nfe * (P + L)  # the cache saved work
-    plain, _, _ = decode(model.inner, PROMPTS[0], d3llm.Config(**{**cfg.__dict__, "cache": "none"}))
-    assert len(gen.tokens) == len(plain.tokens) == L and 1 not in gen.tokens
+    assert len(gen.tokens) == L and 1 not in gen.tokens
 
 
 class FixedLogits:

@@ -16,25 +16,26 @@ committed every position after the first EOS becomes EOS and no further block op
 
 cache="delayed": the cache holds a prefix of finished blocks (the prompt counts as one). A block
 enters it only after it has been finished for `cache_delay_iter` iterations, appended from the
-K/V of a forward that starts at the cache end; while a finished block waits ("stabilizing"),
-forwards are full and the cache is rebuilt from them; otherwise forwards run x[cache_end:]
-against the cache. Every `refresh_interval`-th forward is full and rebuilds the cache.
+K/V of a forward that runs x[cache_end:] against the cache; while a finished block waits
+("stabilizing"), forwards are full and the cache is rebuilt from them; otherwise forwards run
+x[cache_end:] against the cache. A forward whose index is a multiple of `refresh_interval` is full
+and rebuilds the cache, unless a block is due to be appended then: the append wins and that
+refresh is skipped. That is the code; the paper speaks of a refresh every R steps. So even
+refresh_interval=1 is not cache="none": the append forwards use the cache rebuilt one forward
+earlier.
 
 Where this differs from the reference, and why:
 - NFE is the Counted wrapper's call count. The reference increments its counter before its EOS
   check, so a run that ends there reports one forward that never ran (decoders.md §0.4); that is
   not copied. The EOS fill is applied right after the forward whose commit produced the EOS (the
   reference does it at the top of the next iteration, on the same canvas), so the filled
-  positions count as that forward's commits.
+  positions count as that forward's commits. As in the reference, there is no fill when that
+  forward left no mask: tokens it committed after the EOS stay.
 - The reference takes its candidate mask before that EOS fill, so in the iteration after an EOS
   appears, positions just filled with EOS still count as masked: one can take the forced
   lowest-entropy slot or satisfy the progress guarantee, and its argmax overwrites the EOS (the
   next fill restores it, except after the last forward). Here the mask is taken after the fill, so
   every forward commits at least one real mask.
-- A forward due for a periodic refresh (nfe % refresh_interval == 0, with a cache) is a full
-  forward even when a block is due to be appended, whose K/V then come from that forward; the
-  reference lets the append win and skips that refresh. So every refresh_interval-th forward
-  really is full, and with refresh_interval=1 the delayed cache equals cache="none" exactly.
 - Ties break by (entropy, position) instead of `torch.topk`'s unspecified order (§0.3), and the
   argmax skips [MASK] (`_parts.propose`: a trained model never ranks it first; a random one
   could, and the until-no-mask loop would never end).
@@ -150,7 +151,8 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
         committed[:, s0:active_end] = chosen
         _recount(blocks, x, mask_id)
 
-        if cfg.early_stop and (e := _parts.first_token(x, model.eos_id, P)) is not None:
+        more = bool((x[0, P:] == mask_id).any())  # else the reference's loop ends before its fill
+        if cfg.early_stop and more and (e := _parts.first_token(x, model.eos_id, P)) is not None:
             committed |= _parts.fill_after(x, e, model.eos_id, mask_id)
             for blk in blocks[1:]:
                 if blk.start > e and blk.masks:
@@ -192,16 +194,13 @@ def _cached_forward(
     # At most one block stabilizes at a time and it starts at cache_len, so the reference's
     # "truncate the rebuilt cache to the newest stabilizing block" is a truncation to cache_len.
     stabilizing = any(b.masks == 0 and b.done_at is not None and not b.cached for b in blocks)
-    if cache is not None and nfe % cfg.refresh_interval == 0:
-        out = model.forward(x)
-        return out.logits, 0, out.kv.keep(cache_len + update), cache_len + update
-    if update:
+    if update:  # append, even when a periodic refresh is due (the reference's order)
         if cache is None:
             out = model.forward(x)
             return out.logits, 0, out.kv.keep(update), update
         out = model.forward(x[:, cache_len:], start=cache_len, cache=cache)
         return out.logits, cache_len, cache.append(out.kv, update), cache_len + update
-    if cache is not None and stabilizing:
+    if cache is not None and (stabilizing or nfe % cfg.refresh_interval == 0):
         out = model.forward(x)
         return out.logits, 0, out.kv.keep(cache_len), cache_len
     if cache is not None:
