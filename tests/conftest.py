@@ -14,7 +14,7 @@ import torch
 from dleval.models.llada import LLaDA, LLaDAConfig
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(int(os.environ.get("DLEVAL_TEST_THREADS", "2")))  # 1 on a shared, busy machine: 2 threads contend badly
+torch.set_num_threads(1)  # tiny models; more threads only contend with the executor's subprocesses
 
 
 def random_llada(seed: int = 0, vocab: int = 64, layers: int = 2, kv_heads: int = 4) -> LLaDA:

@@ -141,9 +141,8 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
         chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # global lowest H, plus H <= tau
         first = next((b for b in blocks[1:] if b.full and b.masks), None)
         if first is not None and not bool(chosen[0, first.start - s0 : first.end - s0].any()):
-            a = first.start - s0
-            hb = torch.where(masked[0, a : first.end - s0], h[0, a : first.end - s0], torch.full_like(h[0, a : first.end - s0], torch.inf))
-            j = a + int(hb.argmin())  # first of equal minima
+            a, z = first.start - s0, first.end - s0
+            j = a + int(h[0, a:z].masked_fill(~masked[0, a:z], torch.inf).argmin())  # first of equal minima
             chosen[0, j] = True
             x0[0, j] = _parts.propose(lg[0, j], 0.0, mask_id)  # the reference re-takes the plain argmax here, even at T > 0
         x[:, s0:active_end] = torch.where(chosen, x0, x[:, s0:active_end])

@@ -18,7 +18,7 @@ model's `encode(text) -> ids`, which `dleval.models.load` attaches from the chec
 Like the reference, constraint tokens beyond the canvas are dropped, and the test only runs when
 its window lies inside the canvas: with the paper's prefix at offset 200 and a shorter
 gen_length, Prophet is plain LLaDA (such offsets need no tokenizer). Tasks can set their own prefix
-(`answer_prefix` in a task's [generation] hints; synth_gsm forces "####"). No prefix, no test:
+(`answer_prefix` in a task's [generation] hints; synth_gsm forces " ####"). No prefix, no test:
 `answer_prefix=""` is exactly `llada`.
 
 Also as the reference: a block holding constraint positions has fewer masks than steps, so some
