@@ -85,7 +85,9 @@ def main() -> None:
         }
 
     print(f"fastdllm threshold={args.threshold} block={args.block_length} gen={args.gen_length}, {len(samples)} synth_gsm problems,")
-    print(f"model {loaded.name}, {args.repeats} repeats (median), {args.threads} thread(s), CPU {platform.processor() or platform.machine()}")
+    print(
+        f"model {loaded.name}, {args.repeats} repeats (median), {args.threads} thread(s), CPU {platform.processor() or platform.machine()}"
+    )
     print(f"{'cache':8s} {'acc':>6s} {'NFE':>7s} {'positions':>10s} {'s/sample':>9s} {'same':>6s} {'speedup':>8s}")
     for cache, r in rows.items():
         print(

@@ -75,10 +75,18 @@ def parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list decoders, tasks or models")
     lst.add_argument("what", choices=["decoders", "tasks", "models"])
     train = sub.add_parser("train", help="training recipes")
-    train.add_argument("recipe", choices=["tiny", "distill"], help="tiny: build the bundled CPU model; distill: dParallel/d3LLM students")
-    train.add_argument("--out", type=Path, help="output folder (default: the package's bundled folder)")
+    train.add_argument(
+        "recipe",
+        choices=["tiny", "distill", "filter"],
+        help="tiny: build the bundled CPU model; distill: dParallel/d3LLM students; filter: train --model's Learn2PD filter",
+    )
+    train.add_argument(
+        "--out", type=Path, help="output folder (default: tiny/distill: the package's bundled folder; filter: the model's folder)"
+    )
     train.add_argument("--method", choices=["dparallel", "d3llm"], default="dparallel", help="distill: which recipe (default dparallel)")
     train.add_argument("--teacher", default="tiny", help="distill: teacher model (default tiny)")
+    train.add_argument("--model", default="tiny", help="filter: the model to trace and train for (default tiny)")
+    train.add_argument("--device", help="filter: torch device for tracing (default cuda if available, else cpu)")
     train.add_argument("-O", dest="train_args", action="append", default=[], metavar="KEY=VALUE", help="recipe option (repeatable)")
     return top
 
@@ -245,6 +253,17 @@ def _train(args: argparse.Namespace) -> int:
         out = args.out or CHECKPOINTS / "tiny"
         meta = tiny.train(cfg, out, log=log)
         print(f"trained {meta['parameters']:,} parameters in {meta['train_seconds']:.0f} s -> {out}")
+        return 0
+    if args.recipe == "filter":
+        from dleval.train import filter as learn2pd_filter
+
+        cfg = options.build(learn2pd_filter.FilterConfig, overrides, "recipe 'filter'")
+        meta = learn2pd_filter.train(args.model, cfg, args.out, log=log, device=args.device)
+        test = meta["metrics"].get("test", {})
+        print(
+            f"trained the Learn2PD filter on {meta['oracle_steps']} oracle steps in {meta['train_seconds']:.0f} s "
+            f"(test loss {test.get('loss', float('nan')):.4f}, precision {test.get('precision', float('nan')):.3f}) -> {meta['path']}"
+        )
         return 0
     from dleval import models
     from dleval.train import distill

@@ -33,7 +33,9 @@ from dleval.run import completion_of
 class Generator:
     """Decode one lm-eval context with a dleval decoder; the lm-eval-independent core."""
 
-    def __init__(self, decoder: str = "llada", model: str | None = None, speed_log: str | None = None, device: str | None = None, **decoder_args: Any):
+    def __init__(
+        self, decoder: str = "llada", model: str | None = None, speed_log: str | None = None, device: str | None = None, **decoder_args: Any
+    ):
         info = decoders.info(decoder)
         self.decoder = decoders.load(info.name)
         self.cfg = options.build(self.decoder.Config, decoder_args, f"decoder '{info.name}'")
@@ -92,10 +94,14 @@ def register() -> type:
             return out
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
-            raise NotImplementedError("dleval evaluates generation tasks; log-likelihood tasks need a Monte-Carlo estimator it does not ship")
+            raise NotImplementedError(
+                "dleval evaluates generation tasks; log-likelihood tasks need a Monte-Carlo estimator it does not ship"
+            )
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            raise NotImplementedError("dleval evaluates generation tasks; log-likelihood tasks need a Monte-Carlo estimator it does not ship")
+            raise NotImplementedError(
+                "dleval evaluates generation tasks; log-likelihood tasks need a Monte-Carlo estimator it does not ship"
+            )
 
         def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
             return self.generator.chat(chat_history, add_generation_prompt)

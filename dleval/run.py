@@ -78,6 +78,9 @@ def decoder_config(module: Any, hints: tasks.GenerationHints, overrides: dict[st
         gen = overrides.get("gen_length", merged.get("gen_length"))
         single_block = hints.block_length == hints.gen_length
         merged["block_length"] = gen if single_block and gen is not None else hints.block_length
+    for name, value in dataclasses.asdict(hints).items():  # every other hint: taken as is
+        if name not in ("gen_length", "block_length") and value is not None and name in fields and name not in user:
+            merged[name] = value
     merged.update(overrides)
     return options.build(module.Config, merged, f"decoder '{name}'")
 
@@ -170,6 +173,12 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
         raise UserError(f"task '{spec.name}' has no samples to run")
     loaded = models.load(choose_model(req.model, info, log), device=req.device)
     counted = models.Counted(loaded.model)
+    check = getattr(decoder, "check", None)
+    if check is not None:  # a setting this model cannot run (e.g. no trained filter): say so once, not per sample
+        try:
+            check(counted, cfg)
+        except ValueError as exc:
+            raise UserError(f"decoder '{info.name}': {exc}") from None
     batch_size = req.batch_size
     if batch_size > 1 and not info.batched:
         log(f"decoder '{info.name}' decodes one prompt at a time; running with batch size 1")

@@ -6,6 +6,7 @@ Run the default suite with `pytest` (slow and GPU tests are excluded by pyprojec
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,32 @@ def random_llada(seed: int = 0, vocab: int = 64, layers: int = 2, kv_heads: int 
     model = LLaDA(cfg, eot_id=2)
     model.init_weights(seed, std=0.3)  # large init: peaked, varied logits so decoders make real choices
     return model.eval()
+
+
+def write_random_filter(folder: Path, block_length: int, seed: int = 0, bias: float = 2.0) -> Path:
+    """A deterministic random Learn2PD filter for `block_length` in `folder` (the random model has
+    no trained one); `bias` shifts the acceptance logits so that some positions pass 0.96."""
+    from dleval.decoders import learn2pd
+
+    gen = torch.Generator().manual_seed(seed)
+    hidden = 16
+    params = {
+        "hidden.weight": torch.randn(hidden, block_length, generator=gen),
+        "hidden.bias": torch.randn(hidden, generator=gen),
+        "out.weight": torch.randn(block_length, hidden, generator=gen),
+        "out.bias": torch.full((block_length,), bias),
+    }
+    path = learn2pd.filter_path(folder, block_length)
+    learn2pd.save_filter(path, params, {"recipe": "tests/conftest.py write_random_filter", "seed": seed, "bias": bias})
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory) -> Path:
+    """Model-side files decoders may need, for the random model (which has no folder): a Learn2PD filter for block 8."""
+    folder = tmp_path_factory.mktemp("model_files")
+    write_random_filter(folder, 8)
+    return folder
 
 
 @pytest.fixture

@@ -17,10 +17,11 @@ from tests.conftest import random_llada
 PROMPTS = [[5, 9, 12, 7, 30], [8, 3, 44], [6, 6, 6, 6, 6, 6, 21]]
 
 
-def small_config(name: str, **extra):
+def small_config(name: str, files=None, **extra):
+    """A small config; `files` is a folder of model-side files (e.g. a Learn2PD filter) for decoders with a `filter` field."""
     module = decoders.load(name)
     fields = {f.name for f in dataclasses.fields(module.Config)}
-    values = {k: v for k, v in {"gen_length": 16, "block_length": 8}.items() if k in fields}
+    values = {k: v for k, v in {"gen_length": 16, "block_length": 8, "filter": str(files)}.items() if k in fields}
     values.update(extra)
     return module, module.Config(**values)
 
@@ -37,8 +38,8 @@ def run(module, cfg, prompts, model=None):
     return gens, counted, steps
 
 
-def test_output_is_complete_and_counted(decoder):
-    module, cfg = small_config(decoder)
+def test_output_is_complete_and_counted(decoder, model_files):
+    module, cfg = small_config(decoder, model_files)
     prompts = PROMPTS if getattr(module, "BATCHED", False) else PROMPTS[:1]
     gens, counted, steps = run(module, cfg, prompts)
     assert len(gens) == len(prompts)
@@ -46,20 +47,22 @@ def test_output_is_complete_and_counted(decoder):
         assert 0 < len(g.tokens) <= cfg.gen_length
         assert 1 not in g.tokens  # no mask left
         assert len(g.committed_per_step) == counted.nfe >= 1  # one entry per forward
-        assert all(n >= 1 for n in g.committed_per_step)  # progress on every forward
+        # Progress on every forward. A decoder that cuts the canvas (Learn2PD's end-of-text
+        # prediction) counts only the commits that survive the cut, which can leave a forward with 0.
+        assert all(n >= 1 for n in g.committed_per_step) or (len(g.tokens) < cfg.gen_length and min(g.committed_per_step) >= 0)
         assert sum(g.committed_per_step) == len(g.tokens)
     assert len(steps) == counted.nfe  # on_step sees every forward
 
 
-def test_deterministic_at_temperature_zero(decoder):
-    module, cfg = small_config(decoder)
+def test_deterministic_at_temperature_zero(decoder, model_files):
+    module, cfg = small_config(decoder, model_files)
     a, na, _ = run(module, cfg, PROMPTS[:1])
     b, nb, _ = run(module, cfg, PROMPTS[:1])
     assert a == b and na.nfe == nb.nfe
 
 
-def test_batch_equals_one_by_one(decoder):
-    module, cfg = small_config(decoder)
+def test_batch_equals_one_by_one(decoder, model_files):
+    module, cfg = small_config(decoder, model_files)
     if not getattr(module, "BATCHED", False):
         pytest.skip(f"{decoder} decodes one prompt at a time")
     together, _, _ = run(module, cfg, PROMPTS)

@@ -3,7 +3,9 @@
 `load("tiny")` gives the bundled CPU model; `load("GSAI-ML/LLaDA-8B-Instruct")` or a folder with
 a LLaDA-format `config.json` + safetensors gives the native transformer. Weights are loaded
 onto the meta device and then assigned shard by shard, so an 8B checkpoint never needs twice
-its memory; on CUDA they are cast to bfloat16 as they load.
+its memory; on CUDA they are cast to bfloat16 as they load. The loaded model also carries
+`folder` (where its files are: model-side state such as a Learn2PD filter lives there) and
+`encode(text) -> ids` (for decoder parameters given as text, such as Prophet's answer prefix).
 """
 
 from __future__ import annotations
@@ -138,7 +140,18 @@ def load(name: str, device: str | torch.device | None = None, dtype: torch.dtype
         model = LLaDA(cfg, eot_id=eot_id)
     _load_weights(model, files, device, dtype)
     model.eval()
+    model.folder = folder
+    model.encode = _encoder(tokenizer)
     return Loaded(model, tokenizer, display, folder, _fingerprint(folder, files), str(dtype).replace("torch.", ""))
+
+
+def _encoder(tokenizer):
+    """text -> token ids without special tokens: what decoders with text parameters need."""
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    return encode
 
 
 def _tokenizer(folder: Path):

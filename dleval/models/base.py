@@ -68,6 +68,10 @@ class Model(Protocol):
     `attention_mask` is (B, total_len) over key positions (False = left padding).
     `logit_shift` is True for Dream-style models whose logit at i-1 predicts token i; the
     implementation already undoes the shift, so logits[:, i] always predicts token i.
+
+    Optional, set by `dleval.models.load` (read them with getattr and a default; fakes lack
+    them): `folder`, the checkpoint folder (model-side state such as a Learn2PD filter lives
+    there), and `encode(text) -> list[int]`, the tokenizer without special tokens.
     """
 
     mask_id: int

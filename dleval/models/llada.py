@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,8 @@ class LLaDA(nn.Module):
         self.eos_id = cfg.eos_token_id
         self.eot_id = eot_id
         self.vocab_size = cfg.embedding_size
+        self.folder: Path | None = None  # set by dleval.models.load (see Model)
+        self.encode: Callable[[str], list[int]] | None = None  # likewise
 
     @property
     def device(self) -> torch.device:

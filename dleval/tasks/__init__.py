@@ -95,6 +95,7 @@ class GenerationHints:
 
     gen_length: int | None = None
     block_length: int | None = None
+    answer_prefix: str | None = None  # Prophet's forced answer prefix ("offset:word|..."), where the answer format is fixed
 
 
 @dataclass(frozen=True)

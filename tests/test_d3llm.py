@@ -1,0 +1,204 @@
+"""d3LLM (decoders.md §4.1-4.2): reductions, progress guarantee, EOS early stop, delayed-cache bookkeeping.
+
+Run: pytest tests/test_d3llm.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dleval.decoders import _parts, d3llm
+from dleval.models.base import Counted, ForwardOutput, KVCache
+from tests.conftest import random_llada
+
+PROMPTS = [[5, 9, 12, 7, 30], [8, 3, 44, 17, 2, 60, 9]]
+
+
+def decode(model, prompt, cfg):
+    counted = Counted(model)
+    steps = []
+    gen = d3llm.decode(counted, [prompt], cfg, on_step=steps.append)[0]
+    return gen, counted, steps
+
+
+def dparallel_reference(model, prompt, gen_length, block_length, tau):
+    """dParallel's rule (decoders.md §3.1) written out plainly: sequential blocks, no cache, no
+    EOS stop; each forward commits the block's lowest-entropy mask and every other one with
+    H <= tau. The lead swaps this for dleval.decoders.dparallel once both branches are merged."""
+    x, _, P = _parts.make_canvas(model, [prompt], gen_length)
+    commits = []
+    for s in range(P, P + gen_length, block_length):
+        while bool((x[0, s : s + block_length] == model.mask_id).any()):
+            logits = model.forward(x).logits[0, s : s + block_length]  # (B, V)
+            x0 = _parts.propose(logits, 0.0, model.mask_id)
+            h = _parts.entropy(logits).tolist()
+            open_ = sorted((h[i], i) for i in range(block_length) if int(x[0, s + i]) == model.mask_id)
+            take = [open_[0][1]] + [i for hi, i in open_[1:] if hi <= tau]
+            for i in take:
+                x[0, s + i] = x0[i]
+            commits.append(len(take))
+    return tuple(x[0, P:].tolist()), tuple(commits)
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0, 3.0])
+@pytest.mark.parametrize("gen,block", [(24, 8), (16, 16)])
+def test_sequential_no_early_stop_no_cache_equals_dparallel(tau, gen, block):
+    model = random_llada(seed=1)
+    cfg = d3llm.Config(
+        gen_length=gen, block_length=block, threshold=tau, block_add_threshold=1.0, decoded_token_threshold=1.0, early_stop=False
+    )
+    for prompt in PROMPTS:
+        ours, counted, _ = decode(model, prompt, cfg)
+        tokens, commits = dparallel_reference(model, prompt, gen, block, tau)
+        assert ours.tokens == tokens and ours.committed_per_step == commits
+        assert counted.nfe == len(commits)
+
+
+@pytest.mark.parametrize("delay,refresh", [(0, 1), (1, 10000), (2, 3), (2, 1)])
+@pytest.mark.parametrize("add,full", [(0.1, 0.95), (1.0, 1.0)])
+def test_delayed_cache_is_exact_when_positions_do_not_interact(delay, refresh, add, full):
+    """With attention switched off, no cached K/V can be stale, so the delayed cache must give
+    exactly cache="none": this checks which positions each cached forward runs and where its
+    logits land. (With attention on it is an approximation, even with refresh_interval=1: see
+    d3llm's docstring.)"""
+    model = random_llada(seed=2)
+    with torch.no_grad():
+        model.model.transformer.ff_out.weight[0] *= 2.5  # EOS likely: exercise the early stop too
+        for block in model.model.transformer.blocks:
+            block.attn_out.weight.zero_()
+    base = dict(gen_length=32, block_length=8, threshold=1.0, block_add_threshold=add, decoded_token_threshold=full)
+    for prompt in PROMPTS:
+        plain, n_plain, _ = decode(model, prompt, d3llm.Config(**base))
+        cached, n_cached, _ = decode(model, prompt, d3llm.Config(**base, cache="delayed", cache_delay_iter=delay, refresh_interval=refresh))
+        assert cached == plain and n_cached.nfe == n_plain.nfe
+        assert n_cached.positions < n_plain.positions  # ...while forwarding fewer positions
+
+
+class Recording:
+    """Wraps a model and records (start, length, cache length or None) of every forward."""
+
+    def __init__(self, model) -> None:
+        self.inner = model
+        self.calls: list[tuple[int, int, int | None]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def forward(self, ids, *, start=0, cache=None, attention_mask=None):
+        self.calls.append((start, ids.shape[1], None if cache is None else cache.length))
+        return self.inner.forward(ids, start=start, cache=cache, attention_mask=attention_mask)
+
+
+@pytest.mark.parametrize("delay,refresh", [(1, 10000), (2, 3), (0, 5), (2, 1)])
+def test_delayed_cache_bookkeeping(delay, refresh):
+    P, L, B = len(PROMPTS[0]), 40, 8
+    model = Recording(random_llada(seed=3))
+    cfg = d3llm.Config(
+        gen_length=L, block_length=B, threshold=1.0, early_stop=False, cache="delayed", cache_delay_iter=delay, refresh_interval=refresh
+    )
+    gen, counted, steps = decode(model, PROMPTS[0], cfg)
+    calls = model.calls
+    assert len(calls) == counted.nfe == len(steps)
+    # the forward after which each block (0 = the prompt) had no mask left
+    finished = {0: 0}
+    for n, step in enumerate(steps, 1):
+        for b in range(L // B):
+            if b + 1 not in finished and not bool((step.canvas[0, P + b * B : P + (b + 1) * B] == model.mask_id).any()):
+                finished[b + 1] = n
+    ends = [P + b * B for b in range(L // B + 1)]  # the end of the prompt block and of every generation block
+    used_cache = False
+    for n, (start, length, cached) in enumerate(calls, 1):
+        assert start + length == P + L  # every forward runs to the end of the canvas
+        if cached is None:
+            assert start == 0
+            continue
+        used_cache = True
+        assert start == cached and cached in ends  # the cache is a prefix of whole blocks
+        newest = ends.index(cached)  # blocks 0..newest are cached (0 = the prompt)
+        # A block enters the cache only after it has been finished for `delay` iterations: a block
+        # finished by forward f is seen finished at forward f+1 and appended by forward f+1+delay
+        # (the prompt counts as finished at 0 and is appended at max(delay, 1)); used only after.
+        appended_at = max(delay, 1) if newest == 0 else finished[newest] + 1 + delay
+        assert n > appended_at
+    assert used_cache
+    # Every refresh_interval-th forward is a full one, unless it appends a block (then the next
+    # forward that uses the cache sees a longer one): the reference lets the append win.
+    cached_calls = [(n, c) for n, (_, _, c) in enumerate(calls, 1) if c is not None]
+    for i, (n, c) in enumerate(cached_calls):
+        if n % refresh == 0:
+            assert all(c2 > c for _, c2 in cached_calls[i + 1 : i + 2])
+    assert counted.positions < counted.nfe * (P + L)  # the cache saved work
+    assert len(gen.tokens) == L and 1 not in gen.tokens
+
+
+class FixedLogits:
+    """Logits fixed per position, whatever the input (V = 8; 0 = EOS, 1 = mask)."""
+
+    mask_id, eos_id, eot_id, vocab_size = 1, 0, 2, 8
+    device = torch.device("cpu")
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table  # (T, V)
+
+    def forward(self, ids, *, start=0, cache=None, attention_mask=None):
+        logits = self.table[start : start + ids.shape[1]].expand(ids.shape[0], -1, -1).clone()
+        return ForwardOutput(logits=logits, kv=KVCache([], []))
+
+
+def test_progress_guarantee_commits_in_the_first_fully_activated_block():
+    P, L, B = 2, 24, 8
+    table = torch.full((P + L, 8), -5.0)
+    for i in range(L):
+        if i < B:  # block 1: flat-ish, high entropy (distinct per position)
+            table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) + 0.01 * i
+        else:  # later blocks: peaked, the global lowest entropy
+            table[P + i, 3] = 10.0 - 0.01 * i
+    cfg = d3llm.Config(gen_length=L, block_length=B, threshold=-1.0, block_add_threshold=0.0, decoded_token_threshold=1.0, early_stop=False)
+    gen, counted, steps = decode(FixedLogits(table), [4, 5], cfg)
+    block1 = [int(step.committed[0, P : P + B].sum()) for step in steps]
+    later = [int(step.committed[0, P + B :].sum()) for step in steps]
+    assert block1[:B] == [1] * B  # block 1 gets exactly its guaranteed token on each of its forwards
+    assert all(n == 1 for n in later[:B])  # ...while the global lowest-entropy commit goes to a later, semi-activated block
+    assert list(gen.committed_per_step[:B]) == [2] * B
+    assert 1 not in gen.tokens and counted.nfe == len(steps)
+
+
+def test_eos_early_stop_fills_closes_and_counts_only_real_forwards():
+    P, L, B = 2, 16, 8
+    table = torch.full((P + L, 8), -5.0)
+    table[P:, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])  # every position: high entropy...
+    table[P + 3, 0] = 12.0  # ...but position 3 is a confident EOS
+    cfg = d3llm.Config(gen_length=L, block_length=B, threshold=-1.0)
+    gen, counted, steps = decode(FixedLogits(table), [4, 5], cfg)
+    assert gen.finish == "eos"
+    assert gen.tokens[3:] == (0,) * (L - 3) and 1 not in gen.tokens
+    assert gen.committed_per_step == (1 + L - 4, 1, 1, 1)  # the fill counts in the forward that committed the EOS
+    assert counted.nfe == 4 and len(steps) == 4  # block 2 was closed by the fill: never forwarded for
+    # An EOS at offset 0 fills the whole canvas in the first forward: one NFE (the reference reports 2).
+    table[P, 0] = 13.0
+    gen, counted, _ = decode(FixedLogits(table), [4, 5], cfg)
+    assert gen.tokens == (0,) * L and counted.nfe == 1 and gen.committed_per_step == (L,)
+
+
+def test_no_early_stop_keeps_decoding_after_eos():
+    P, L, B = 2, 16, 8
+    table = torch.full((P + L, 8), -5.0)
+    table[P:, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
+    table[P + 3, 0] = 12.0
+    gen, counted, _ = decode(FixedLogits(table), [4, 5], d3llm.Config(gen_length=L, block_length=B, threshold=-1.0, early_stop=False))
+    assert gen.finish == "length" and gen.tokens.count(0) == 1 and sum(gen.committed_per_step) == L
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"cache": "dual"}, "cache must be one of"),
+        ({"block_add_threshold": 1.5}, "between 0 and 1"),
+        ({"refresh_interval": 0}, "refresh_interval"),
+        ({"gen_length": 30, "block_length": 8}, "multiple of block_length"),
+    ],
+)
+def test_invalid_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        d3llm.Config(**kwargs)
