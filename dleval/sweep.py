@@ -190,6 +190,34 @@ def curve_aup(result: SweepResult, y_max: float, alpha: float = 3.0) -> float | 
         return aup_detail(points, y_max, alpha).value
 
 
+def aup_band(points: list[tuple[float, float]], y_max: float, alpha: float, accuracy_tol: float) -> tuple[float, float]:
+    """The range of AUP over curves whose accuracies each lie within `accuracy_tol` points of
+    `points` (TPFs fixed): the AUP tolerance that the per-point accuracy tolerance implies.
+
+    AUP is not continuous in the accuracies: a point that falls below the floor (the first
+    point's accuracy minus 5) is dropped with its area, so a fixed relative AUP tolerance fails
+    on sampling noise the accuracy checks accept. AUP rises with every accuracy except the first
+    one's, which also lifts the floor; so the other accuracies take -tol, 0 or +tol, and the first
+    one those values plus every floor crossing inside its interval.
+    """
+    if any(t <= 0 for t, _ in points):
+        return (0.0, 0.0)
+    order = sorted(range(len(points)), key=lambda i: points[i][0])
+    first, rest = order[0], order[1:]
+    y1 = points[first][1]
+    offsets = (-accuracy_tol, 0.0, accuracy_tol) if len(rest) <= 7 else (-accuracy_tol, accuracy_tol)
+    values = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AUPWarning)
+        for shift in itertools.product(offsets, repeat=len(rest)):
+            ys = {i: min(100.0, max(0.0, points[i][1] + d)) for i, d in zip(rest, shift)}
+            firsts = {y1 + d for d in offsets} | {ys[i] + 5.0 for i in rest if abs(ys[i] + 5.0 - y1) <= accuracy_tol}
+            for f in firsts:
+                ys[first] = min(100.0, max(0.0, f))
+                values.append(aup_detail([(points[i][0], ys[i]) for i in range(len(points))], y_max, alpha).value)
+    return min(values), max(values)
+
+
 def format_sweep(result: SweepResult) -> str:
     """One line per point (the baseline first) and the curve's AUP against this sweep's best."""
     rows = [("baseline", result.baseline)] if result.baseline and all(p is not result.baseline for p in result.points) else []
@@ -479,9 +507,13 @@ def _check(ref: Reference, update: bool, work_dir: Path | None, progress: bool, 
                     lines += _compare_point(s.decoder, key, ref_points.get(key), cur.summary if cur else None, ref.tolerance)
                 value = curve_aup(r, y_max, ref.alpha)
                 tol = max(ref.tolerance.aup_abs, ref.tolerance.aup_rel * (s.aup or 0.0))
-                ok = s.aup is not None and value is not None and abs(value - s.aup) <= tol + 1e-9
+                base = ref.baselines.get(s.model) if r.baseline is not None and all(p is not r.baseline for p in r.points) else None
+                pinned_curve = [(p.answer_tpf, p.accuracy_pct) for p in ([base] if base else []) + list(s.points)]
+                lo, hi = aup_band(pinned_curve, y_max, ref.alpha, ref.tolerance.accuracy_pct) if pinned_curve else (s.aup, s.aup)
+                lo, hi = min(lo, s.aup or 0.0) - tol, max(hi, s.aup or 0.0) + tol
+                ok = s.aup is not None and value is not None and lo - 1e-9 <= value <= hi + 1e-9
                 note = "a point has no answer tokens (TPF 0)" if value is None else ""
-                lines.append(Comparison(s.decoder, "curve", "AUP", s.aup, value, f"±{tol:.3g}", ok, note))
+                lines.append(Comparison(s.decoder, "curve", "AUP", s.aup, value, f"{lo:.1f}..{hi:.1f}", ok, note))
         result = CheckResult(ref, tuple(lines), seconds, cpu_seconds, runs, tuple(r.sweep_dir for _, r in results), y_max)
         new = _updated(ref, results, y_max, fingerprints, result) if update else None
         return result, new

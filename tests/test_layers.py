@@ -36,3 +36,15 @@ def test_every_file_opens_with_a_docstring():
     for path in [*ROOT.joinpath("dleval").rglob("*.py"), *ROOT.joinpath("tests").glob("*.py")]:
         tree = ast.parse(path.read_text())
         assert ast.get_docstring(tree), f"{path.relative_to(ROOT)} has no module docstring"
+
+
+def test_the_decoder_independence_contract_lists_every_decoder():
+    import tomllib
+
+    from dleval import decoders
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (independent,) = [c for c in contracts if c["type"] == "independence"]
+    assert sorted(independent["modules"]) == [f"dleval.decoders.{n}" for n in decoders.names()], (
+        "add the new decoder to the independence contract in pyproject.toml"
+    )

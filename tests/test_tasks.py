@@ -100,3 +100,10 @@ def test_spec_fields_are_unique_across_sections():
         for f in dataclasses.fields(cls):
             assert f.name not in seen, f"{f.name} in both {seen.get(f.name)} and {section}"
             seen[f.name] = section
+
+
+def test_synth_gsm_turns_are_a_task_parameter():
+    spec = tasks.load_task("synth_gsm", {"turns": "flip", "steps": "3"})
+    p = synth_gsm.problem("test", 0, spec.params)
+    start = int(p.question.split("shows ")[1].split(".")[0])
+    assert "Turns: flip, flip, flip." in p.question and p.value == (10 - start) % 10

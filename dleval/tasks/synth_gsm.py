@@ -4,8 +4,8 @@ The tiny model's benchmark. A dial starts at a digit and turns by a list of sign
 answer writes every intermediate reading, each computed from the previous one, and ends with
 `#### N`, so the GSM8K scorer applies unchanged:
 
-    Q: The dial shows 3. Turns: +1, -1, -1, -1, +1, -1, -1, -1, +1, +1. Where does it stop?
-    A: 3 +1=4 -1=3 -1=2 -1=1 +1=2 -1=1 -1=0 -1=9 +1=0 +1=1. #### 1
+    Q: The dial shows 3. Turns: +1, -1, -1, -1, +1, -1, -1, -1. Where does it stop?
+    A: 3 +1=4 -1=3 -1=2 -1=1 +1=2 -1=1 -1=0 -1=9. #### 9
 
 Why this shape. Each reading depends on the one before it (mod 10), so a model that writes one
 token per forward can compute every step locally, while committing several tokens per forward
@@ -15,9 +15,11 @@ separators, `####` and the EOS padding are easy tokens that a good adaptive deco
 parallel. Prompt and answer list the steps with the same stride, so the lookup of step i sits
 at a fixed relative offset, which a one-million-parameter model learns in minutes. Turns are +-1
 by default: with +-1..9 (a 10 x 18 addition table) the same model stayed at chance on the
-readings after 1500 steps, and +-1..2 was still below 50% per reading at 1250, while +-1 reaches
-100% at one token per forward in about 1500. Ten turns give 10 * 2^10 combinations; the 1/8
-reserved by `heldout` are never trained on.
+readings after 1500 steps, +-1..2 was still below 50% per reading at 1250, and ten turns of
+(+1, -1, flip) (flip: x -> (10 - x) mod 10) reached 98% per reading with the other readings
+visible but only 15% of problems at one token per forward after 1500 steps; +-1 reaches 100% at
+one token per forward in about 1500. Eight turns give 10 * 2^8 = 2560 combinations; the 1/8
+reserved by `heldout` are never trained on. Other move sets are a `-T turns=...` away.
 
 Problems are keyed by (split, index): training draws from the "train" stream, evaluation from
 "test"; the streams never share a seed.
@@ -43,8 +45,8 @@ OBJECTS = ("dial", "lock", "wheel", "clock", "meter", "gauge")
 class Config:
     """Parameters of the generator (all overridable with -T)."""
 
-    steps: int = 10  # chained operations per problem
-    turns: tuple[str, ...] = ("+1", "-1", "flip")  # "+k"/"-k" add mod 10; "flip" maps x to (10 - x) mod 10
+    steps: int = 8  # chained operations per problem
+    turns: tuple[str, ...] = ("+1", "-1")  # "+k"/"-k" add k mod 10; "flip" maps x to (10 - x) mod 10
     size: int = 500  # problems in the evaluation split
     seed: int = 0  # offsets the problem stream; 0 is the published benchmark
 
@@ -79,7 +81,7 @@ def heldout(start: int, ops: list[str]) -> bool:
     return digest[0] < 32
 
 
-def make_problem(rng: random.Random, steps: int = 10, turns: tuple[str, ...] = Config.turns, evaluation: bool = False) -> Problem:
+def make_problem(rng: random.Random, steps: int = 8, turns: tuple[str, ...] = Config.turns, evaluation: bool = False) -> Problem:
     while True:
         start = rng.randrange(10)
         ops = [rng.choice(turns) for _ in range(steps)]

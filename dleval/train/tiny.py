@@ -56,8 +56,8 @@ class TinyConfig:
     mask_eps: float = 0.05
     # Response padded with EOS to one of these per batch. Longer canvases (32-64) delayed learning
     # past 1500 steps (39% at one token per forward), so the canvases stay close to the task's 32.
-    gen_lengths: tuple[int, ...] = (28, 32, 48)
-    problem_steps: int = 10
+    gen_lengths: tuple[int, ...] = (24, 32, 48)
+    problem_steps: int = 8
     problem_turns: tuple[str, ...] = synth_gsm.Config.turns
     seed: int = 0
     threads: int = 1  # the bundled checkpoint was trained with 1 thread; the same count reproduces it bit for bit
