@@ -25,7 +25,7 @@ from dleval.cli import main
         ),
         (["run", "--decoder", "llada", "--task", "synth_gsm", "-D", "steps=many"], "steps='many' is not a valid"),
         (["run", "--decoder", "llada", "--task", "synth_gsm", "-D", "steps"], "-D expects key=value"),
-        (["run", "--decoder", "llada", "--task", "synth_gsm", "-D", "block_length=8", "-D", "steps=5"], "multiple of the number of blocks"),
+        (["run", "--decoder", "llada", "--task", "synth_gsm", "-D", "block_length=8", "-D", "steps=7"], "multiple of the number of blocks"),
         (["run", "--decoder", "llada", "--task", "synth_gsm", "-T", "shots=x"], "not a valid int"),
         (["run", "--decoder", "llada", "--task", "synth_gsm", "--limit", "0"], "--limit must be"),
     ],

@@ -153,15 +153,15 @@ def test_recipe_is_deterministic_and_its_filter_decodes(bundled, tmp_path):
     b = recipe.train("tiny", cfg, tmp_path / "b", log=lambda m: None)
     wa, wb = learn2pd.load_filter(a["path"]), learn2pd.load_filter(b["path"])
     assert all(torch.equal(wa[k], wb[k]) for k in learn2pd.PARAMS)
-    assert a["config"]["block_length"] == 32 and a["oracle_steps"] > 0 and "test" in a["metrics"] or "val" in a["metrics"]
-    gen = learn2pd.decode(bundled.model, [[0, 5, 7]], learn2pd.Config(gen_length=32, block_length=32, filter=str(tmp_path / "a")))[0]
-    assert 0 < len(gen.tokens) <= 32 and bundled.model.mask_id not in gen.tokens
+    assert a["config"]["block_length"] == 40 and a["oracle_steps"] > 0 and "test" in a["metrics"] or "val" in a["metrics"]
+    gen = learn2pd.decode(bundled.model, [[0, 5, 7]], learn2pd.Config(gen_length=40, block_length=40, filter=str(tmp_path / "a")))[0]
+    assert 0 < len(gen.tokens) <= 40 and bundled.model.mask_id not in gen.tokens
 
 
 def test_cli_train_filter_and_run(tmp_path, capsys):
     out = tmp_path / "filter"
     assert main(["train", "filter", "--model", "tiny", "--out", str(out), "-O", "samples=2", "-O", "epochs=5"]) == 0
-    assert learn2pd.filter_path(out, 32).is_file()
+    assert learn2pd.filter_path(out, 40).is_file()
     assert "trained the Learn2PD filter" in capsys.readouterr().out
     args = ["run", "--decoder", "learn2pd", "--task", "synth_gsm", "--limit", "2", "--no-progress", "--out", str(tmp_path / "runs")]
     assert main([*args, "-D", f"filter={tmp_path / 'nowhere'}"]) == 2

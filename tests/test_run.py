@@ -26,16 +26,16 @@ def test_end_to_end_twenty_samples(tmp_path):
     lines = (result.run_dir / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 20
     rec = Record.from_json(lines[0])
-    assert rec.nfe == 32 and rec.gen_tokens == 32 and rec.committed_per_step == (1,) * 32
+    assert rec.nfe == 40 and rec.gen_tokens == 40 and rec.committed_per_step == (1,) * 40
     assert rec.batch_size == 8 and rec.warmup and not Record.from_json(lines[-1]).warmup
-    assert 0 < rec.answer_tokens <= 32
+    assert 0 < rec.answer_tokens <= 40
     config = json.loads((result.run_dir / "config.json").read_text())
     for key in ("format_version", "config_hash", "decoder", "task", "model", "prompt", "seed", "environment", "dataset_hash"):
         assert key in config
-    assert config["decoder"]["config"]["gen_length"] == 32  # the task's hint
+    assert config["decoder"]["config"]["gen_length"] == 40  # the task's hint
     assert config["prompt"]["style"] == "chat" and len(config["prompt"]["template_hash"]) == 16
     summary = json.loads((result.run_dir / "summary.json").read_text())
-    assert summary["summary"]["nfe_mean"] == 32 and summary["complete"]
+    assert summary["summary"]["nfe_mean"] == 40 and summary["complete"]
     assert summary["summary"]["accuracy"] == pytest.approx(100 * sum(Record.from_json(x).correct for x in lines) / 20)
 
 

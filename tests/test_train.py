@@ -26,7 +26,7 @@ def test_recipe_is_deterministic_and_loadable(tmp_path):
     meta = tiny.train(SMALL, a, log=lambda m: None)
     tiny.train(SMALL, b, log=lambda m: None)
     assert digest(a) == digest(b)
-    assert set(meta["accuracy_gen32"]) == {"1_tokens_per_step", "2_tokens_per_step", "4_tokens_per_step", "8_tokens_per_step"}
+    assert set(meta["accuracy"]) == {"1_tokens_per_step", "2_tokens_per_step", "4_tokens_per_step", "8_tokens_per_step"}
     loaded = models.load(str(a), device="cpu")
     assert loaded.model.mask_id == tiny.MASK_ID and loaded.model.eos_id == tiny.EOS_ID
     assert (

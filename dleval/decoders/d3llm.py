@@ -55,7 +55,7 @@ from dleval.types import Generation, OnStep
 
 BATCHED = False
 PAPER_MODEL = "d3LLM/d3LLM_LLaDA"
-CPU_MODEL = "tiny"  # until a d3LLM-distilled tiny model ("tiny-d3llm") is shipped
+CPU_MODEL = "tiny-d3llm"  # the bundled student of `dleval train distill --method d3llm`
 CACHES = ("none", "delayed")
 
 

@@ -30,7 +30,7 @@ from dleval.types import Generation, OnStep
 
 BATCHED = False
 PAPER_MODEL = "Zigeng/dParallel-LLaDA-8B-instruct"
-CPU_MODEL = "tiny"  # becomes "tiny-dparallel" once the distilled tiny model is shipped
+CPU_MODEL = "tiny-dparallel"  # the bundled student of `dleval train distill --method dparallel`
 
 
 @dataclass(frozen=True)

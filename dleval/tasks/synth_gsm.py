@@ -4,8 +4,8 @@ The tiny model's benchmark. A dial starts at a digit and turns by a list of sign
 answer writes every intermediate reading, each computed from the previous one, and ends with
 `#### N`, so the GSM8K scorer applies unchanged:
 
-    Q: The dial shows 3. Turns: +1, -1, -1, -1, +1, -1, -1, -1. Where does it stop?
-    A: 3 +1=4 -1=3 -1=2 -1=1 +1=2 -1=1 -1=0 -1=9. #### 9
+    Q: The wheel shows 5. Turns: +1, +1, +1, +1, +1, +1, -1, -1, -1, +1, +1, -1. Where does it stop?
+    A: 5 +1=6 +1=7 +1=8 +1=9 +1=0 +1=1 -1=0 -1=9 -1=8 +1=9 +1=0 -1=9. #### 9
 
 Why this shape. Each reading depends on the one before it (mod 10), so a model that writes one
 token per forward can compute every step locally, while committing several tokens per forward
@@ -13,13 +13,19 @@ forces it to guess readings whose predecessors are still masked: the task has th
 accuracy-parallelism trade-off that parallel decoders exist to manage. The copied steps, the
 separators, `####` and the EOS padding are easy tokens that a good adaptive decoder commits in
 parallel. Prompt and answer list the steps with the same stride, so the lookup of step i sits
-at a fixed relative offset, which a one-million-parameter model learns in minutes. Turns are +-1
-by default: with +-1..9 (a 10 x 18 addition table) the same model stayed at chance on the
-readings after 1500 steps, +-1..2 was still below 50% per reading at 1250, and ten turns of
-(+1, -1, flip) (flip: x -> (10 - x) mod 10) reached 98% per reading with the other readings
-visible but only 15% of problems at one token per forward after 1500 steps; +-1 reaches 100% at
-one token per forward in about 1500. Eight turns give 10 * 2^8 = 2560 combinations; the 1/8
-reserved by `heldout` are never trained on. Other move sets are a `-T turns=...` away.
+at a fixed relative offset, which a one-million-parameter model learns in minutes.
+
+What was tried (the 0.94 M-parameter tiny model, one CPU thread). Turns are +-1 by default: with
++-1..9 (a 10 x 18 addition table) the model stayed at chance on the readings after 1500 steps,
++-1..2 was still below 50% per reading at 1250, and ten turns of (+1, -1, flip) (flip: x -> (10 -
+x) mod 10) reached 98% per reading with the other readings visible but only 15% of problems at
+one token per forward after 1500 steps. With +-1 the trade-off depends on how long the model
+trains, because any reading is also the start plus a count of the turns before it, which a
+transformer can learn to read straight from the prompt: with eight turns, 2000 steps gave 94% at
+one token per forward and still 87% at four; with twelve turns, 1500 steps gave 100% and 99%
+(100 problems), while 1000 steps give 95% and 63% (the bundled model). Twelve turns give 10 *
+2^12 = 40960 combinations; the 1/8 reserved by `heldout` are never trained on. Other move sets
+are a `-T turns=...` away.
 
 Problems are keyed by (split, index): training draws from the "train" stream, evaluation from
 "test"; the streams never share a seed.
@@ -45,7 +51,7 @@ OBJECTS = ("dial", "lock", "wheel", "clock", "meter", "gauge")
 class Config:
     """Parameters of the generator (all overridable with -T)."""
 
-    steps: int = 8  # chained operations per problem
+    steps: int = 12  # chained operations per problem
     turns: tuple[str, ...] = ("+1", "-1")  # "+k"/"-k" add k mod 10; "flip" maps x to (10 - x) mod 10
     size: int = 500  # problems in the evaluation split
     seed: int = 0  # offsets the problem stream; 0 is the published benchmark
