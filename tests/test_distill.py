@@ -99,7 +99,7 @@ def test_lora_starts_at_the_base_model_and_merges_to_plain_weights(bundled):
 
 @pytest.mark.parametrize("method", ["dparallel", "d3llm"])
 def test_smoke_training_run(method, tmp_path, bundled):
-    cfg = DistillConfig(method=method, prompts=8, teacher_batch=8, batch_size=4, epochs=1, eval_problems=0)
+    cfg = DistillConfig(method=method, prompts=8, teacher_batch=8, batch_size=4, epochs=1)
     meta = distill.train(bundled, cfg, tmp_path / method, log=lambda m: None)
     assert meta["kept"] >= 1 and meta["steps"] >= 1
     student = models.load(str(tmp_path / method), device="cpu")

@@ -121,6 +121,14 @@ def quota(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
     return base + (torch.arange(steps, device=mask_count.device).view(1, -1) < rem).long()
 
 
+def check_cache(cache: str, refresh_every: int | None) -> None:
+    """The settings of `block_loop`'s Fast-dLLM caches, shared by every decoder that uses it."""
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {', '.join(CACHES)}, not {cache!r}")
+    if refresh_every is not None and refresh_every < 1:
+        raise ValueError("refresh_every must be >= 1 (or None: refresh at block starts only)")
+
+
 def check_blocks(gen_length: int, block_length: int) -> int:
     if gen_length <= 0 or block_length <= 0:
         raise ValueError("gen_length and block_length must be positive")
@@ -217,8 +225,7 @@ def block_loop(
     run their cached inner loop at least once: when the full forward completes the block, no
     further forward is made (the reference makes one that commits nothing).
     """
-    if cache not in CACHES:
-        raise ValueError(f"cache must be one of {', '.join(CACHES)}, not {cache!r}")
+    check_cache(cache, refresh_every)
     x, _, P = make_canvas(model, [prompt], gen_length)  # (1, P+L); one row, so no padding mask
     commits: list[int] = []
     for s in range(P, P + gen_length, block_length):

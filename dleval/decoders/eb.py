@@ -44,10 +44,7 @@ class Config:
         _parts.check_blocks(self.gen_length, self.block_length)
         if self.gamma < 0:
             raise ValueError("gamma must be >= 0")
-        if self.cache not in _parts.CACHES:
-            raise ValueError(f"cache must be one of {', '.join(_parts.CACHES)}, not {self.cache!r}")
-        if self.refresh_every is not None and self.refresh_every < 1:
-            raise ValueError("refresh_every must be >= 1 (or None: refresh at block starts only)")
+        _parts.check_cache(self.cache, self.refresh_every)
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
 

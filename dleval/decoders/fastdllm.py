@@ -55,10 +55,7 @@ class Config:
         blocks = _parts.check_blocks(self.gen_length, self.block_length)
         if self.threshold is None and (self.total_steps <= 0 or self.total_steps % blocks):
             raise ValueError(f"steps ({self.total_steps}) must be a positive multiple of the number of blocks ({blocks})")
-        if self.cache not in _parts.CACHES:
-            raise ValueError(f"cache must be one of {', '.join(_parts.CACHES)}, not {self.cache!r}")
-        if self.refresh_every is not None and self.refresh_every < 1:
-            raise ValueError("refresh_every must be >= 1 (or None: refresh at block starts only)")
+        _parts.check_cache(self.cache, self.refresh_every)
         if self.remasking not in ("low_confidence", "random"):
             raise ValueError(f"remasking must be 'low_confidence' or 'random', not {self.remasking!r}")
         if self.temperature < 0:

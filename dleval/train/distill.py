@@ -43,7 +43,7 @@ from dleval.models import Loaded
 from dleval.models.base import Counted
 from dleval.models.llada import LLaDA
 from dleval.tasks import synth_gsm
-from dleval.train.tiny import chat_prompt, save_folder
+from dleval.train.tiny import chat_prompt, save_folder, task_gen_length
 from dleval.types import Step
 
 METHODS = ("dparallel", "d3llm")
@@ -59,8 +59,8 @@ METHOD_DEFAULTS: dict[str, dict[str, float]] = {"dparallel": {"epochs": 6, "lr":
 class DistillConfig:
     method: str = "dparallel"  # dparallel | d3llm
     prompts: int = 1536  # synth_gsm prompts from the "distill" stream (disjoint from test); 12 teacher batches
-    gen_length: int = 40  # the teacher's canvas: synth_gsm's generation length
-    block_length: int = 40  # dParallel masking segment (llada_train.py block_size = 32; here the task's one block)
+    gen_length: int | None = None  # the teacher's canvas; None: synth_gsm's generation length (40)
+    block_length: int | None = None  # dParallel masking segment (llada_train.py block_size = 32); None: gen_length, the task's one block
     block_sizes: tuple[int, ...] = (16, 16, 24, 24, 32, 32)  # d3LLM progressive segment lengths, one per epoch
     epochs: int | None = None  # None: METHOD_DEFAULTS; dParallel and d3LLM both train 6 epochs
     batch_size: int = 32
@@ -77,7 +77,6 @@ class DistillConfig:
     teacher_batch: int = 128
     seed: int = 0
     threads: int = 1  # the bundled students were trained with 1 thread; the same count reproduces them
-    eval_problems: int = 500
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -85,6 +84,10 @@ class DistillConfig:
         for key, value in METHOD_DEFAULTS[self.method].items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
+        if self.gen_length is None:
+            object.__setattr__(self, "gen_length", task_gen_length())
+        if self.block_length is None:
+            object.__setattr__(self, "block_length", self.gen_length)
         if self.gen_length % self.block_length:
             raise ValueError("gen_length must be a multiple of block_length")
 

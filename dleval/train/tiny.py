@@ -64,7 +64,13 @@ class TinyConfig:
     seed: int = 0
     threads: int = 1  # the bundled checkpoint was trained with 1 thread; the same count reproduces it bit for bit
     eval_problems: int = 500  # held-out synth_gsm test problems measured after training
-    eval_gen_length: int = 40  # synth_gsm's generation length (tasks/synth_gsm.toml)
+
+
+def task_gen_length() -> int:
+    """synth_gsm's generation length: the canvas its [generation] hint gives every decoder."""
+    from dleval.tasks import load_task
+
+    return load_task("synth_gsm").generation.gen_length
 
 
 def chat_prompt(question: str) -> str:
@@ -165,7 +171,7 @@ def evaluate(model: LLaDA, tokenizer, cfg: TinyConfig, tokens_per_step=(1, 2, 4,
     from dleval.decoders import llada
     from dleval.models.base import Counted
 
-    gen_length = cfg.eval_gen_length
+    gen_length = task_gen_length()
     task = synth_gsm.Config(steps=cfg.problem_steps, turns=cfg.problem_turns)
     problems = [synth_gsm.problem("test", i, task) for i in range(cfg.eval_problems)]
     prompts = [tokenizer.encode(chat_prompt(p.question)).ids for p in problems]
@@ -245,6 +251,6 @@ def train(cfg: TinyConfig, out: Path, log=print, eval_every: int = 0, monitor=No
         t1 = time.time()
         meta["accuracy"] = evaluate(model, tokenizer, cfg)
         meta["eval_seconds"] = round(time.time() - t1, 1)
-        log(f"held-out accuracy ({cfg.eval_problems} synth_gsm test problems, gen {cfg.eval_gen_length}): {meta['accuracy']}")
+        log(f"held-out accuracy ({cfg.eval_problems} synth_gsm test problems, gen {task_gen_length()}): {meta['accuracy']}")
     save_folder(out, model, tokenizer, meta)
     return meta
