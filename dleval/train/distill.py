@@ -43,7 +43,7 @@ from dleval.models import Loaded
 from dleval.models.base import Counted
 from dleval.models.llada import LLaDA
 from dleval.tasks import synth_gsm
-from dleval.train.tiny import chat_prompt, save_folder, task_gen_length
+from dleval.train.tiny import chat_prompt, eta, save_folder, task_gen_length
 from dleval.types import Step
 
 METHODS = ("dparallel", "d3llm")
@@ -113,6 +113,7 @@ def teacher_samples(loaded: Loaded, cfg: DistillConfig, log=print) -> list[Teach
     problems = [synth_gsm.problem("distill", i, task) for i in range(cfg.prompts)]
     decoder_cfg = llada.Config(gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.gen_length)
     out: list[TeacherSample] = []
+    started = time.time()
     eos = loaded.model.eos_id
     for start in range(0, len(problems), cfg.teacher_batch):
         chunk = problems[start : start + cfg.teacher_batch]
@@ -123,7 +124,7 @@ def teacher_samples(loaded: Loaded, cfg: DistillConfig, log=print) -> list[Teach
             text = tok.decode(list(gen.tokens), skip_special_tokens=True)
             length = next((i for i, t in enumerate(gen.tokens) if t == eos), len(gen.tokens))
             out.append(TeacherSample(tuple(prompt), gen.tokens, tuple(order), length, text.strip().endswith(f"#### {p.value}")))
-        log(f"teacher: {len(out)}/{len(problems)} decoded")
+        log(f"teacher: {len(out)}/{len(problems)} decoded ({eta(started, len(out), len(problems))})")
     return out
 
 
@@ -319,7 +320,11 @@ def train(teacher: Loaded, cfg: DistillConfig, out: Path, log=print, samples: li
             for k, v in {"loss": loss.item(), **parts}.items():
                 running[k] = v if k not in running else 0.95 * running[k] + 0.05 * v
             if step % 50 == 0 or step == total:
-                log(f"step {step}/{total} " + " ".join(f"{k} {v:.4f}" for k, v in running.items()) + f" {time.time() - t0:.0f}s")
+                log(
+                    f"step {step}/{total} "
+                    + " ".join(f"{k} {v:.4f}" for k, v in running.items())
+                    + f" ({eta(t0 + teacher_seconds, step, total)})"
+                )
     if cfg.lora_rank:
         merge_lora(student)
     student.eval()

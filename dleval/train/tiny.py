@@ -66,6 +66,13 @@ class TinyConfig:
     eval_problems: int = 500  # held-out synth_gsm test problems measured after training
 
 
+def eta(started: float, done: int, total: int) -> str:
+    """'12s elapsed, ETA 34s' for a recipe's progress lines (linear in the work done)."""
+    elapsed = time.time() - started
+    left = elapsed / done * (total - done) if done else float("nan")
+    return f"{elapsed:.0f}s elapsed, ETA {left:.0f}s"
+
+
 def task_gen_length() -> int:
     """synth_gsm's generation length: the canvas its [generation] hint gives every decoder."""
     from dleval.tasks import load_task
@@ -232,7 +239,7 @@ def train(cfg: TinyConfig, out: Path, log=print, eval_every: int = 0, monitor=No
         opt.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if (step + 1) % 50 == 0:
-            log(f"step {step + 1}/{cfg.train_steps} loss {running:.4f} lr {lr:.2e} {time.time() - t0:.0f}s")
+            log(f"step {step + 1}/{cfg.train_steps} loss {running:.4f} lr {lr:.2e} ({eta(t0, step + 1, cfg.train_steps)})")
         if eval_every and monitor is not None and (step + 1) % eval_every == 0:
             model.eval()
             result = monitor(model, tokenizer)
