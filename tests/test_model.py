@@ -5,6 +5,7 @@ Run: pytest tests/test_model.py
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -137,6 +138,22 @@ def test_checkpoint_round_trip(tmp_path, bundled):
     again = models.load(str(tmp_path), device="cpu")
     x = canvas(vocab=bundled.model.vocab_size)
     torch.testing.assert_close(again.model.forward(x).logits, bundled.model.forward(x).logits)
+
+
+def test_fingerprint_tells_retrained_weights_of_one_architecture_apart(tmp_path, bundled):
+    """Resume and the gate key on the fingerprint, so same-size weights with new values must differ."""
+    from dleval.train.tiny import save_folder
+
+    tokenizer = bundled.tokenizer._tokenizer
+    save_folder(tmp_path / "a", bundled.model, tokenizer, {})
+    save_folder(tmp_path / "b", bundled.model, tokenizer, {})
+    changed = copy.deepcopy(bundled.model)
+    with torch.no_grad():
+        next(changed.parameters()).view(-1)[-1] += 1.0  # one weight, where no size can show it
+    save_folder(tmp_path / "c", changed, tokenizer, {})
+    a, b, c = (models.load(str(tmp_path / n), device="cpu") for n in "abc")
+    assert (tmp_path / "a/model.safetensors").stat().st_size == (tmp_path / "c/model.safetensors").stat().st_size
+    assert a.fingerprint == b.fingerprint != c.fingerprint
 
 
 def test_missing_folder_and_corrupt_checkpoint_are_user_errors(tmp_path, bundled):

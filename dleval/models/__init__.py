@@ -54,7 +54,7 @@ class Loaded:
     tokenizer: Any  # transformers.PreTrainedTokenizerBase
     name: str
     folder: Path
-    fingerprint: str  # sha256 of config.json and the weight files' names and sizes
+    fingerprint: str  # config.json and samples of the weight files (_fingerprint)
     dtype: str
 
 
@@ -107,10 +107,20 @@ def _weight_files(folder: Path) -> list[Path]:
     raise UserError(f"no safetensors weights in {folder} (expected model.safetensors or model.safetensors.index.json)")
 
 
+_SAMPLE = 1 << 20  # bytes read from each weight file at its start, middle and end
+
+
 def _fingerprint(folder: Path, files: list[Path]) -> str:
+    """Config plus each weight file's name, size and three 1 MiB samples of its bytes: retrained
+    weights of the same architecture have the same sizes, and an 8B shard is too big to hash whole."""
     h = hashlib.sha256((folder / "config.json").read_bytes())
     for f in files:
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            for offset in sorted({0, max(0, size // 2 - _SAMPLE // 2), max(0, size - _SAMPLE)}):
+                fh.seek(offset)
+                h.update(fh.read(_SAMPLE))
     return h.hexdigest()[:16]
 
 
