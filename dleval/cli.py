@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"dleval: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable --out, a full disk, a folder removed mid-run; finished samples are already on disk
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"dleval: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -44,6 +44,15 @@ def test_missing_checkpoint_folder(capsys, tmp_path):
     assert "has no config.json" in capsys.readouterr().err
 
 
+def test_unwritable_output_folder_is_one_sentence(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = ["run", "--decoder", "llada", "--task", "synth_gsm", "--model", "tiny", "--limit", "1", "--out", str(blocker / "runs")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dleval: error:") and str(blocker) in err and len(err.splitlines()) == 1
+
+
 def test_list_commands(capsys):
     assert main(["list", "decoders"]) == 0
     out = capsys.readouterr().out
