@@ -49,11 +49,12 @@ from dleval.types import Step
 METHODS = ("dparallel", "d3llm")
 # Tuned on the bundled tiny model (one thread; README "Distillation"). dParallel, chosen on 2000
 # "valid" problems (teacher 94.6%): 3072 prompts x 3 epochs at 1e-4 give 95.3% at 6.3 NFE
-# (threshold 0.04); 1536 x 6 gave 94.7% at 6.3, 1536 x 6 at 5e-5 94.6% at 6.1, 3072 x 6 93.8% at
-# 5.8: more steps make the student confident sooner than right. d3LLM's loss is a quarter of
-# dParallel's and its masks hide the readings the teacher committed last, so the student must
-# learn to compute them in parallel: 6 epochs at 1e-4..4e-4 left it at 76-85% (200 "valid"
-# problems); at 1e-3, 18 epochs reach 92.5% and 30 epochs 93.5% with the whole answer in one forward.
+# (threshold 0.04); at the threshold nearest that NFE, 1536 x 6 gave 94.7% at 6.3, 1536 x 6 at 5e-5
+# 94.6% at 6.1, 3072 x 6 94.8% at 6.7: more steps make the student confident sooner than right.
+# d3LLM's loss is a quarter of dParallel's and its masks hide the readings the teacher committed
+# last, so the student must learn to compute them in parallel: 6 epochs at 1e-4..4e-4 left it at
+# 76-85% (200 "valid" problems); at 1e-3, 18 epochs reach 92.5% and 30 epochs 93.5% with the whole
+# answer in one forward.
 METHOD_DEFAULTS: dict[str, dict[str, float]] = {
     "dparallel": {"prompts": 3072, "epochs": 3, "lr": 1e-4},
     "d3llm": {"prompts": 1536, "epochs": 30, "lr": 1e-3},
