@@ -55,7 +55,7 @@ METHODS = ("dparallel", "d3llm")
 # last, so the student must learn to compute them in parallel: 6 epochs at 1e-4..4e-4 left it at
 # 76-85% (200 "valid" problems); at 1e-3, 18 epochs reach 92.5% and 30 epochs 93.5% with the whole
 # answer in one forward.
-METHOD_DEFAULTS: dict[str, dict[str, float]] = {
+METHOD_DEFAULTS: dict[str, dict[str, int | float]] = {
     "dparallel": {"prompts": 3072, "epochs": 3, "lr": 1e-4},
     "d3llm": {"prompts": 1536, "epochs": 30, "lr": 1e-3},
 }
@@ -294,7 +294,8 @@ def train(teacher: Loaded, cfg: DistillConfig, out: Path, log=print, samples: li
     kept = [s for s in samples if s.correct]
     if not kept:
         raise ValueError("the teacher solved none of the distillation prompts; nothing to distil")
-    teacher_seconds = time.time() - t0
+    t_train = time.time()
+    teacher_seconds = t_train - t0
     log(f"teacher: kept {len(kept)} of {len(samples)} correct responses ({teacher_seconds:.0f} s)")
     student = LLaDA(teacher.model.cfg, eot_id=teacher.model.eot_id)
     student.load_state_dict(teacher.model.state_dict())
@@ -326,11 +327,7 @@ def train(teacher: Loaded, cfg: DistillConfig, out: Path, log=print, samples: li
             for k, v in {"loss": loss.item(), **parts}.items():
                 running[k] = v if k not in running else 0.95 * running[k] + 0.05 * v
             if step % 50 == 0 or step == total:
-                log(
-                    f"step {step}/{total} "
-                    + " ".join(f"{k} {v:.4f}" for k, v in running.items())
-                    + f" ({eta(t0 + teacher_seconds, step, total)})"
-                )
+                log(f"step {step}/{total} " + " ".join(f"{k} {v:.4f}" for k, v in running.items()) + f" ({eta(t_train, step, total)})")
     if cfg.lora_rank:
         merge_lora(student)
     student.eval()
@@ -341,13 +338,12 @@ def train(teacher: Loaded, cfg: DistillConfig, out: Path, log=print, samples: li
         "teacher_samples": len(samples),
         "kept": len(kept),
         "teacher_seconds": round(teacher_seconds, 1),
-        "train_seconds": round(time.time() - t0 - teacher_seconds, 1),
+        "train_seconds": round(time.time() - t_train, 1),
         "steps": total,
         "torch": torch.__version__,
     }
     save_folder(out, student, teacher.tokenizer._tokenizer, meta)
-    for name in ("tokenizer_config.json",):
-        shutil.copy(teacher.folder / name, out / name)
+    shutil.copy(teacher.folder / "tokenizer_config.json", out / "tokenizer_config.json")
     meta["total_seconds"] = round(time.time() - t0, 1)
     return meta
 
