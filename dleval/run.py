@@ -285,14 +285,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def sample_seed(seed: int, sample_id: str) -> int:
+    """The noise seed of one sample: a function of the run's seed and the sample id only."""
+    return int(_hash([seed, sample_id])[:8], 16)
+
+
 def _decode_batch(batch, rendered, decoder, cfg, counted, tokenizer, spec, config_hash, seed, device, eos_ids, warmup) -> list[Record]:
     """Decode one batch; on failure retry its samples one by one so only a bad one is an error."""
-    torch.manual_seed(int(_hash([seed, batch[0].id])[:8], 16))  # T>0 noise independent of resume and order
     counted.reset()
     try:
         _sync(device)
         t0 = time.perf_counter()
-        gens: list[Generation] = decoder.decode(counted, [rendered[s.id].ids for s in batch], cfg)
+        seeds = [sample_seed(seed, s.id) for s in batch]  # T>0 noise per sample: independent of batching, sharding, resume
+        gens: list[Generation] = decoder.decode(counted, [rendered[s.id].ids for s in batch], cfg, seeds=seeds)
         _sync(device)
         seconds = (time.perf_counter() - t0) / len(batch)
     except KeyboardInterrupt:
@@ -305,9 +310,9 @@ def _decode_batch(batch, rendered, decoder, cfg, counted, tokenizer, spec, confi
                 for r in _decode_batch([s], rendered, decoder, cfg, counted, tokenizer, spec, config_hash, seed, device, eos_ids, warmup)
             ]
         return [_error_record(batch[0], rendered, config_hash, f"decode failed: {type(exc).__name__}: {exc}")]
-    nfe, rows = counted.nfe, counted.rows
+    nfes, rows = counted.row_nfe(len(batch)), counted.row_rows(len(batch))  # per sample: the forwards that computed its row
     records = []
-    for sample, gen in zip(batch, gens):
+    for sample, gen, nfe, rows_forwarded in zip(batch, gens, nfes, rows):
         raw, completion, answer_tokens = completion_of(gen.tokens, tokenizer, spec.prompt.stop, eos_ids)
         error = ""
         try:
@@ -324,7 +329,7 @@ def _decode_batch(batch, rendered, decoder, cfg, counted, tokenizer, spec, confi
                 correct=score.correct if score else 0.0,
                 metrics=score.metrics if score else {},
                 nfe=nfe,
-                rows_forwarded=rows // len(batch),
+                rows_forwarded=rows_forwarded,
                 gen_tokens=sum(gen.committed_per_step),
                 answer_tokens=answer_tokens,
                 prompt_tokens=len(rendered[sample.id].ids),

@@ -1,7 +1,9 @@
 """The decoder registry is the package itself: `dleval/decoders/<name>.py` is decoder `<name>`.
 
 A decoder module exports a frozen `Config` dataclass (paper defaults) and
-`decode(model, prompts, cfg, *, on_step=None) -> list[Generation]`. Optional module constants:
+`decode(model, prompts, cfg, *, on_step=None, seeds=None) -> list[Generation]`, where `seeds`
+is one int per prompt: its noise (Gumbel at T > 0, random remasking) comes from that seed alone
+(`_parts.Noise`), or from the global torch RNG when None. Optional module constants:
 `ALIASES` (other CLI names), `BATCHED` (False: the run loop decodes one prompt at a time),
 `PAPER_MODEL` (the checkpoint its paper used, the default on a GPU) and `CPU_MODEL` (the bundled
 model used by default without one). An optional `check(model, cfg)` raises ValueError when the

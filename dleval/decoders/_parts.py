@@ -11,10 +11,54 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from dleval.models.base import Model
+from dleval.models.base import Counted, KVCache, Model
 from dleval.types import Generation, OnStep, Step
 
 NEG_INF = float("-inf")
+
+
+# ---------------------------------------------------------------------------- noise and counted forwards
+
+
+class Noise:
+    """Where a decoder's random numbers come from (Gumbel noise at T > 0, random remasking).
+
+    `seeds=None`: the global torch RNG, one draw for all the rows asked for at once (what every
+    decoder did before per-sample seeds; `torch.manual_seed` makes it reproducible for one batch
+    composition). With `seeds` (one int per prompt), each prompt gets its own `torch.Generator`
+    and a row draws only from it, over shapes that depend on that row's own state (its block,
+    its generation region; never the batch's padded prompt length). So a sample's output at
+    T > 0 does not depend on the other rows of its batch, the batch size, sharding, or resume
+    order (issue 11).
+    """
+
+    def __init__(self, seeds: Sequence[int] | None, n: int, device: torch.device | str) -> None:
+        self.n = n
+        self.device = torch.device(device)
+        self.generators: list[torch.Generator] | None = None
+        if seeds is not None:
+            seeds = [int(s) for s in seeds]
+            if len(seeds) != n:
+                raise ValueError(f"seeds has {len(seeds)} entries for {n} prompts (one seed per prompt)")
+            self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+
+    def uniform(self, shape: Sequence[int], rows: Sequence[int] | None = None) -> torch.Tensor:
+        """float64 uniforms in [0, 1), (len(rows), *shape): row i drawn for prompt rows[i] (None: every prompt, in order)."""
+        rows = range(self.n) if rows is None else rows
+        if self.generators is None:
+            return torch.rand((len(rows), *shape), dtype=torch.float64, device=self.device)
+        return torch.stack(
+            [torch.rand(tuple(shape), generator=self.generators[r], dtype=torch.float64, device=self.device) for r in rows]
+        )
+
+
+def forward(model: Model, ids: torch.Tensor, rows: Sequence[int] | None, **kwargs):
+    """`model.forward(ids, **kwargs)`, telling a `Counted` model which prompts' rows `ids` holds
+    (indices into decode()'s prompts), so that NFE is counted per sample. A bare model (tests,
+    benchmarks) is called as is."""
+    if isinstance(model, Counted):
+        return model.forward(ids, rows=None if rows is None else list(rows), **kwargs)
+    return model.forward(ids, **kwargs)
 
 
 # ---------------------------------------------------------------------------- canvas
@@ -55,6 +99,7 @@ def generations(x: torch.Tensor, P: int, commits: list[list[int]], finish: Seque
 
 
 def report_step(on_step: OnStep | None, nfe: int, x: torch.Tensor, committed: torch.Tensor) -> None:
+    """Call `on_step` with copies (a listener may keep them); nothing is copied when no one listens."""
     if on_step is not None:
         on_step(Step(nfe=nfe, canvas=x.clone(), committed=committed.clone()))
 
@@ -62,13 +107,18 @@ def report_step(on_step: OnStep | None, nfe: int, x: torch.Tensor, committed: to
 # ---------------------------------------------------------------------------- scores
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """argmax of exp(logits) / (-log u)^T in float64 (every reference repo); plain argmax at T=0."""
+def gumbel_argmax(logits: torch.Tensor, temperature: float, noise: Noise | None = None, rows: Sequence[int] | None = None) -> torch.Tensor:
+    """argmax of exp(logits) / (-log u)^T in float64 (every reference repo); plain argmax at T=0.
+
+    logits (R, ..., V); u comes from `noise` for the prompts `rows` (None: the global RNG)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.to(torch.float64)
-    noise = torch.rand_like(logits, dtype=torch.float64)
-    return (logits.exp() / (-torch.log(noise)) ** temperature).argmax(dim=-1)
+    if noise is None:
+        u = torch.rand_like(logits, dtype=torch.float64)
+    else:
+        u = noise.uniform(logits.shape[1:], rows if rows is not None else range(logits.shape[0]))
+    return (logits.exp() / (-torch.log(u)) ** temperature).argmax(dim=-1)
 
 
 def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -143,9 +193,10 @@ def check_blocks(gen_length: int, block_length: int) -> int:
 
 CACHES = ("none", "prefix", "dual")
 
-# select(logits (1, B, V) of the current block, masked (1, B), forward index within the block)
-# -> (x0 (1, B) proposed tokens, chosen (1, B) bool positions to commit).
-Select = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+# select(logits (R, B, V) of each row's current block, masked (R, B), each row's forward index
+# within its block, the prompts the R rows are) -> (x0 (R, B) proposed tokens, chosen (R, B)
+# bool positions to commit). R counts the rows forwarded, not every prompt.
+Select = Callable[[torch.Tensor, torch.Tensor, list[int], list[int]], tuple[torch.Tensor, torch.Tensor]]
 
 
 # ---------------------------------------------------------------------------- EOS handling
@@ -168,15 +219,17 @@ def fill_after(x: torch.Tensor, e: int, token: int, mask_id: int) -> torch.Tenso
     return filled
 
 
-def propose(logits: torch.Tensor, temperature: float, mask_id: int) -> torch.Tensor:
-    """x0 = gumbel_argmax over every token but [MASK]. logits (..., V) -> (...).
+def propose(
+    logits: torch.Tensor, temperature: float, mask_id: int, noise: Noise | None = None, rows: Sequence[int] | None = None
+) -> torch.Tensor:
+    """x0 = gumbel_argmax over every token but [MASK]. logits (R, ..., V) -> (R, ...).
 
     A trained dLLM never ranks [MASK] first, so this equals the reference's plain argmax; on a
     model that does (a random one), the reference's until-no-mask loops would never end.
     """
     logits = logits.clone()
     logits[..., mask_id] = NEG_INF
-    return gumbel_argmax(logits, temperature)
+    return gumbel_argmax(logits, temperature, noise, rows)
 
 
 def entropy_threshold_mask(h: torch.Tensor, candidates: torch.Tensor, tau: float) -> torch.Tensor:
@@ -202,7 +255,7 @@ def entropy_bound_mask(h: torch.Tensor, candidates: torch.Tensor, gamma: float) 
 
 def block_loop(
     model: Model,
-    prompt: Sequence[int],
+    prompts: Sequence[Sequence[int]],
     gen_length: int,
     block_length: int,
     select: Select,
@@ -210,8 +263,8 @@ def block_loop(
     cache: str = "none",
     refresh_every: int | None = None,
     on_step: OnStep | None = None,
-) -> Generation:
-    """Decode one prompt block by block, each block until it has no mask, one `select` per forward.
+) -> list[Generation]:
+    """Decode prompts block by block, each block until it has no mask, one `select` per forward.
 
     The forwards are Fast-dLLM's (NVlabs/Fast-dLLM `llada/generate.py` @24cc59e):
     - "none": every forward is over the full canvas (`generate`, §2.2);
@@ -224,32 +277,92 @@ def block_loop(
     every forward is full, which equals "none"). One difference from the reference loops, which
     run their cached inner loop at least once: when the full forward completes the block, no
     further forward is made (the reference makes one that commits nothing).
+
+    Batches (the reference decodes one prompt at a time): prompts are left-padded so that
+    every row's generation region has the same offsets, and each row advances on its own: its
+    block ends when its own masks are gone, and a row with nothing left to do leaves the
+    forward. So a row sees exactly the forwards it would see alone, and its NFE (counted per
+    row by `Counted`) is its batch-1 NFE. With cache="none" rows move on to their next block at
+    once (a full forward does not care where a row's block is). With a cache, the rows of one
+    forward must share their block start (the cache is [0, block_start) for all of them), so a
+    row whose block is done waits, without being forwarded, until every row has finished that
+    block; then all start the next block together with one full forward.
     """
     check_cache(cache, refresh_every)
-    x, _, P = make_canvas(model, [prompt], gen_length)  # (1, P+L); one row, so no padding mask
-    commits: list[int] = []
-    for s in range(P, P + gen_length, block_length):
-        e = s + block_length
-        kv = None
-        index = 0
-        while bool((masked := x[:, s:e] == model.mask_id).any()):
-            full = cache == "none" or index == 0 or (refresh_every is not None and index % refresh_every == 0)
-            if full:
-                out = model.forward(x)
-                logits = out.logits[:, s:e]  # (1, B, V)
-                kv = out.kv.keep(s) if cache == "prefix" else out.kv
-            elif cache == "prefix":
-                logits = model.forward(x[:, s:], start=s, cache=kv).logits[:, : e - s]  # block + masked suffix in, block out
-            else:
-                logits = model.forward(x[:, s:e], start=s, cache=kv).logits  # in-place span write into kv
-            x0, chosen = select(logits, masked, index)
-            chosen = chosen & masked
-            assert bool(chosen.any()), "a selection rule must commit at least one masked position"
-            x[:, s:e] = torch.where(chosen, x0, x[:, s:e])
-            commits.append(int(chosen.sum()))
-            if on_step is not None:
-                step = torch.zeros_like(x, dtype=torch.bool)
-                step[:, s:e] = chosen
-                report_step(on_step, len(commits), x, step)
-            index += 1
-    return generations(x, P, [commits])[0]
+    x, attention, P = make_canvas(model, prompts, gen_length)  # (N, P+L), N = len(prompts)
+    N, mask_id = x.shape[0], model.mask_id
+    padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
+    n_blocks = gen_length // block_length
+    block = [0] * N  # each row's current block
+    index = [0] * N  # forwards the row has made in its current block
+    commits: list[list[int]] = [[] for _ in range(N)]
+    kv: KVCache | None = None
+    kv_rows: list[int] = []  # the prompts whose K/V `kv` holds, in its row order
+    calls = 0
+    while True:
+        live = [r for r in range(N) if block[r] < n_blocks]
+        if not live:
+            break
+        if cache != "none":  # one shared block start: rows ahead wait for the slowest row
+            current = min(block[r] for r in live)
+            live = [r for r in live if block[r] == current]
+        rows = live
+        starts = [P + block[r] * block_length for r in rows]
+        s = starts[0]
+        same = all(t == s for t in starts)
+        sel = torch.tensor(rows, device=x.device) if len(rows) < N else None
+        xr = x if sel is None else x.index_select(0, sel)  # (R, P+L)
+        mask = None
+        if attention is not None and any(padded[r] for r in rows):
+            mask = attention if sel is None else attention.index_select(0, sel)
+        i0 = index[rows[0]]  # with a cache, every row of the forward is at the same index
+        full = cache == "none" or i0 == 0 or (refresh_every is not None and i0 % refresh_every == 0)
+        if full:
+            out = forward(model, xr, rows, attention_mask=mask)
+            if same:
+                logits = out.logits[:, s : s + block_length]  # (R, B, V)
+            else:  # cache="none": each row's own block
+                at = torch.tensor(starts, device=x.device).view(-1, 1) + torch.arange(block_length, device=x.device)
+                logits = out.logits.gather(1, at.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1]))
+            if cache != "none":
+                kv, kv_rows = (out.kv.keep(s) if cache == "prefix" else out.kv), list(rows)
+        else:
+            assert kv is not None
+            if kv_rows != rows:  # rows that finished the block left: drop their K/V
+                keep = torch.tensor([kv_rows.index(r) for r in rows], device=x.device)
+                kv = KVCache([k.index_select(0, keep) for k in kv.keys], [v.index_select(0, keep) for v in kv.values])
+                kv_rows = list(rows)
+            if cache == "prefix":  # block + masked suffix in, block out
+                logits = forward(model, xr[:, s:], rows, start=s, cache=kv, attention_mask=mask).logits[:, :block_length]
+            else:  # in-place span write into kv
+                logits = forward(model, xr[:, s : s + block_length], rows, start=s, cache=kv, attention_mask=mask).logits
+        calls += 1
+        if same:
+            region = xr[:, s : s + block_length]  # (R, B)
+        else:
+            region = xr.gather(1, at)
+        masked = region == mask_id
+        x0, chosen = select(logits, masked, [index[r] for r in rows], rows)
+        chosen = chosen & masked
+        new = torch.where(chosen, x0, region)
+        counts, left = torch.stack([chosen.sum(dim=1), (new == mask_id).sum(dim=1)]).tolist()  # the step's one host sync
+        if min(counts) < 1:
+            raise AssertionError("a selection rule must commit at least one masked position")
+        if same and sel is None:
+            x[:, s : s + block_length] = new
+        else:
+            cols = torch.tensor(starts, device=x.device).view(-1, 1) + torch.arange(block_length, device=x.device)
+            target = torch.tensor(rows, device=x.device).view(-1, 1).expand_as(cols)
+            x[target, cols] = new
+        for j, r in enumerate(rows):
+            commits[r].append(counts[j])
+            index[r] += 1
+            if left[j] == 0:  # blocks start fully masked, so the next one has masks
+                block[r] += 1
+                index[r] = 0
+        if on_step is not None:
+            step = torch.zeros_like(x, dtype=torch.bool)
+            cols = torch.tensor(starts, device=x.device).view(-1, 1) + torch.arange(block_length, device=x.device)
+            step[torch.tensor(rows, device=x.device).view(-1, 1).expand_as(cols), cols] = chosen
+            report_step(on_step, calls, x, step)
+    return generations(x, P, commits)

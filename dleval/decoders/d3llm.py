@@ -103,11 +103,14 @@ class _Block:
 
 
 @torch.inference_mode()
-def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None) -> list[Generation]:
-    return [_decode_one(model, prompt, cfg, on_step) for prompt in prompts]
+def decode(
+    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+) -> list[Generation]:
+    noise = _parts.Noise(seeds, len(prompts), model.device)
+    return [_decode_one(model, prompt, cfg, on_step, noise, row) for row, prompt in enumerate(prompts)]
 
 
-def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None) -> Generation:
+def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, noise: _parts.Noise, row: int) -> Generation:
     x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L); one row, no padding
     B, mask_id = cfg.block_length, model.mask_id
     n_blocks = cfg.gen_length // B
@@ -129,13 +132,13 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
         active_end = max(b.end for b in blocks if b.full or b.masks)
 
         if cfg.cache == "delayed":
-            logits, lo, cache, cache_len = _cached_forward(model, x, blocks, cache, cache_len, nfe, cfg)
+            logits, lo, cache, cache_len = _cached_forward(model, x, blocks, cache, cache_len, nfe, cfg, row)
         else:
-            logits, lo = model.forward(x).logits, 0  # (1, P+L, V)
+            logits, lo = _parts.forward(model, x, [row]).logits, 0  # (1, P+L, V)
 
         s0 = max(lo, P)  # every mask lies at or after the cache end
         lg = logits[:, s0 - lo : active_end - lo]  # (1, n, V) over [s0, active_end)
-        x0 = _parts.propose(lg, cfg.temperature, mask_id)  # (1, n)
+        x0 = _parts.propose(lg, cfg.temperature, mask_id, noise, [row])  # (1, n)
         h = _parts.entropy(lg)  # (1, n) float64
         masked = x[:, s0:active_end] == mask_id
         chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # global lowest H, plus H <= tau
@@ -172,7 +175,7 @@ def _recount(blocks: list[_Block], x: torch.Tensor, mask_id: int) -> None:
 
 
 def _cached_forward(
-    model: Model, x: torch.Tensor, blocks: list[_Block], cache: KVCache | None, cache_len: int, nfe: int, cfg: Config
+    model: Model, x: torch.Tensor, blocks: list[_Block], cache: KVCache | None, cache_len: int, nfe: int, cfg: Config, row: int
 ) -> tuple[torch.Tensor, int, KVCache | None, int]:
     """One forward under the delayed cache. Returns (logits of positions [lo, T), lo, cache, cache_len)."""
     due: list[_Block] = []
@@ -195,13 +198,13 @@ def _cached_forward(
     stabilizing = any(b.masks == 0 and b.done_at is not None and not b.cached for b in blocks)
     if update:  # append, even when a periodic refresh is due (the reference's order)
         if cache is None:
-            out = model.forward(x)
+            out = _parts.forward(model, x, [row])
             return out.logits, 0, out.kv.keep(update), update
-        out = model.forward(x[:, cache_len:], start=cache_len, cache=cache)
+        out = _parts.forward(model, x[:, cache_len:], [row], start=cache_len, cache=cache)
         return out.logits, cache_len, cache.append(out.kv, update), cache_len + update
     if cache is not None and (stabilizing or nfe % cfg.refresh_interval == 0):
-        out = model.forward(x)
+        out = _parts.forward(model, x, [row])
         return out.logits, 0, out.kv.keep(cache_len), cache_len
     if cache is not None:
-        return model.forward(x[:, cache_len:], start=cache_len, cache=cache).logits, cache_len, cache, cache_len
-    return model.forward(x).logits, 0, None, 0
+        return _parts.forward(model, x[:, cache_len:], [row], start=cache_len, cache=cache).logits, cache_len, cache, cache_len
+    return _parts.forward(model, x, [row]).logits, 0, None, 0

@@ -13,7 +13,8 @@ The reported numbers use no cache (README), so `cache` defaults to "none". The r
 prefix- and dual-cache loops with the entropy rule; `cache` and `refresh_every` select them, with
 the same loops and the same one deviation as `fastdllm` (no extra forward when the block-start
 forward completes the block; [MASK] never proposed). Ties break by (entropy, then position) instead of `torch.topk`'s
-order. Batch-size-1 algorithm: prompts are decoded one at a time.
+order. The reference decodes one prompt at a time; here prompts are batched, each row advancing
+on its own and leaving the forward once done, with its batch-1 tokens and NFE (`_parts.block_loop`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dleval.decoders import _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
-BATCHED = False
+BATCHED = True
 PAPER_MODEL = "Zigeng/dParallel-LLaDA-8B-instruct"
 CPU_MODEL = "tiny-dparallel"  # the bundled student of `dleval train distill --method dparallel`
 
@@ -50,14 +51,14 @@ class Config:
 
 
 @torch.inference_mode()
-def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None) -> list[Generation]:
-    def select(logits: torch.Tensor, masked: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = _parts.propose(logits, cfg.temperature, model.mask_id)  # (1, B)
+def decode(
+    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+) -> list[Generation]:
+    noise = _parts.Noise(seeds, len(prompts), model.device)
+    def select(logits: torch.Tensor, masked: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = _parts.propose(logits, cfg.temperature, model.mask_id, noise, rows)  # (R, B)
         return x0, _parts.entropy_threshold_mask(_parts.entropy(logits), masked, cfg.threshold)
 
-    return [
-        _parts.block_loop(
-            model, prompt, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every, on_step=on_step
-        )
-        for prompt in prompts
-    ]
+    return _parts.block_loop(
+        model, prompts, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every, on_step=on_step
+    )

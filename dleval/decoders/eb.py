@@ -13,7 +13,8 @@ argmax over every token but [MASK] (`_parts.propose`), as in `fastdllm`.
 The rule composes with the harness's block schedule: Fast-dLLM's sequential-block loop, each
 block decoded until it has no mask, on the common LLaDA baseline (gen 256, block 32, T = 0;
 decoders.md §9 checklist 1). The Fast-dLLM caches are available but off by default.
-Batch-size-1 loop: prompts are decoded one at a time.
+Prompts are batched, each row advancing on its own and leaving the forward once done, with its
+batch-1 tokens and NFE (`_parts.block_loop`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dleval.decoders import _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
-BATCHED = False
+BATCHED = True
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,14 @@ class Config:
 
 
 @torch.inference_mode()
-def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None) -> list[Generation]:
-    def select(logits: torch.Tensor, masked: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = _parts.propose(logits, cfg.temperature, model.mask_id)  # (1, B)
+def decode(
+    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+) -> list[Generation]:
+    noise = _parts.Noise(seeds, len(prompts), model.device)
+    def select(logits: torch.Tensor, masked: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = _parts.propose(logits, cfg.temperature, model.mask_id, noise, rows)  # (R, B)
         return x0, _parts.entropy_bound_mask(_parts.entropy(logits), masked, cfg.gamma)
 
-    return [
-        _parts.block_loop(
-            model, prompt, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every, on_step=on_step
-        )
-        for prompt in prompts
-    ]
+    return _parts.block_loop(
+        model, prompts, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every, on_step=on_step
+    )

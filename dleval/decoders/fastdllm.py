@@ -21,8 +21,9 @@ Deviations, all from the harness conventions (§0.3) or its contract:
   that cannot spin forever on a random one that ranks [MASK] first;
 - `refresh_every` is ours: a full refresh forward every N forwards within a block (1 = every
   forward, which reduces `dual` and `prefix` exactly to `none`).
-Batch-size-1 algorithm (the reference builds a canvas of batch 1 and its SDPA has no padding
-mask): prompts are decoded one at a time.
+The reference builds a canvas of batch 1; here prompts are batched, each row advancing on its
+own and leaving the forward once done, so every row gets its batch-1 tokens and NFE
+(`_parts.block_loop`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from dleval.decoders import _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
-BATCHED = False
+BATCHED = True
 
 
 @dataclass(frozen=True)
@@ -67,25 +68,25 @@ class Config:
 
 
 @torch.inference_mode()
-def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None) -> list[Generation]:
+def decode(
+    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+) -> list[Generation]:
+    noise = _parts.Noise(seeds, len(prompts), model.device)
     per_block = cfg.total_steps // (cfg.gen_length // cfg.block_length)
     # Blocks start fully masked, so the quota (k_0..k_{s-1}) is the same for every block.
     k = _parts.quota(torch.tensor([cfg.block_length]), per_block)[0].tolist()
 
-    def select(logits: torch.Tensor, masked: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = _parts.propose(logits, cfg.temperature, model.mask_id)  # (1, B)
+    def select(logits: torch.Tensor, masked: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = _parts.propose(logits, cfg.temperature, model.mask_id, noise, rows)  # (R, B)
         if cfg.remasking == "low_confidence":
             conf = _parts.confidence(logits, x0)
         else:
-            conf = torch.rand(x0.shape, dtype=torch.float64, device=x0.device)
+            conf = noise.uniform(x0.shape[1:], rows)
         if cfg.threshold is None:
             scores = torch.where(masked, conf, torch.full_like(conf, _parts.NEG_INF))
-            return x0, _parts.top_k_mask(scores, [k[index]]) & masked
+            return x0, _parts.top_k_mask(scores, [k[i] for i in index]) & masked
         return x0, _parts.threshold_mask(conf, masked, conf >= cfg.threshold)
 
-    return [
-        _parts.block_loop(
-            model, prompt, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every, on_step=on_step
-        )
-        for prompt in prompts
-    ]
+    return _parts.block_loop(
+        model, prompts, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every, on_step=on_step
+    )

@@ -144,12 +144,17 @@ def find_filter(model: Model, cfg: Config) -> Path:
 
 
 @torch.inference_mode()
-def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None) -> list[Generation]:
+def decode(
+    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+) -> list[Generation]:
     params = {k: v.to(model.device) for k, v in _filter_for(model, cfg).items()}
-    return [_decode_one(model, prompt, params, cfg, on_step) for prompt in prompts]
+    noise = _parts.Noise(seeds, len(prompts), model.device)
+    return [_decode_one(model, prompt, params, cfg, on_step, noise, row) for row, prompt in enumerate(prompts)]
 
 
-def _decode_one(model: Model, prompt: Sequence[int], params: dict[str, torch.Tensor], cfg: Config, on_step: OnStep | None) -> Generation:
+def _decode_one(
+    model: Model, prompt: Sequence[int], params: dict[str, torch.Tensor], cfg: Config, on_step: OnStep | None, noise: _parts.Noise, row: int
+) -> Generation:
     x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
     B, mask_id, eos = cfg.block_length, model.mask_id, model.eos_id
     per_block = cfg.total_steps // (cfg.gen_length // B)
@@ -163,8 +168,8 @@ def _decode_one(model: Model, prompt: Sequence[int], params: dict[str, torch.Ten
         i = 0
         while bool((x[:, s:e] == mask_id).any()):
             T = x.shape[1]
-            logits = model.forward(x).logits  # (1, T, V)
-            x0 = _parts.propose(logits, cfg.temperature, mask_id)  # (1, T)
+            logits = _parts.forward(model, x, [row]).logits  # (1, T, V)
+            x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, [row])  # (1, T)
             conf = _parts.confidence(logits, x0)  # (1, T) float64
             masked = x == mask_id
             block_conf = conf[:, s:e].to(torch.float32)  # (1, n), n < B after a cut inside the block

@@ -54,8 +54,11 @@ class Config:
 
 
 @torch.inference_mode()
-def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None) -> list[Generation]:
+def decode(
+    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+) -> list[Generation]:
     x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)
+    noise = _parts.Noise(seeds, len(prompts), model.device)
     B, L = cfg.block_length, cfg.gen_length
     blocks = L // B
     per_block = cfg.total_steps // blocks
@@ -71,7 +74,7 @@ def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(
             nfe += 1
             if cfg.logits_eos_inf:
                 logits[:, :, model.eos_id] = _parts.NEG_INF
-            x0 = _parts.gumbel_argmax(logits, cfg.temperature)
+            x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise)  # noise over the block: the same for any padding
             if cfg.confidence_eos_eot_inf:
                 if cfg.temperature == 0:
                     logits[:, :, model.eos_id] = _parts.NEG_INF
@@ -80,7 +83,7 @@ def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(
             if cfg.remasking == "low_confidence":
                 score = _parts.confidence(logits, x0)
             else:
-                score = torch.rand(x0.shape, dtype=torch.float64, device=x0.device)
+                score = noise.uniform(x0.shape[1:])
             masked = x[:, s:e] == model.mask_id
             score = torch.where(masked, score, torch.full_like(score, _parts.NEG_INF))
             chosen = _parts.top_k_mask(score, k[:, i]) & masked
@@ -97,9 +100,9 @@ def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(
 def _forward(model: Model, x: torch.Tensor, attention: torch.Tensor | None, prompt_index: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     """Logits (B, T, V); with CFG one batched call on [x; x with the prompt masked] (one NFE)."""
     if cfg_scale <= 0:
-        return model.forward(x, attention_mask=attention).logits
+        return _parts.forward(model, x, None, attention_mask=attention).logits
     un_x = torch.where(prompt_index, torch.full_like(x, model.mask_id), x)
     mask = None if attention is None else torch.cat([attention, attention])
-    both = model.forward(torch.cat([x, un_x]), attention_mask=mask).logits
+    both = _parts.forward(model, torch.cat([x, un_x]), range(x.shape[0]), attention_mask=mask).logits  # one NFE per prompt
     cond, uncond = both.chunk(2)
     return uncond + (cfg_scale + 1) * (cond - uncond)

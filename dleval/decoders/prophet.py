@@ -104,11 +104,14 @@ def constraints(model: Model, cfg: Config) -> tuple[dict[int, int], list[int]]:
 
 
 @torch.inference_mode()
-def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None) -> list[Generation]:
-    return [_decode_one(model, prompt, cfg, on_step) for prompt in prompts]
+def decode(
+    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+) -> list[Generation]:
+    noise = _parts.Noise(seeds, len(prompts), model.device)
+    return [_decode_one(model, prompt, cfg, on_step, noise, row) for row, prompt in enumerate(prompts)]
 
 
-def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None) -> Generation:
+def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, noise: _parts.Noise, row: int) -> Generation:
     x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
     forced, window = constraints(model, cfg)
     for offset, tid in forced.items():
@@ -123,8 +126,8 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
         k = _parts.quota((x[:, s:e] == model.mask_id).sum(dim=1), per_block)[0].tolist()
         for i in range(per_block):
             nfe += 1
-            logits = model.forward(x).logits  # (1, P+L, V)
-            x0 = _parts.gumbel_argmax(logits, cfg.temperature)  # (1, P+L)
+            logits = _parts.forward(model, x, [row]).logits  # (1, P+L, V)
+            x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise, [row])  # (1, P+L)
             masked = x == model.mask_id
             if answer and float(_parts.margin(logits[0, answer]).mean()) >= cfg.threshold_at(nfe / steps):
                 x = torch.where(masked, x0, x)

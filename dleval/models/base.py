@@ -95,6 +95,12 @@ class Counted:
 
     `nfe` counts calls; `rows` counts sequences forwarded (batch rows, a CFG pair is two rows)
     and `positions` counts token positions processed, so cache savings are visible as data.
+
+    Per sample: a decoder that forwards only some of its prompts (a batched decoder whose
+    finished rows leave the batch) names them with `rows=` (indices into its `prompts`; see
+    `dleval.decoders._parts.forward`); a call without `rows` counts for rows 0..B-1 of `ids`.
+    `row_nfe(n)` is then, for each of the n prompts of the last decode, the number of forwards
+    in which its tokens were computed, and `row_rows(n)` the sequences forwarded for it.
     """
 
     def __init__(self, model: Model) -> None:
@@ -102,12 +108,22 @@ class Counted:
         self.nfe = 0
         self.rows = 0
         self.positions = 0
+        self._row_nfe: dict[int, int] = {}
+        self._row_rows: dict[int, int] = {}
 
     def __getattr__(self, name: str):  # attributes such as mask_id come from the wrapped model
         return getattr(self.inner, name)
 
     def reset(self) -> None:
         self.nfe = self.rows = self.positions = 0
+        self._row_nfe = {}
+        self._row_rows = {}
+
+    def row_nfe(self, n: int) -> list[int]:
+        return [self._row_nfe.get(r, 0) for r in range(n)]
+
+    def row_rows(self, n: int) -> list[int]:
+        return [self._row_rows.get(r, 0) for r in range(n)]
 
     def forward(
         self,
@@ -116,8 +132,15 @@ class Counted:
         start: int = 0,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        rows: list[int] | None = None,
     ) -> ForwardOutput:
+        """`Model.forward`, counted; `rows` names the prompts whose rows `ids` holds (see the class)."""
         self.nfe += 1
         self.rows += int(ids.shape[0])
         self.positions += int(ids.numel())
+        names = range(int(ids.shape[0])) if rows is None else rows
+        per = int(ids.shape[0]) // max(len(names), 1)  # a CFG pair: two sequences for one prompt
+        for r in names:
+            self._row_nfe[r] = self._row_nfe.get(r, 0) + 1
+            self._row_rows[r] = self._row_rows.get(r, 0) + per
         return self.inner.forward(ids, start=start, cache=cache, attention_mask=attention_mask)
