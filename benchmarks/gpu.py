@@ -46,6 +46,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/gpu.py` from a checkout
 
+from _timing import TimedModel  # noqa: E402
+
 from dleval import decoders  # noqa: E402
 from dleval.models.base import Counted, KVCache  # noqa: E402
 
@@ -189,26 +191,6 @@ def time_forwards(model, args, device: torch.device, timer: Timer, peak: tuple[f
     return rows
 
 
-class TimedModel:
-    """Sums the time spent inside forward (device synchronized on both sides)."""
-
-    def __init__(self, model, device: torch.device) -> None:
-        self.inner, self.device, self.seconds = model, device, 0.0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def forward(self, ids, **kwargs):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        out = self.inner.forward(ids, **kwargs)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds += time.perf_counter() - t0
-        return out
-
-
 def decoder_overheads(model, args, device: torch.device) -> list[dict]:
     from safetensors.torch import save_file
 
@@ -226,7 +208,7 @@ def decoder_overheads(model, args, device: torch.device) -> list[dict]:
             fields = {f.name for f in dataclasses.fields(module.Config)}
             values = {"gen_length": args.decode_gen, "block_length": block, "filter": str(filt), "answer_prefix": ""}
             cfg = module.Config(**{k: v for k, v in values.items() if k in fields})
-            timed = TimedModel(model, device)
+            timed = TimedModel(model)
             counted = Counted(timed)
             module.decode(counted, prompts[:1], cfg)  # warm-up
             timed.seconds = 0.0

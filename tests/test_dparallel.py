@@ -83,5 +83,5 @@ def test_defaults_and_models():
     cfg = dparallel.Config()
     assert (cfg.gen_length, cfg.block_length, cfg.threshold, cfg.cache) == (256, 32, 0.5, "none")
     info = decoders.info("dparallel")
-    assert info.paper_model == "Zigeng/dParallel-LLaDA-8B-instruct" and not info.batched
+    assert info.paper_model == "Zigeng/dParallel-LLaDA-8B-instruct" and info.batched  # rows advance on their own (issue 14)
     assert info.cpu_model in ("tiny", "tiny-dparallel")

@@ -1,0 +1,93 @@
+"""Decoder overhead per step: the time each decoder spends outside the model forward, per forward, on the bundled tiny model.
+
+Run: python benchmarks/overhead.py [--problems 30] [--threads 1] [--decoders fastdllm,llada] [--repeats 3]
+
+Every decoder (paper defaults, the task's generation hints for synth_gsm) decodes the same
+`--problems` synth_gsm problems one at a time, with `on_step=None` as in a run. A wrapper
+(`_timing.TimedModel`) sums the time spent inside the model's forward; the decoder's overhead
+per step is (decode wall - forward time) / forwards, and its share is that over the mean
+forward time. Each decoder runs once as warm-up, then `--repeats` times interleaved with the
+others (so that load on a shared machine hits them alike); the median repeat is reported. The
+issue 14 target is <= 0.2 ms per step for every decoder on a 2-core CPU, one thread. Prints a
+table and, last, one JSON line; `--check-tokens FILE` also writes every decoder's tokens (to
+compare two versions of the code: identical files = outputs unchanged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/overhead.py` from a checkout
+
+from _timing import TimedModel  # noqa: E402
+
+from dleval import decoders, models, prompts, tasks  # noqa: E402
+from dleval.models.base import Counted  # noqa: E402
+from dleval.run import decoder_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--decoders", default=",".join(decoders.names()))
+    parser.add_argument("--check-tokens", type=Path, default=None, help="write {decoder: [tokens...]} here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    spec = tasks.load_task("synth_gsm")
+    samples = tasks.load_samples(spec)[: args.problems]
+    names = [decoders.canonical(n.strip()) for n in args.decoders.split(",") if n.strip()]
+    setups = {}
+    for name in names:
+        info = decoders.info(name)
+        module = decoders.load(name)
+        loaded = models.load(info.cpu_model, device="cpu")
+        cfg = decoder_config(module, spec.generation, {}, name)
+        ids = [prompts.render(s, spec.prompt, loaded.tokenizer).ids for s in samples]
+        setups[name] = (module, cfg, loaded.model, ids)
+
+    def once(name: str) -> tuple[float, float, int, list]:
+        module, cfg, model, ids = setups[name]
+        timed = TimedModel(model)
+        counted = Counted(timed)
+        t0 = time.perf_counter()
+        gens = [module.decode(counted, [p], cfg)[0] for p in ids]
+        return time.perf_counter() - t0, timed.seconds, counted.nfe, [list(g.tokens) for g in gens]
+
+    tokens = {name: once(name)[3] for name in names}  # warm-up
+    runs: dict[str, list] = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name in names:
+            wall, fwd, nfe, toks = once(name)
+            assert toks == tokens[name], f"{name} is not deterministic"
+            runs[name].append((wall, fwd, nfe))
+    rows = []
+    for name in names:
+        over = statistics.median((w - f) / n for w, f, n in runs[name])
+        fwd = statistics.median(f / n for w, f, n in runs[name])
+        rows.append(dict(decoder=name, forwards=runs[name][0][2], forward_ms=1000 * fwd, overhead_ms=1000 * over, share=over / fwd))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{len(samples)} synth_gsm problems, {args.threads} thread(s), {platform.processor() or platform.machine()}, load {load:.2f}")
+    print(f"{'decoder':<11}{'forwards':>9}{'forward ms':>12}{'overhead ms/step':>18}{'share':>8}")
+    for r in rows:
+        print(f"{r['decoder']:<11}{r['forwards']:>9}{r['forward_ms']:12.3f}{r['overhead_ms']:18.3f}{100 * r['share']:7.1f}%")
+    if args.check_tokens:
+        args.check_tokens.write_text(json.dumps(tokens) + "\n")
+    result = {"problems": len(samples), "threads": args.threads, "load": load, "rows": rows}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
