@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from dleval.models.base import Model
+from dleval.models.base import KVCache, Model
 from dleval.types import Generation, OnStep, Step
 
 NEG_INF = float("-inf")
@@ -209,6 +209,7 @@ def block_loop(
     *,
     cache: str = "none",
     refresh_every: int | None = None,
+    skip_idle_forward: bool = False,
     on_step: OnStep | None = None,
 ) -> Generation:
     """Decode one prompt block by block, each block until it has no mask, one `select` per forward.
@@ -221,9 +222,10 @@ def block_loop(
       block, overwriting its K/V in place, against the rest of the cache (§2.4).
     A full forward also decodes (it is the block's first step) and is one NFE like any other.
     `refresh_every=N` repeats that full forward every N forwards within a block as well (N=1:
-    every forward is full, which equals "none"). One difference from the reference loops, which
-    run their cached inner loop at least once: when the full forward completes the block, no
-    further forward is made (the reference makes one that commits nothing).
+    every forward is full, which equals "none"). As in the reference, whose cached inner loop
+    runs at least once, a block that its block-start forward already completed still gets one
+    cached forward, which commits nothing (an entry 0 in committed_per_step) and counts as one
+    NFE. `skip_idle_forward=True` (ours, a cheaper variant with the same tokens) leaves it out.
     """
     check_cache(cache, refresh_every)
     x, _, P = make_canvas(model, [prompt], gen_length)  # (1, P+L); one row, so no padding mask
@@ -238,10 +240,8 @@ def block_loop(
                 out = model.forward(x)
                 logits = out.logits[:, s:e]  # (1, B, V)
                 kv = out.kv.keep(s) if cache == "prefix" else out.kv
-            elif cache == "prefix":
-                logits = model.forward(x[:, s:], start=s, cache=kv).logits[:, : e - s]  # block + masked suffix in, block out
             else:
-                logits = model.forward(x[:, s:e], start=s, cache=kv).logits  # in-place span write into kv
+                logits = _cached_forward(model, x, s, e, cache, kv)
             x0, chosen = select(logits, masked, index)
             chosen = chosen & masked
             assert bool(chosen.any()), "a selection rule must commit at least one masked position"
@@ -252,4 +252,15 @@ def block_loop(
                 step[:, s:e] = chosen
                 report_step(on_step, len(commits), x, step)
             index += 1
+        if index == 1 and cache != "none" and refresh_every != 1 and not skip_idle_forward:
+            _cached_forward(model, x, s, e, cache, kv)  # the reference's idle forward: the block has no mask left, it commits nothing
+            commits.append(0)
+            report_step(on_step, len(commits), x, torch.zeros_like(x, dtype=torch.bool))
     return generations(x, P, [commits])[0]
+
+
+def _cached_forward(model: Model, x: torch.Tensor, s: int, e: int, cache: str, kv: KVCache | None) -> torch.Tensor:
+    """The block's logits (1, B, V) from a forward against the block-start cache `kv`."""
+    if cache == "prefix":
+        return model.forward(x[:, s:], start=s, cache=kv).logits[:, : e - s]  # block + masked suffix in, block out
+    return model.forward(x[:, s:e], start=s, cache=kv).logits  # in-place span write into kv
