@@ -262,6 +262,7 @@ def block_loop(
     *,
     cache: str = "none",
     refresh_every: int | None = None,
+    skip_idle_forward: bool = False,
     on_step: OnStep | None = None,
 ) -> list[Generation]:
     """Decode prompts block by block, each block until it has no mask, one `select` per forward.
@@ -274,43 +275,48 @@ def block_loop(
       block, overwriting its K/V in place, against the rest of the cache (§2.4).
     A full forward also decodes (it is the block's first step) and is one NFE like any other.
     `refresh_every=N` repeats that full forward every N forwards within a block as well (N=1:
-    every forward is full, which equals "none"). One difference from the reference loops, which
-    run their cached inner loop at least once: when the full forward completes the block, no
-    further forward is made (the reference makes one that commits nothing).
+    every forward is full, which equals "none"). As in the reference, whose cached inner loop
+    runs at least once, a block that its block-start forward already completed still gets one
+    cached forward, which commits nothing (an entry 0 in committed_per_step) and counts as one
+    NFE. `skip_idle_forward=True` (ours, a cheaper variant with the same tokens) leaves it out.
 
     Batches (the reference decodes one prompt at a time): prompts are left-padded so that
     every row's generation region has the same offsets, and each row advances on its own: its
-    block ends when its own masks are gone, and a row with nothing left to do leaves the
-    forward. So a row sees exactly the forwards it would see alone, and its NFE (counted per
-    row by `Counted`) is its batch-1 NFE. With cache="none" rows move on to their next block at
-    once (a full forward does not care where a row's block is). With a cache, the rows of one
-    forward must share their block start (the cache is [0, block_start) for all of them), so a
-    row whose block is done waits, without being forwarded, until every row has finished that
-    block; then all start the next block together with one full forward.
+    block ends when its own masks are gone (after its idle forward, if it has one), and a row
+    with nothing left to do leaves the forward. So a row sees exactly the forwards it would see
+    alone, and its NFE (counted per row by `Counted`) is its batch-1 NFE. With cache="none" rows
+    move on to their next block at once (a full forward does not care where a row's block is).
+    With a cache, the rows of one forward must share their block start (the cache is
+    [0, block_start) for all of them), so a row whose block is done waits, without being
+    forwarded, until every row has finished that block; then all start the next block together
+    with one full forward. Within a block every forwarded row is then at the same forward index.
     """
     check_cache(cache, refresh_every)
     x, attention, P = make_canvas(model, prompts, gen_length)  # (N, P+L), N = len(prompts)
-    N, mask_id = x.shape[0], model.mask_id
+    N, mask_id, dev = x.shape[0], model.mask_id, x.device
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
     n_blocks = gen_length // block_length
+    idle_rule = cache != "none" and refresh_every != 1 and not skip_idle_forward
+    span = torch.arange(block_length, device=dev)
     block = [0] * N  # each row's current block
     index = [0] * N  # forwards the row has made in its current block
+    idle = [False] * N  # the block is done but its idle cached forward is still due
     commits: list[list[int]] = [[] for _ in range(N)]
     kv: KVCache | None = None
     kv_rows: list[int] = []  # the prompts whose K/V `kv` holds, in its row order
     calls = 0
     while True:
-        live = [r for r in range(N) if block[r] < n_blocks]
-        if not live:
+        rows = [r for r in range(N) if block[r] < n_blocks]
+        if not rows:
             break
         if cache != "none":  # one shared block start: rows ahead wait for the slowest row
-            current = min(block[r] for r in live)
-            live = [r for r in live if block[r] == current]
-        rows = live
+            current = min(block[r] for r in rows)
+            rows = [r for r in rows if block[r] == current]
         starts = [P + block[r] * block_length for r in rows]
         s = starts[0]
         same = all(t == s for t in starts)
-        sel = torch.tensor(rows, device=x.device) if len(rows) < N else None
+        at = None if same else torch.tensor(starts, device=dev).view(-1, 1) + span  # (R, B) each row's block
+        sel = None if len(rows) == N else torch.tensor(rows, device=dev)
         xr = x if sel is None else x.index_select(0, sel)  # (R, P+L)
         mask = None
         if attention is not None and any(padded[r] for r in rows):
@@ -322,14 +328,13 @@ def block_loop(
             if same:
                 logits = out.logits[:, s : s + block_length]  # (R, B, V)
             else:  # cache="none": each row's own block
-                at = torch.tensor(starts, device=x.device).view(-1, 1) + torch.arange(block_length, device=x.device)
                 logits = out.logits.gather(1, at.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1]))
             if cache != "none":
                 kv, kv_rows = (out.kv.keep(s) if cache == "prefix" else out.kv), list(rows)
         else:
             assert kv is not None
             if kv_rows != rows:  # rows that finished the block left: drop their K/V
-                keep = torch.tensor([kv_rows.index(r) for r in rows], device=x.device)
+                keep = torch.tensor([kv_rows.index(r) for r in rows], device=dev)
                 kv = KVCache([k.index_select(0, keep) for k in kv.keys], [v.index_select(0, keep) for v in kv.values])
                 kv_rows = list(rows)
             if cache == "prefix":  # block + masked suffix in, block out
@@ -337,32 +342,45 @@ def block_loop(
             else:  # in-place span write into kv
                 logits = forward(model, xr[:, s : s + block_length], rows, start=s, cache=kv, attention_mask=mask).logits
         calls += 1
-        if same:
-            region = xr[:, s : s + block_length]  # (R, B)
-        else:
-            region = xr.gather(1, at)
-        masked = region == mask_id
-        x0, chosen = select(logits, masked, [index[r] for r in rows], rows)
-        chosen = chosen & masked
-        new = torch.where(chosen, x0, region)
-        counts, left = torch.stack([chosen.sum(dim=1), (new == mask_id).sum(dim=1)]).tolist()  # the step's one host sync
-        if min(counts) < 1:
-            raise AssertionError("a selection rule must commit at least one masked position")
-        if same and sel is None:
-            x[:, s : s + block_length] = new
-        else:
-            cols = torch.tensor(starts, device=x.device).view(-1, 1) + torch.arange(block_length, device=x.device)
-            target = torch.tensor(rows, device=x.device).view(-1, 1).expand_as(cols)
-            x[target, cols] = new
-        for j, r in enumerate(rows):
-            commits[r].append(counts[j])
-            index[r] += 1
-            if left[j] == 0:  # blocks start fully masked, so the next one has masks
-                block[r] += 1
-                index[r] = 0
-        if on_step is not None:
-            step = torch.zeros_like(x, dtype=torch.bool)
-            cols = torch.tensor(starts, device=x.device).view(-1, 1) + torch.arange(block_length, device=x.device)
-            step[torch.tensor(rows, device=x.device).view(-1, 1).expand_as(cols), cols] = chosen
-            report_step(on_step, calls, x, step)
+        step = torch.zeros_like(x, dtype=torch.bool) if on_step is not None else None
+        busy = [j for j, r in enumerate(rows) if not idle[r]]  # idle rows were forwarded, and commit nothing
+        for j in range(len(rows)):
+            if idle[rows[j]]:
+                r = rows[j]
+                commits[r].append(0)
+                idle[r], block[r], index[r] = False, block[r] + 1, 0
+        if busy:
+            brows = [rows[j] for j in busy]
+            if len(busy) < len(rows):
+                pick = torch.tensor(busy, device=dev)
+                logits, xr = logits.index_select(0, pick), xr.index_select(0, pick)
+                at = None if at is None else at.index_select(0, pick)
+            region = xr[:, s : s + block_length] if at is None else xr.gather(1, at)  # (R', B)
+            masked = region == mask_id
+            x0, chosen = select(logits, masked, [index[r] for r in brows], brows)
+            chosen = chosen & masked
+            new = torch.where(chosen, x0, region)
+            counts, left = torch.stack([chosen.sum(dim=1), (new == mask_id).sum(dim=1)]).tolist()  # the step's one host sync
+            if min(counts) < 1:
+                raise AssertionError("a selection rule must commit at least one masked position")
+            if at is None and len(brows) == N:
+                x[:, s : s + block_length] = new
+            else:
+                cols = torch.tensor(starts, device=dev).view(-1, 1)[busy if len(busy) < len(rows) else slice(None)] + span
+                target = torch.tensor(brows, device=dev).view(-1, 1).expand_as(cols)
+                x[target, cols] = new
+                if step is not None:
+                    step[target, cols] = chosen
+            if step is not None and at is None and len(brows) == N:
+                step[:, s : s + block_length] = chosen
+            for j, r in enumerate(brows):
+                commits[r].append(counts[j])
+                index[r] += 1
+                if left[j] == 0:  # blocks start fully masked, so the next one has masks
+                    if index[r] == 1 and idle_rule:
+                        idle[r] = True  # the reference's idle forward comes next, in this block
+                    else:
+                        block[r] += 1
+                        index[r] = 0
+        report_step(on_step, calls, x, step)
     return generations(x, P, commits)
