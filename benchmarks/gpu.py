@@ -106,13 +106,13 @@ def build(family: Family, small: bool, device: torch.device, dtype: torch.dtype)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("ln_f.weight") or name.endswith("norm.weight"):
+            if name.endswith(("norm.weight", "ln_f.weight")):
                 p.fill_(1.0)
             elif p.dim() == 1:
                 p.zero_()
             else:
                 p.normal_(0.0, 0.02, generator=gen)
-    for buf_name, buf in model.named_buffers():  # rotary tables and the like are not parameters
+    for buf_name, _ in model.named_buffers():  # rotary tables and the like are not parameters
         raise RuntimeError(f"{family.name} has a buffer {buf_name}: initialise it in build()")
     return model.eval()
 
@@ -175,9 +175,9 @@ def time_forwards(model, args, device: torch.device, timer: Timer, peak: tuple[f
             prefix = full.kv.keep(P)
             dual = KVCache([k.clone() for k in full.kv.keys], [v.clone() for v in full.kv.values])
             cases = {
-                "no cache": (lambda: model.forward(x), P + L),
-                "prefix": (lambda: model.forward(x[:, P:], start=P, cache=prefix), L),
-                "dual": (lambda: model.forward(x[:, P : P + Bk], start=P, cache=dual), Bk),
+                "no cache": (lambda x=x: model.forward(x), P + L),
+                "prefix": (lambda x=x, c=prefix: model.forward(x[:, P:], start=P, cache=c), L),
+                "dual": (lambda x=x, c=dual: model.forward(x[:, P : P + Bk], start=P, cache=c), Bk),
             }
             del full
             for kind, (fn, tokens) in cases.items():
@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"\n{family.name}: dleval/models/{family.module}.py does not exist in this checkout; skipped")
             continue
         params, weight_bytes = counts(model)
-        print(f"\n{family.name}{' (small config)' if args.small else ''}: {params / 1e9:.2f} B params in the forward, {weight_bytes / 2**30:.1f} GiB")
+        print(
+            f"\n{family.name}{' (small config)' if args.small else ''}: {params / 1e9:.2f} B params in the forward, {weight_bytes / 2**30:.1f} GiB"
+        )
         fw = time_forwards(model, args, device, timer, (hbm, tflops))
         print(f"{'forward':<10}{'batch':>6}{'tokens':>8}{'ms':>10}{'floor ms':>10}{'x floor':>9}   (memory / compute floor ms)")
         for r in fw:

@@ -47,9 +47,7 @@ class Noise:
         rows = range(self.n) if rows is None else rows
         if self.generators is None:
             return torch.rand((len(rows), *shape), dtype=torch.float64, device=self.device)
-        return torch.stack(
-            [torch.rand(tuple(shape), generator=self.generators[r], dtype=torch.float64, device=self.device) for r in rows]
-        )
+        return torch.stack([torch.rand(tuple(shape), generator=self.generators[r], dtype=torch.float64, device=self.device) for r in rows])
 
 
 def forward(model: Model, ids: torch.Tensor, rows: Sequence[int] | None, **kwargs):
@@ -149,6 +147,10 @@ def rank(scores: torch.Tensor) -> torch.Tensor:
 
 def top_k_mask(scores: torch.Tensor, k: torch.Tensor | Sequence[int]) -> torch.Tensor:
     """Bool (B, T): the k[b] best-scored positions of each row (deterministic ties)."""
+    if not isinstance(k, torch.Tensor) and all(n == 1 for n in k):
+        # one per row (the threshold rules' forced top-1, LLaDA at one token per step): argmax
+        # returns the first of equal maxima, the same position as the stable sort, without sorting
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
     order = rank(scores)
     k_t = torch.as_tensor(k, device=scores.device).view(-1, 1)
     ranks = torch.empty_like(order)
@@ -264,6 +266,7 @@ def block_loop(
     refresh_every: int | None = None,
     skip_idle_forward: bool = False,
     on_step: OnStep | None = None,
+    compact: bool = True,
 ) -> list[Generation]:
     """Decode prompts block by block, each block until it has no mask, one `select` per forward.
 
@@ -290,6 +293,10 @@ def block_loop(
     [0, block_start) for all of them), so a row whose block is done waits, without being
     forwarded, until every row has finished that block; then all start the next block together
     with one full forward. Within a block every forwarded row is then at the same forward index.
+
+    `compact`: `select` sees only the block's columns that are still masked in some row (fewer
+    float64 scores over the vocabulary late in a block; the same choices). Decoders pass False
+    when `select` draws noise, whose shape must not depend on the other rows.
     """
     check_cache(cache, refresh_every)
     x, attention, P = make_canvas(model, prompts, gen_length)  # (N, P+L), N = len(prompts)
@@ -301,6 +308,7 @@ def block_loop(
     block = [0] * N  # each row's current block
     index = [0] * N  # forwards the row has made in its current block
     idle = [False] * N  # the block is done but its idle cached forward is still due
+    open_ = [[1] * block_length for _ in range(N)]  # host copy: which positions of the row's block are still masked
     commits: list[list[int]] = [[] for _ in range(N)]
     kv: KVCache | None = None
     kv_rows: list[int] = []  # the prompts whose K/V `kv` holds, in its row order
@@ -348,7 +356,7 @@ def block_loop(
             if idle[rows[j]]:
                 r = rows[j]
                 commits[r].append(0)
-                idle[r], block[r], index[r] = False, block[r] + 1, 0
+                idle[r], block[r], index[r], open_[r] = False, block[r] + 1, 0, [1] * block_length
         if busy:
             brows = [rows[j] for j in busy]
             if len(busy) < len(rows):
@@ -357,10 +365,25 @@ def block_loop(
                 at = None if at is None else at.index_select(0, pick)
             region = xr[:, s : s + block_length] if at is None else xr.gather(1, at)  # (R', B)
             masked = region == mask_id
-            x0, chosen = select(logits, masked, [index[r] for r in brows], brows)
+            # Only positions still masked in some row can be chosen: the scores (float64 over the
+            # vocabulary) are taken for those columns alone. Every rule ranks masked candidates
+            # only, by score then position, so the subset (in position order) chooses the same.
+            cols = [j for j in range(block_length) if any(open_[r][j] for r in brows)]
+            if compact and len(cols) < block_length:
+                c = torch.tensor(cols, device=dev)
+                x0c, chosenc = select(logits.index_select(1, c), masked.index_select(1, c), [index[r] for r in brows], brows)
+                chosen = torch.zeros_like(masked).index_copy_(1, c, chosenc)
+                x0 = region.index_copy(1, c, x0c)
+            else:
+                x0, chosen = select(logits, masked, [index[r] for r in brows], brows)
             chosen = chosen & masked
             new = torch.where(chosen, x0, region)
-            counts, left = torch.stack([chosen.sum(dim=1), (new == mask_id).sum(dim=1)]).tolist()  # the step's one host sync
+            R = len(brows)
+            synced = torch.cat([chosen.sum(dim=1), (new == mask_id).flatten().long()]).tolist()  # the step's one host sync
+            counts = synced[:R]
+            for j, r in enumerate(brows):
+                open_[r] = synced[R + j * block_length : R + (j + 1) * block_length]
+            left = [sum(o) for o in (open_[r] for r in brows)]
             if min(counts) < 1:
                 raise AssertionError("a selection rule must commit at least one masked position")
             if at is None and len(brows) == N:
@@ -382,5 +405,6 @@ def block_loop(
                     else:
                         block[r] += 1
                         index[r] = 0
+                        open_[r] = [1] * block_length  # blocks start fully masked
         report_step(on_step, calls, x, step)
     return generations(x, P, commits)

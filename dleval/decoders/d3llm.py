@@ -104,7 +104,12 @@ class _Block:
 
 @torch.inference_mode()
 def decode(
-    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    cfg: Config = Config(),
+    *,
+    on_step: OnStep | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
     noise = _parts.Noise(seeds, len(prompts), model.device)
     return [_decode_one(model, prompt, cfg, on_step, noise, row) for row, prompt in enumerate(prompts)]
@@ -120,7 +125,7 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
     eos_at: int | None = None
     commits: list[int] = []
     nfe = 0
-    while bool((x[0, P:] == mask_id).any()) or len(blocks) - 1 < n_blocks:
+    while any(b.masks for b in blocks[1:]) or len(blocks) - 1 < n_blocks:  # unopened blocks are all masks
         nfe += 1  # index of this forward, from 1
         for prev, blk in zip(blocks, blocks[1:]):
             if not blk.full and prev.progress >= cfg.decoded_token_threshold:
@@ -153,7 +158,7 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
         committed[:, s0:active_end] = chosen
         _recount(blocks, x, mask_id)
 
-        more = bool((x[0, P:] == mask_id).any())  # else the reference's loop ends before its fill
+        more = any(b.masks for b in blocks[1:]) or len(blocks) - 1 < n_blocks  # else the reference's loop ends before its fill
         if cfg.early_stop and more and (e := _parts.first_token(x, model.eos_id, P)) is not None:
             committed |= _parts.fill_after(x, e, model.eos_id, mask_id)
             for blk in blocks[1:]:
@@ -170,8 +175,10 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
 
 
 def _recount(blocks: list[_Block], x: torch.Tensor, mask_id: int) -> None:
-    for blk in blocks[1:]:
-        blk.masks = int((x[0, blk.start : blk.end] == mask_id).sum())
+    """Every open block's mask count, in one host sync (open blocks are contiguous, of equal length)."""
+    lo, hi, n = blocks[1].start, blocks[-1].end, len(blocks) - 1
+    for blk, m in zip(blocks[1:], (x[0, lo:hi] == mask_id).view(n, -1).sum(dim=1).tolist()):
+        blk.masks = m
 
 
 def _cached_forward(

@@ -54,14 +54,28 @@ class Config:
 
 @torch.inference_mode()
 def decode(
-    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    cfg: Config = Config(),
+    *,
+    on_step: OnStep | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
     noise = _parts.Noise(seeds, len(prompts), model.device)
+
     def select(logits: torch.Tensor, masked: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         x0 = _parts.propose(logits, cfg.temperature, model.mask_id, noise, rows)  # (R, B)
         return x0, _parts.entropy_threshold_mask(_parts.entropy(logits), masked, cfg.threshold)
 
     return _parts.block_loop(
-        model, prompts, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every,
-        skip_idle_forward=cfg.skip_idle_forward, on_step=on_step
+        model,
+        prompts,
+        cfg.gen_length,
+        cfg.block_length,
+        select,
+        cache=cfg.cache,
+        refresh_every=cfg.refresh_every,
+        skip_idle_forward=cfg.skip_idle_forward,
+        on_step=on_step,
+        compact=cfg.temperature == 0,  # noise: full blocks
     )

@@ -73,7 +73,12 @@ class Config:
 
 @torch.inference_mode()
 def decode(
-    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    cfg: Config = Config(),
+    *,
+    on_step: OnStep | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
     noise = _parts.Noise(seeds, len(prompts), model.device)
     per_block = cfg.total_steps // (cfg.gen_length // cfg.block_length)
@@ -92,6 +97,14 @@ def decode(
         return x0, _parts.threshold_mask(conf, masked, conf >= cfg.threshold)
 
     return _parts.block_loop(
-        model, prompts, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every,
-        skip_idle_forward=cfg.skip_idle_forward, on_step=on_step
+        model,
+        prompts,
+        cfg.gen_length,
+        cfg.block_length,
+        select,
+        cache=cfg.cache,
+        refresh_every=cfg.refresh_every,
+        skip_idle_forward=cfg.skip_idle_forward,
+        on_step=on_step,
+        compact=cfg.temperature == 0 and cfg.remasking == "low_confidence",  # noise: full blocks
     )

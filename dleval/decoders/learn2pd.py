@@ -145,7 +145,12 @@ def find_filter(model: Model, cfg: Config) -> Path:
 
 @torch.inference_mode()
 def decode(
-    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    cfg: Config = Config(),
+    *,
+    on_step: OnStep | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
     params = {k: v.to(model.device) for k, v in _filter_for(model, cfg).items()}
     noise = _parts.Noise(seeds, len(prompts), model.device)
@@ -158,45 +163,50 @@ def _decode_one(
     x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
     B, mask_id, eos = cfg.block_length, model.mask_id, model.eos_id
     per_block = cfg.total_steps // (cfg.gen_length // B)
-    step_of = torch.full((x.shape[1],), -1, dtype=torch.long)  # which forward committed each position
+    step_of = torch.full((cfg.gen_length,), -1, dtype=torch.long, device=x.device)  # which forward committed each generated position
     nfe = 0
     for s in range(P, P + cfg.gen_length, B):
         if s >= x.shape[1]:
             break
-        e = s + B
-        k = _parts.quota((x[:, s:e] == mask_id).sum(dim=1), per_block)[0].tolist()
+        a, z = s - P, s - P + B  # the block in generation-region coordinates
+        k = _parts.quota((x[:, s : s + B] == mask_id).sum(dim=1), per_block)[0].tolist()
         i = 0
-        while bool((x[:, s:e] == mask_id).any()):
-            T = x.shape[1]
-            logits = _parts.forward(model, x, [row]).logits  # (1, T, V)
-            x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, [row])  # (1, T)
-            conf = _parts.confidence(logits, x0)  # (1, T) float64
-            masked = x == mask_id
-            block_conf = conf[:, s:e].to(torch.float32)  # (1, n), n < B after a cut inside the block
+        while bool((x[:, s : s + B] == mask_id).any()):
+            n = x.shape[1] - P  # generation positions left after any cut
+            logits = _parts.forward(model, x, [row]).logits[:, P:]  # (1, n, V): only the generation region holds masks
+            x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, [row])  # (1, n)
+            conf = _parts.confidence(logits, x0)  # (1, n) float64
+            gen = x[:, P:]
+            masked = gen == mask_id
+            block_conf = conf[:, a:z].to(torch.float32)  # (1, m), m < B after a cut inside the block
             block_conf = F.pad(block_conf, (0, B - block_conf.shape[1]))
             accept = torch.zeros_like(masked)
-            accept[:, s:e] = torch.sigmoid(filter_logits(params, block_conf))[:, : min(e, T) - s] > cfg.accept_threshold
+            accept[:, a:z] = torch.sigmoid(filter_logits(params, block_conf))[:, : min(z, n) - a] > cfg.accept_threshold
             accept &= masked
-            score = torch.where(masked[:, s:e], conf[:, s:e], torch.full_like(conf[:, s:e], _parts.NEG_INF))
+            score = torch.where(masked[:, a:z], conf[:, a:z], torch.full_like(conf[:, a:z], _parts.NEG_INF))
             chosen = accept.clone()
-            chosen[:, s:e] |= _parts.top_k_mask(score, [k[i]]) & masked[:, s:e]
-            x = torch.where(chosen, x0, x)
+            chosen[:, a:z] |= _parts.top_k_mask(score, [k[i]]) & masked[:, a:z]
+            x[:, P:] = torch.where(chosen, x0, gen)
             nfe += 1
-            step_of[:T][chosen[0].cpu()] = nfe - 1
+            step_of[:n] = torch.where(chosen[0], nfe - 1, step_of[:n])
             if cfg.eotp:
                 cut = _end_of_text(x0, conf, masked, accept, eos)
                 if cut is not None:
-                    x = x[:, : cut + 1]
+                    x = x[:, : P + cut + 1]
                     chosen = chosen[:, : cut + 1]
-            _parts.report_step(on_step, nfe, x, chosen)
+            if on_step is not None:
+                canvas = torch.zeros_like(x, dtype=torch.bool)
+                canvas[:, P:] = chosen
+                _parts.report_step(on_step, nfe, x, canvas)
             i += 1
-    kept = step_of[P : x.shape[1]]
+    kept = step_of[: x.shape[1] - P]
     commits = torch.bincount(kept, minlength=nfe).tolist() if nfe else []
     return _parts.generations(x, P, [commits], "eos" if x.shape[1] < P + cfg.gen_length else "length")[0]
 
 
 def _end_of_text(x0: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor, accept: torch.Tensor, eos: int) -> int | None:
-    """Where EoTP cuts the canvas (keep [0, cut]), or None. All (1, T), taken before the commit."""
+    """Where EoTP cuts the generation region (keep [0, cut]), or None. All (1, n) over the
+    generation region, taken before the commit."""
     predicted = x0[0] == eos
     by_filter = (predicted & accept[0]).nonzero()
     if len(by_filter):

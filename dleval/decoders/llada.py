@@ -55,7 +55,12 @@ class Config:
 
 @torch.inference_mode()
 def decode(
-    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    cfg: Config = Config(),
+    *,
+    on_step: OnStep | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
     x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)
     noise = _parts.Noise(seeds, len(prompts), model.device)
@@ -64,11 +69,11 @@ def decode(
     per_block = cfg.total_steps // blocks
     prompt_index = torch.zeros_like(x, dtype=torch.bool)
     prompt_index[:, :P] = True
-    commits: list[list[int]] = [[] for _ in range(x.shape[0])]
+    counts: list[torch.Tensor] = []  # (B,) commits per forward, kept on the device: no host sync per step
     nfe = 0
     for b in range(blocks):
         s, e = P + b * B, P + (b + 1) * B
-        k = _parts.quota((x[:, s:e] == model.mask_id).sum(dim=1), per_block)  # (B, per_block)
+        k = _parts.quota((x[:, s:e] == model.mask_id).sum(dim=1), per_block).tolist()  # (B, per_block), one sync per block
         for i in range(per_block):
             logits = _forward(model, x, attention, prompt_index, cfg.cfg_scale)[:, s:e]  # (B, B_len, V)
             nfe += 1
@@ -86,15 +91,14 @@ def decode(
                 score = noise.uniform(x0.shape[1:])
             masked = x[:, s:e] == model.mask_id
             score = torch.where(masked, score, torch.full_like(score, _parts.NEG_INF))
-            chosen = _parts.top_k_mask(score, k[:, i]) & masked
+            chosen = _parts.top_k_mask(score, [row[i] for row in k]) & masked
             x[:, s:e] = torch.where(chosen, x0, x[:, s:e])
-            for row, n in enumerate(chosen.sum(dim=1).tolist()):
-                commits[row].append(n)
+            counts.append(chosen.sum(dim=1))
             if on_step is not None:
                 full = torch.zeros_like(x, dtype=torch.bool)
                 full[:, s:e] = chosen
                 _parts.report_step(on_step, nfe, x, full)
-    return _parts.generations(x, P, commits)
+    return _parts.generations(x, P, torch.stack(counts, dim=1).tolist())
 
 
 def _forward(model: Model, x: torch.Tensor, attention: torch.Tensor | None, prompt_index: torch.Tensor, cfg_scale: float) -> torch.Tensor:

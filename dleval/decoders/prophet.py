@@ -105,7 +105,12 @@ def constraints(model: Model, cfg: Config) -> tuple[dict[int, int], list[int]]:
 
 @torch.inference_mode()
 def decode(
-    model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(), *, on_step: OnStep | None = None, seeds: Sequence[int] | None = None
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    cfg: Config = Config(),
+    *,
+    on_step: OnStep | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
     noise = _parts.Noise(seeds, len(prompts), model.device)
     return [_decode_one(model, prompt, cfg, on_step, noise, row) for row, prompt in enumerate(prompts)]
@@ -116,32 +121,42 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
     forced, window = constraints(model, cfg)
     for offset, tid in forced.items():
         x[0, P + offset] = tid
-    answer = [P + w for w in window]
-    B, steps = cfg.block_length, cfg.total_steps
-    per_block = steps // (cfg.gen_length // B)
-    commits: list[int] = []
+    L, B, steps = cfg.gen_length, cfg.block_length, cfg.total_steps
+    per_block = steps // (L // B)
+    counts: list[torch.Tensor] = []  # commits per forward, kept on the device (the exit test is the step's one host sync)
     nfe = 0
-    for s in range(P, P + cfg.gen_length, B):
-        e = s + B
-        k = _parts.quota((x[:, s:e] == model.mask_id).sum(dim=1), per_block)[0].tolist()
+    for s in range(P, P + L, B):
+        a, z = s - P, s - P + B  # the block in generation-region coordinates
+        k = _parts.quota((x[:, s : s + B] == model.mask_id).sum(dim=1), per_block)[0].tolist()
         for i in range(per_block):
             nfe += 1
-            logits = _parts.forward(model, x, [row]).logits  # (1, P+L, V)
-            x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise, [row])  # (1, P+L)
-            masked = x == model.mask_id
-            if answer and float(_parts.margin(logits[0, answer]).mean()) >= cfg.threshold_at(nfe / steps):
-                x = torch.where(masked, x0, x)
-                commits.append(int(masked.sum()))
-                _parts.report_step(on_step, nfe, x, masked)
-                return _parts.generations(x, P, [commits], "early_exit")[0]
-            score = _parts.confidence(logits[:, s:e], x0[:, s:e])  # (1, B) float64
-            score = torch.where(masked[:, s:e], score, torch.full_like(score, _parts.NEG_INF))
-            chosen = torch.zeros_like(masked)
-            chosen[:, s:e] = _parts.top_k_mask(score, [k[i]]) & masked[:, s:e]
-            x = torch.where(chosen, x0, x)
-            commits.append(int(chosen.sum()))
-            _parts.report_step(on_step, nfe, x, chosen)
-    return _parts.generations(x, P, [commits])[0]
+            logits = _parts.forward(model, x, [row]).logits[:, P:]  # (1, L, V): only the generation region holds masks
+            x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise, [row])  # (1, L)
+            gen = x[:, P:]  # (1, L) view
+            masked = gen == model.mask_id
+            if window and float(_parts.margin(logits[0, window]).mean()) >= cfg.threshold_at(nfe / steps):
+                x[:, P:] = torch.where(masked, x0, gen)
+                counts.append(masked.sum())
+                _report(on_step, nfe, x, P, masked)
+                return _parts.generations(x, P, [torch.stack(counts).tolist()], "early_exit")[0]
+            score = _parts.confidence(logits[:, a:z], x0[:, a:z])  # (1, B) float64
+            score = torch.where(masked[:, a:z], score, torch.full_like(score, _parts.NEG_INF))
+            chosen = _parts.top_k_mask(score, [k[i]]) & masked[:, a:z]
+            x[:, s : s + B] = torch.where(chosen, x0[:, a:z], x[:, s : s + B])
+            counts.append(chosen.sum())
+            if on_step is not None:
+                full = torch.zeros_like(masked)
+                full[:, a:z] = chosen
+                _report(on_step, nfe, x, P, full)
+    return _parts.generations(x, P, [torch.stack(counts).tolist()])[0]
+
+
+def _report(on_step: OnStep | None, nfe: int, x: torch.Tensor, P: int, committed: torch.Tensor) -> None:
+    """on_step with the commit mask (1, L) of the generation region placed on the canvas (1, P+L)."""
+    if on_step is not None:
+        canvas = torch.zeros_like(x, dtype=torch.bool)
+        canvas[:, P:] = committed
+        _parts.report_step(on_step, nfe, x, canvas)
 
 
 def check(model: Model, cfg: Config) -> None:
