@@ -32,6 +32,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=1234, help="seed for sampling noise (default 1234, as LLaDA's eval)")
     p.add_argument("--device", help="torch device (default cuda if available, else cpu)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model forward (same tokens; minutes of compilation up front)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -146,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        compile=args.compile,
     )
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     try:
@@ -306,6 +308,7 @@ def _sweep(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        compile=args.compile,
         baseline=not args.no_baseline,
         resume=not args.fresh,
     )

@@ -29,6 +29,7 @@ import torch
 from dleval import __version__, decoders, models, options, prompts, tasks
 from dleval.errors import UserError
 from dleval.metrics import Summary, summarize
+from dleval.models.compiled import Compiled
 from dleval.scorers import cut_at_stops
 from dleval.types import Generation, Record, Sample
 
@@ -50,6 +51,7 @@ class RunRequest:
     seed: int = 1234
     device: str | None = None
     progress: bool = True
+    compile: bool = False  # torch.compile the model forward (same tokens; pays only on long runs)
 
 
 @dataclass
@@ -172,7 +174,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
     if not samples:
         raise UserError(f"task '{spec.name}' has no samples to run")
     loaded = models.load(choose_model(req.model, info, log), device=req.device)
-    counted = models.Counted(loaded.model)
+    counted = models.Counted(Compiled(loaded.model) if req.compile else loaded.model)
     check = getattr(decoder, "check", None)
     if check is not None:  # a setting this model cannot run (e.g. no trained filter): say so once, not per sample
         try:
@@ -209,6 +211,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
         **identity,
         "model_folder": str(loaded.folder),
         "batch_size": batch_size,
+        "compile": req.compile,
         "limit": req.limit,
         "data_dir": str(req.data_dir) if req.data_dir else None,
         "dataset_hash": _hash([(s.id, s.question, s.target) for s in samples])[:16],

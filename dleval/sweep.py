@@ -62,6 +62,7 @@ class SweepRequest:
     progress: bool = True
     baseline: bool = True
     resume: bool = True
+    compile: bool = False  # torch.compile the model forward of every point
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def run_sweep(req: SweepRequest, log: Log = print) -> SweepResult:
             RunRequest(
                 decoder=decoder, task=req.task, model=model, limit=req.limit, batch_size=req.batch_size, decoder_args=dict(settings),
                 task_args=dict(req.task_args), resume=req.resume, out_dir=req.runs_dir, data_dir=req.data_dir, seed=req.seed,
-                device=req.device, progress=req.progress,
+                device=req.device, progress=req.progress, compile=req.compile,
             ),
             log=log,
         )  # fmt: skip

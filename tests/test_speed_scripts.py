@@ -1,0 +1,51 @@
+"""The speed benchmarks run end to end on CPU with small settings (their numbers are not checked
+here: a speed claim lives in the script's output, never in a timed test).
+
+Run: pytest tests/test_speed_scripts.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_gpu_benchmark_runs_on_cpu_with_a_small_config():
+    result = script(
+        "gpu.py", "--small", "--device", "cpu", "--prompt", "16", "--gen", "32", "--block", "8", "--batch", "1",
+        "--warmup", "1", "--iters", "1", "--prompts", "1", "--decode-gen", "32", "--hbm-gbs", "100", "--tflops", "1",
+    )  # fmt: skip
+    llada = result["families"]["LLaDA-8B"]
+    assert [r["kind"] for r in llada["forwards"]] == ["no cache", "prefix", "dual"]
+    assert all(r["ms"] > 0 and r["floor_ms"] > 0 for r in llada["forwards"])
+    from dleval import decoders
+
+    assert {r["decoder"] for r in llada["decoders"]} == set(decoders.names())  # every decoder ran
+    assert all(r["forwards"] >= 1 for r in llada["decoders"])
+
+
+@pytest.mark.slow  # ~30 s on a loaded 2-core machine
+def test_overhead_benchmark_runs():
+    result = script("overhead.py", "--problems", "2", "--repeats", "1", "--decoders", "fastdllm,llada")
+    assert [r["decoder"] for r in result["rows"]] == ["fastdllm", "llada"]
+    assert all(r["forwards"] >= 1 and r["cpu_forward_ms"] > 0 for r in result["rows"])
+
+
+@pytest.mark.slow  # batching itself is checked in tests/test_batched.py
+def test_throughput_benchmark_runs_and_batching_changes_nothing():
+    result = script("throughput.py", "--limit", "4", "--batch", "4", "--decoders", "fastdllm")
+    (row,) = result["rows"]
+    assert row["same_completion"] == 1.0 and row["same_nfe"] == 1.0
+    assert row["calls_per_sample_b"] < row["calls_per_sample_1"]
