@@ -35,8 +35,9 @@ def cases():
         for setting in SETTINGS:
             if set(setting) <= fields:
                 yield pytest.param(name, setting, id=f"{name}-" + "-".join(f"{k}={v}" for k, v in setting.items()))
-        if "cache" not in fields:
-            yield pytest.param(name, {}, id=name)
+        if "answer_prefix" in fields:  # Prophet: an answer window inside the canvas, so rows exit at different forwards
+            exits = {"answer_prefix": "30:####", "answer_length": 3, "early_threshold": 40.0, "mid_threshold": 30.0, "late_threshold": 13.0}
+            yield pytest.param(name, exits, id=name)  # thresholds where the tiny model's rows exit at 33, 41 or 48 forwards
 
 
 @pytest.mark.parametrize("name,setting", list(cases()))

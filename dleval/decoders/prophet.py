@@ -25,6 +25,9 @@ Also as the reference: a block holding constraint positions has fewer masks than
 of its forwards have a quota of 0 and commit nothing (they still count). Deviations, per the
 harness conventions (§0.3): the confidence softmax and the gaps are taken in float64 (the
 reference uses the logits' dtype), and ties break by position. No CFG (the eval runs cfg 0).
+The reference decodes one prompt at a time; here prompts are left-padded into one batch that
+follows the common schedule, and a row that exits leaves the forward, so every row gets its
+batch-1 tokens and NFE.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from dleval.decoders import _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
-BATCHED = False  # the exit is per sequence, and NFE is per sequence
+BATCHED = True  # rows share the fixed schedule; a row that exits leaves the forward (NFE per row)
 PHASES = (0.33, 0.67)  # generate_earlyexit.py should_early_exit: progress breakpoints
 
 
@@ -112,51 +115,61 @@ def decode(
     on_step: OnStep | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
-    noise = _parts.Noise(seeds, len(prompts), model.device)
-    return [_decode_one(model, prompt, cfg, on_step, noise, row) for row, prompt in enumerate(prompts)]
-
-
-def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, noise: _parts.Noise, row: int) -> Generation:
-    x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
+    x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)  # (N, P+L), left-padded
+    N, mask_id = x.shape[0], model.mask_id
+    noise = _parts.Noise(seeds, N, model.device)
     forced, window = constraints(model, cfg)
     for offset, tid in forced.items():
-        x[0, P + offset] = tid
+        x[:, P + offset] = tid
+    padded = [len(p) < P for p in prompts]
     L, B, steps = cfg.gen_length, cfg.block_length, cfg.total_steps
     per_block = steps // (L // B)
-    counts: list[torch.Tensor] = []  # commits per forward, kept on the device (the exit test is the step's one host sync)
+    counts: list[list[torch.Tensor]] = [[] for _ in range(N)]  # (0-d) commits per forward, on the device
+    finish = ["length"] * N
+    live = list(range(N))  # rows that have not exited
     nfe = 0
     for s in range(P, P + L, B):
         a, z = s - P, s - P + B  # the block in generation-region coordinates
-        k = _parts.quota((x[:, s : s + B] == model.mask_id).sum(dim=1), per_block)[0].tolist()
+        k = _parts.quota((x[:, s : s + B] == mask_id).sum(dim=1), per_block).tolist()  # (N, per_block)
         for i in range(per_block):
+            if not live:
+                break
             nfe += 1
-            logits = _parts.forward(model, x, [row]).logits[:, P:]  # (1, L, V): only the generation region holds masks
-            x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise, [row])  # (1, L)
-            gen = x[:, P:]  # (1, L) view
-            masked = gen == model.mask_id
-            if window and float(_parts.margin(logits[0, window]).mean()) >= cfg.threshold_at(nfe / steps):
-                x[:, P:] = torch.where(masked, x0, gen)
-                counts.append(masked.sum())
-                _report(on_step, nfe, x, P, masked)
-                return _parts.generations(x, P, [torch.stack(counts).tolist()], "early_exit")[0]
-            score = _parts.confidence(logits[:, a:z], x0[:, a:z])  # (1, B) float64
+            sel = None if len(live) == N else torch.tensor(live, device=x.device)
+            xr = x if sel is None else x.index_select(0, sel)  # (R, P+L)
+            mask = None
+            if attention is not None and any(padded[r] for r in live):
+                mask = attention if sel is None else attention.index_select(0, sel)
+            logits = _parts.forward(model, xr, live, attention_mask=mask).logits[:, P:]  # (R, L, V): only the generation region holds masks
+            x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise, live)  # (R, L)
+            gen = xr[:, P:]
+            masked = gen == mask_id
+            exits = [False] * len(live)
+            if window:  # the exit test: the step's one host sync
+                exits = (_parts.margin(logits[:, window]).mean(dim=1) >= cfg.threshold_at(nfe / steps)).tolist()
+            score = _parts.confidence(logits[:, a:z], x0[:, a:z])  # (R, B) float64
             score = torch.where(masked[:, a:z], score, torch.full_like(score, _parts.NEG_INF))
-            chosen = _parts.top_k_mask(score, [k[i]]) & masked[:, a:z]
-            x[:, s : s + B] = torch.where(chosen, x0[:, a:z], x[:, s : s + B])
-            counts.append(chosen.sum())
+            chosen = torch.zeros_like(masked)
+            chosen[:, a:z] = _parts.top_k_mask(score, [k[r][i] for r in live]) & masked[:, a:z]
+            if any(exits):  # every remaining mask of an exiting row takes its argmax
+                chosen = torch.where(torch.tensor(exits, device=x.device).view(-1, 1), masked, chosen)
+            new = torch.where(chosen, x0, gen)
+            if sel is None:
+                x[:, P:] = new
+            else:
+                x[sel, P:] = new
+            per_row = chosen.sum(dim=1)
+            for j, r in enumerate(live):
+                counts[r].append(per_row[j])
+                if exits[j]:
+                    finish[r] = "early_exit"
             if on_step is not None:
-                full = torch.zeros_like(masked)
-                full[:, a:z] = chosen
-                _report(on_step, nfe, x, P, full)
-    return _parts.generations(x, P, [torch.stack(counts).tolist()])[0]
-
-
-def _report(on_step: OnStep | None, nfe: int, x: torch.Tensor, P: int, committed: torch.Tensor) -> None:
-    """on_step with the commit mask (1, L) of the generation region placed on the canvas (1, P+L)."""
-    if on_step is not None:
-        canvas = torch.zeros_like(x, dtype=torch.bool)
-        canvas[:, P:] = committed
-        _parts.report_step(on_step, nfe, x, canvas)
+                full = torch.zeros_like(x, dtype=torch.bool)
+                full[torch.tensor(live, device=x.device), P:] = chosen
+                _parts.report_step(on_step, nfe, x, full)
+            live = [r for j, r in enumerate(live) if not exits[j]]
+    commits = [torch.stack(c).tolist() for c in counts]
+    return _parts.generations(x, P, commits, finish)
 
 
 def check(model: Model, cfg: Config) -> None:
