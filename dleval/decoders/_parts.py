@@ -1,8 +1,10 @@
 """Pieces shared by the decoders: canvas setup, scores, commit rules, block schedules.
 
 Conventions from decoders.md §0: scores come from the raw logits (temperature only enters the
-Gumbel perturbation of the argmax); confidence and entropy are taken in float64; ties break
-deterministically by (score, then position ascending).
+Gumbel perturbation of the argmax); ties break deterministically by (score, then position
+ascending). Scores are taken in the dtype the decoder's reference code uses: float64 for
+Fast-dLLM, dParallel, d3LLM and EB; the logits' dtype for LLaDA, Prophet and Learn2PD, whose
+code calls `F.softmax(logits)` as is (in bf16 that rounds the confidences and changes tokens).
 """
 
 from __future__ import annotations
@@ -119,9 +121,19 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, noise: Noise | None 
     return (logits.exp() / (-torch.log(u)) ** temperature).argmax(dim=-1)
 
 
-def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """softmax(logits)[tokens] in float64; logits (..., V), tokens (...)."""
-    p = torch.softmax(logits.to(torch.float64), dim=-1)
+# Config.score_dtype -> the dtype scores are taken in (None: the logits' own dtype).
+SCORE_DTYPES: dict[str, torch.dtype | None] = {"logits": None, "float64": torch.float64}
+
+
+def check_score_dtype(name: str) -> torch.dtype | None:
+    if name not in SCORE_DTYPES:
+        raise ValueError(f"score_dtype must be one of {', '.join(SCORE_DTYPES)}, not {name!r}")
+    return SCORE_DTYPES[name]
+
+
+def confidence(logits: torch.Tensor, tokens: torch.Tensor, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    """softmax(logits)[tokens] in `dtype` (None: the logits' dtype); logits (..., V), tokens (...)."""
+    p = torch.softmax(logits if dtype is None else logits.to(dtype), dim=-1)
     return torch.gather(p, -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
@@ -131,9 +143,10 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p + 1e-12)).sum(dim=-1)
 
 
-def margin(logits: torch.Tensor) -> torch.Tensor:
-    """top-1 minus top-2 of the raw logits (Prophet's exit test), float64."""
-    top = torch.topk(logits.to(torch.float64), 2, dim=-1).values
+def margin(logits: torch.Tensor, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    """top-1 minus top-2 of the raw logits (Prophet's exit test), subtracted in `dtype` (None:
+    the logits' dtype). logits (..., V) -> (...)."""
+    top = torch.topk(logits if dtype is None else logits.to(dtype), 2, dim=-1).values
     return top[..., 0] - top[..., 1]
 
 

@@ -22,9 +22,11 @@ gen_length, Prophet is plain LLaDA (such offsets need no tokenizer). Tasks can s
 `answer_prefix=""` is exactly `llada`.
 
 Also as the reference: a block holding constraint positions has fewer masks than steps, so some
-of its forwards have a quota of 0 and commit nothing (they still count). Deviations, per the
-harness conventions (§0.3): the confidence softmax and the gaps are taken in float64 (the
-reference uses the logits' dtype), and ties break by position. No CFG (the eval runs cfg 0).
+of its forwards have a quota of 0 and commit nothing (they still count). The confidence softmax
+and the top-1 minus top-2 gaps are taken in the logits' dtype, as the reference does (bf16 on a
+bf16 model), and the gaps averaged in float64 (Python floats); `score_dtype="float64"` (ours)
+takes both in float64. Deviation, per the harness conventions (§0.3): ties break by position.
+No CFG (the eval runs cfg 0).
 The reference decodes one prompt at a time; here prompts are left-padded into one batch that
 follows the common schedule, and a row that exits leaves the forward, so every row gets its
 batch-1 tokens and NFE.
@@ -56,6 +58,7 @@ class Config:
     early_threshold: float = 7.5  # eval_llada.py early_threshold: gap needed while progress < 0.33
     mid_threshold: float = 5.0  # mid_threshold: while progress < 0.67
     late_threshold: float = 2.5  # late_threshold: afterwards
+    score_dtype: str = "logits"  # generate_earlyexit.py: softmax and gaps in the logits' dtype; "float64" is ours
 
     def __post_init__(self) -> None:
         blocks = _parts.check_blocks(self.gen_length, self.block_length)
@@ -63,6 +66,7 @@ class Config:
             raise ValueError(f"steps ({self.total_steps}) must be a positive multiple of the number of blocks ({blocks})")
         if self.answer_length < 1 or self.temperature < 0:
             raise ValueError("answer_length must be >= 1 and temperature >= 0")
+        _parts.check_score_dtype(self.score_dtype)
         self.prefix_words()  # validates the syntax
 
     @property
@@ -127,6 +131,7 @@ def decode(
     counts: list[list[torch.Tensor]] = [[] for _ in range(N)]  # (0-d) commits per forward, on the device
     finish = ["length"] * N
     live = list(range(N))  # rows that have not exited
+    dtype = _parts.SCORE_DTYPES[cfg.score_dtype]
     nfe = 0
     for s in range(P, P + L, B):
         a, z = s - P, s - P + B  # the block in generation-region coordinates
@@ -146,8 +151,9 @@ def decode(
             masked = gen == mask_id
             exits = [False] * len(live)
             if window:  # the exit test: the step's one host sync
-                exits = (_parts.margin(logits[:, window]).mean(dim=1) >= cfg.threshold_at(nfe / steps)).tolist()
-            score = _parts.confidence(logits[:, a:z], x0[:, a:z])  # (R, B) float64
+                gaps = _parts.margin(logits[:, window], dtype).tolist()  # (R, A)
+                exits = [_mean(g) >= cfg.threshold_at(nfe / steps) for g in gaps]
+            score = _parts.confidence(logits[:, a:z], x0[:, a:z], dtype)  # (R, B)
             score = torch.where(masked[:, a:z], score, torch.full_like(score, _parts.NEG_INF))
             chosen = torch.zeros_like(masked)
             chosen[:, a:z] = _parts.top_k_mask(score, [k[r][i] for r in live]) & masked[:, a:z]
@@ -170,6 +176,11 @@ def decode(
             live = [r for j, r in enumerate(live) if not exits[j]]
     commits = [torch.stack(c).tolist() for c in counts]
     return _parts.generations(x, P, commits, finish)
+
+
+def _mean(values: list[float]) -> float:
+    """The reference's average of the window's gaps: Python floats, summed in order."""
+    return sum(values) / len(values)
 
 
 def check(model: Model, cfg: Config) -> None:
