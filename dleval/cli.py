@@ -407,7 +407,7 @@ def _check(args: argparse.Namespace) -> int:
     import json
 
     from dleval import report
-    from dleval.sweep import check, format_check, load_reference
+    from dleval.gate import check, format_check, load_reference
 
     ref = load_reference(args.reference)
     work_dir = args.keep or (args.report / "runs" if args.report is not None else None)

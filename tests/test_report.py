@@ -42,7 +42,7 @@ def swept(tmp_path_factory):
     """A real llada sweep (steps 12 and 6, plus the one-token-per-step baseline) on 8 samples."""
     root = tmp_path_factory.mktemp("sweep")
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # see dleval.sweep.check: oversubscribed CPUs spin with 2 OpenMP threads
+    torch.set_num_threads(1)  # see dleval.gate.check: oversubscribed CPUs spin with 2 OpenMP threads
     try:
         assert main([*SWEEP, "--out", str(root / "runs"), "--sweeps-out", str(root / "sweeps")]) == 0
     finally:
