@@ -72,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     chk.add_argument("--report", type=Path, help="also write the report of the gate's runs into this folder")
     chk.add_argument("--threads", type=int, default=1, help="torch threads for the gate's runs (default 1, the pinned setting)")
     chk.add_argument("--progress", action="store_true", help="show progress bars")
+    chk.add_argument("--run-id", help="invocation id shared by every rank under a launcher (default: the launcher's)")
     val = sub.add_parser("validate", help="score a task's reference answers with its own scorer (exit 1 unless all pass)")
     val.add_argument("--task", required=True, help="task name (see `dleval list tasks`)")
     val.add_argument("-T", dest="task_args", action="append", default=[], metavar="KEY=VALUE", help="task parameter (repeatable)")
@@ -184,6 +185,9 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if not result.merged:  # a rank other than 0: its shard is written, rank 0 merges and prints the summary
+        print(f"{req.ranks.describe()}: done; rank 0 merges {result.run_dir}", file=sys.stderr)
+        return 0
     print(format_summary(result))
     return 0
 
@@ -366,12 +370,18 @@ def _sweep(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         baseline=not args.no_baseline,
         resume=not args.fresh,
+        ranks=_ranks(args),
+        too_long=args.too_long,
+        longest_first=args.longest_first,
+        merge_timeout=args.merge_timeout,
     )
     try:
         result = run_sweep(req, log=_log)
     except Interrupted as stop:
         print(f"interrupted: finished samples are kept ({stop.result.run_dir}); rerun the same command to continue", file=sys.stderr)
         return 130
+    if req.ranks is not None and req.ranks.rank != 0:
+        return 0  # rank 0 prints the merged sweep
     print(format_sweep(result))
     return 0
 
@@ -413,7 +423,10 @@ def _check(args: argparse.Namespace) -> int:
     work_dir = args.keep or (args.report / "runs" if args.report is not None else None)
     if args.threads <= 0:
         raise UserError("--threads must be positive")
-    result, new = check(ref, update=args.update, work_dir=work_dir, threads=args.threads, progress=args.progress, log=_log)
+    where = _ranks(args)
+    result, new = check(ref, update=args.update, work_dir=work_dir, threads=args.threads, progress=args.progress, log=_log, ranks=where)
+    if where.rank != 0:
+        return 0  # every rank ran its shard of every point; rank 0 merged them and compares
     if new is not None:
         args.reference.write_text(json.dumps(new, indent=2) + "\n")
         print(

@@ -15,8 +15,8 @@ command touches another run's files.
 Data parallel (ARCHITECTURE §7): under torchrun / accelerate / srun each rank (dleval.ranks)
 takes pending ids `i % world_size == rank`, where pending = the samples minus those finished in
 any shard by an earlier invocation (so every rank computes the same list, however late it
-starts), writes its own shard and a done flag; the last rank to finish merges (rank 0 also waits
-for the others' flags up to `merge_timeout`). No collective is used; a launcher's process group
+starts), writes its own shard and a done flag; rank 0 merges once every flag is there (or after
+`merge_timeout`, or when stopped). No collective is used; a launcher's process group
 is left alone. Timing is done here only: device sync around each decode, each rank's first
 batch flagged as warm-up.
 """
@@ -369,6 +369,23 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
         config = results.read_config(run_dir)  # the first writer's, never rewritten
         if config.get("config_hash") != config_hash:
             raise UserError(f"{run_dir} holds another configuration (config hash {config.get('config_hash')}, not {config_hash})")
+    before = results.read_run(run_dir, config_hash)
+    for note in before.notes:
+        log(f"note: {note}")
+    finished = {r.sample_id for r in before.records}
+    earlier = {r.sample_id for r in before.records if r.invocation != where.invocation}
+    common = [s for s in samples if s.id not in earlier]  # the same list on every rank, however late it starts
+    if req.longest_first:
+        common.sort(key=lambda s: -len(rendered[s.id].ids))
+    mine = [s for i, s in enumerate(common) if i % where.world_size == where.rank and s.id not in finished]
+    if finished:
+        log(f"resuming {run_dir}: {len(finished)} of {len(samples)} samples already finished")
+    # Nothing left: no file is touched. Under a launcher "left" is judged on what earlier
+    # invocations finished (the same answer on every rank, however late it starts).
+    if not common if where.sharded else not mine:
+        result = _finish(run_dir, config, where, dataclasses.replace(req, merge_timeout=0), True, log)
+        result.sources = dict(config.get("decoder_sources", {}))
+        return result
     with (run_dir / "invocations.jsonl").open("a") as fh:  # one short O_APPEND line per rank and invocation
         fh.write(
             json.dumps(
@@ -381,17 +398,6 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
             + "\n"
         )  # fmt: skip
 
-    before = results.read_run(run_dir, config_hash)
-    for note in before.notes:
-        log(f"note: {note}")
-    finished = {r.sample_id for r in before.records}
-    earlier = {r.sample_id for r in before.records if r.invocation != where.invocation}
-    common = [s for s in samples if s.id not in earlier]  # the same list on every rank, however late it starts
-    if req.longest_first:
-        common.sort(key=lambda s: -len(rendered[s.id].ids))
-    mine = [s for i, s in enumerate(common) if i % where.world_size == where.rank and s.id not in finished]
-    if finished:
-        log(f"resuming {run_dir}: {len(finished)} of {len(samples)} samples already finished")
     if where.sharded:
         log(f"{where.describe()}: {len(mine)} of {len(common)} pending samples")
     pipe = Pipeline(
@@ -418,27 +424,26 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
                  "finished": datetime.now(UTC).isoformat(timespec="seconds")},
             )  # fmt: skip
         result = _finish(run_dir, config, where, req, interrupted, log)
-    result.sources = {k: v for k, v in config.get("decoder_sources", {}).items()}
+    result.sources = dict(config.get("decoder_sources", {}))
     if interrupted:
         raise Interrupted(result)
     return result
 
 
 def _finish(run_dir: Path, config: dict[str, Any], where: Ranks, req: RunRequest, interrupted: bool, log) -> RunResult:
-    """Merge when this process is the last to finish (or rank 0 after waiting, or interrupted:
-    a summary always covers exactly the Records present); else read what is there."""
+    """Rank 0 (the only process of an unsharded run) merges: after every rank's done flag of
+    this invocation, after `merge_timeout`, or at once when interrupted (a summary always covers
+    exactly the Records present). One merger per launch, so no rank ever reads a folder that
+    another is rewriting; if rank 0 dies, `dleval merge` or a resume merges."""
     world = where.world_size
-    merge_now = world == 1 or interrupted or len(results.done_ranks(run_dir, world, where.invocation)) == world
-    if not merge_now and where.rank == 0:
-        deadline = time.monotonic() + req.merge_timeout
-        while time.monotonic() < deadline and len(results.done_ranks(run_dir, world, where.invocation)) < world:
-            time.sleep(0.5)
+    if where.rank == 0:
+        deadline = time.monotonic() + (0 if interrupted else req.merge_timeout)
+        while world > 1 and len(results.done_ranks(run_dir, world, where.invocation)) < world and time.monotonic() < deadline:
+            time.sleep(0.2)
         waiting = sorted(set(range(world)) - results.done_ranks(run_dir, world, where.invocation))
-        if waiting:
+        if waiting and not interrupted:
             log(f"rank(s) {', '.join(map(str, waiting))} not done after {req.merge_timeout:.0f} s: merging what is there; "
                 f"run `dleval merge {run_dir}` when they finish")  # fmt: skip
-        merge_now = True
-    if merge_now:
         merged = results.merge(run_dir, end_conditions=results.conditions(torch.get_num_threads()))
         for note in merged.notes:
             log(f"note: {note}")
@@ -446,7 +451,7 @@ def _finish(run_dir: Path, config: dict[str, Any], where: Ranks, req: RunRequest
     else:
         records = results.read_run(run_dir, config.get("config_hash")).records
         complete = not set(config.get("sample_ids", ())) - {r.sample_id for r in records}
-    return RunResult(run_dir, summarize(records), records, config, complete, merge_now, results.devices(records))
+    return RunResult(run_dir, summarize(records), records, config, complete, where.rank == 0, results.devices(records))
 
 
 def _loop(pipe: Pipeline, pending: list[Sample], batch_size: int, write: Callable[[Record], None], out: list[Record], label: str, progress: bool) -> None:
