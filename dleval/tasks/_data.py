@@ -21,20 +21,58 @@ if TYPE_CHECKING:
     from dleval.tasks import TaskSpec
 
 
-def read_file(path: Path) -> list[dict[str, Any]]:
-    """JSON Lines (optionally .gz) or one JSON array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
+def read_file(path: Path, fields: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """JSON Lines (optionally .gz) or one JSON array, each record a JSON object with `fields`
+    ("a|b": either). A malformed file is a UserError naming the file and line."""
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise UserError(f"{path} could not be read ({exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path} line {line} is not UTF-8 text (byte {exc.start}): a binary file where a JSON Lines file belongs?"
+        ) from None
     if text.lstrip().startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+        try:
+            records = json.loads(text)
+        except ValueError as exc:
+            raise UserError(f"{path} line {getattr(exc, 'lineno', '?')} is not valid JSON ({getattr(exc, 'msg', exc)})") from None
+        return [_checked(r, fields, f"{path} record {n}") for n, r in enumerate(records, 1)]
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise UserError(
+                f"{path} line {n} is not valid JSON ({getattr(exc, 'msg', exc)}, column {getattr(exc, 'colno', '?')})"
+            ) from None
+        out.append(_checked(record, fields, f"{path} line {n}"))
+    return out
 
 
-def load(spec: TaskSpec, data_dir: Path | None, local: str, hub_splits: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Records of `local` under the data dir, else of the hub dataset's `hub_splits`, concatenated."""
+def _checked(record: Any, fields: tuple[str, ...], where: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise UserError(f"{where} is not a JSON object (it is a {type(record).__name__})")
+    for name in fields:
+        if not any(alt in record for alt in name.split("|")):
+            keys = ", ".join(list(record)[:8]) or "none"
+            wanted = "' or '".join(name.split("|"))
+            raise UserError(f"{where} has no '{wanted}' field (it has: {keys})")
+    return record
+
+
+def load(
+    spec: TaskSpec, data_dir: Path | None, local: str, hub_splits: tuple[str, ...], fields: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Records of `local` under the data dir, else of the hub dataset's `hub_splits`, concatenated;
+    each must have `fields` (see `read_file`)."""
     if data_dir is not None and (Path(data_dir) / local).is_file():
-        return read_file(Path(data_dir) / local)
+        return read_file(Path(data_dir) / local, fields)
     data = spec.data
     try:
         import datasets
@@ -42,7 +80,6 @@ def load(spec: TaskSpec, data_dir: Path | None, local: str, hub_splits: tuple[st
         out: list[dict[str, Any]] = []
         for split in hub_splits:
             out += list(datasets.load_dataset(data.hub, data.hub_config or None, split=split, revision=data.revision or None))
-        return out
     except Exception as exc:  # offline, unknown revision, no `datasets`...: all end the same way
         where = f"{Path(data_dir) / local} is missing" if data_dir is not None else "no data dir was given"
         raise UserError(
@@ -50,6 +87,7 @@ def load(spec: TaskSpec, data_dir: Path | None, local: str, hub_splits: tuple[st
             f"({type(exc).__name__}); put {local} under a data dir laid out like shared/data and pass --data-dir DIR "
             f"(or set DLEVAL_DATA_DIR)"
         ) from None
+    return [_checked(r, fields, f"hub dataset {data.hub} record {n}") for n, r in enumerate(out, 1)]
 
 
 def fill(template: str, **fields: str) -> str:
