@@ -222,12 +222,19 @@ def format_validation(v, spec) -> str:
 
 def _list(what: str) -> int:
     if what == "decoders":
+        import dataclasses
+        import textwrap
+
         from dleval import decoders
 
         for name in decoders.names():
             d = decoders.info(name)
             alias = f" (alias: {', '.join(d.aliases)})" if d.aliases else ""
             print(f"{name:<12} {d.summary}{alias}")
+            defaults = [f"{f.name}={f.default if f.default != '' else repr('')}" for f in dataclasses.fields(decoders.load(name).Config)]
+            text = f"defaults: {' '.join(defaults)}"
+            print(textwrap.fill(text, width=110, initial_indent=" " * 13, subsequent_indent=" " * 23, break_on_hyphens=False))
+            print(f"{'':13}models:   {d.paper_model} (paper), {d.cpu_model} (without CUDA)")
     elif what == "tasks":
         from dleval import tasks
 

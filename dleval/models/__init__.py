@@ -10,6 +10,7 @@ its memory; on CUDA they are cast to bfloat16 as they load. The loaded model als
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from dleval import hub
 from dleval.errors import UserError, did_you_mean
 from dleval.models.base import Counted, ForwardOutput, KVCache, Model
 from dleval.models.llada import LLaDA, LLaDAConfig
@@ -82,14 +84,20 @@ def resolve(name: str) -> tuple[str, Path | None]:
 
 
 def _download(hub_id: str) -> Path:
+    """The hub snapshot's folder; from the local cache only when the hub is evidently out of reach
+    (`dleval.hub`: no ~25 s of retries before the error)."""
+    offline = hub.offline_reason()
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]))
+        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]
+        with hub.offline() if offline else contextlib.nullcontext():
+            return Path(snapshot_download(hub_id, allow_patterns=patterns, local_files_only=bool(offline)))
     except Exception as exc:  # offline, gated, or unknown repo: all user-facing
+        why = f"offline: {offline}, and it is not in the hub cache" if offline else type(exc).__name__
         raise UserError(
             f"'{hub_id}' is not a local folder and could not be downloaded from the Hugging Face hub "
-            f"({type(exc).__name__}); download it elsewhere and pass its folder with --model"
+            f"({why}); download it elsewhere and pass its folder with --model"
         ) from None
 
 

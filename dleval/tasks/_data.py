@@ -3,18 +3,21 @@
 A data dir (`--data-dir`, `$DLEVAL_DATA_DIR`) is laid out like the project's `shared/data`
 (`gsm8k/test.jsonl`, `mbpp/mbpp.jsonl`, ...; see the README's Benchmarks section). When the
 spec's file is not there, the records come from the hub at the spec's pinned revision through
-`datasets` (its cache makes later offline runs work); when that fails too, a UserError says in
-one sentence which file to put where. Records are plain dicts, in the file's order.
+`datasets` (its cache makes later offline runs work; when the hub is evidently out of reach,
+only the cache is tried: `dleval.hub`); when that fails too, a UserError says in one sentence
+which file to put where. Records are plain dicts, in the file's order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dleval import hub
 from dleval.errors import UserError
 
 if TYPE_CHECKING:
@@ -74,17 +77,20 @@ def load(
     if data_dir is not None and (Path(data_dir) / local).is_file():
         return read_file(Path(data_dir) / local, fields)
     data = spec.data
+    offline = hub.offline_reason()  # then only the datasets cache is tried: no ~25 s of retries
     try:
         import datasets
 
         out: list[dict[str, Any]] = []
-        for split in hub_splits:
-            out += list(datasets.load_dataset(data.hub, data.hub_config or None, split=split, revision=data.revision or None))
+        with hub.offline() if offline else contextlib.nullcontext():
+            for split in hub_splits:
+                out += list(datasets.load_dataset(data.hub, data.hub_config or None, split=split, revision=data.revision or None))
     except Exception as exc:  # offline, unknown revision, no `datasets`...: all end the same way
         where = f"{Path(data_dir) / local} is missing" if data_dir is not None else "no data dir was given"
+        why = f"offline: {offline}, and it is not in the datasets cache" if offline else type(exc).__name__
         raise UserError(
             f"task '{spec.name}' has no data: {where} and {data.hub} could not be loaded from the Hugging Face Hub "
-            f"({type(exc).__name__}); put {local} under a data dir laid out like shared/data and pass --data-dir DIR "
+            f"({why}); put {local} under a data dir laid out like shared/data and pass --data-dir DIR "
             f"(or set DLEVAL_DATA_DIR)"
         ) from None
     return [_checked(r, fields, f"hub dataset {data.hub} record {n}") for n, r in enumerate(out, 1)]
