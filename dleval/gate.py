@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -26,6 +28,7 @@ import torch
 from dleval import decoders, report
 from dleval.errors import UserError
 from dleval.metrics import AUPWarning, Summary, aup_detail
+from dleval.ranks import Ranks, detect
 from dleval.sweep import SweepRequest, SweepResult, curve_aup, run_sweep, setting_label
 
 FORMAT_VERSION = 1  # of the reference file
@@ -199,23 +202,36 @@ def aup_band(points: list[tuple[float, float]], y_max: float, alpha: float, accu
 
 
 def check(
-    ref: Reference, *, update: bool = False, work_dir: Path | None = None, threads: int = 1, progress: bool = False, log: Log = print
+    ref: Reference,
+    *,
+    update: bool = False,
+    work_dir: Path | None = None,
+    threads: int = 1,
+    progress: bool = False,
+    log: Log = print,
+    ranks: Ranks | None = None,
 ) -> tuple[CheckResult, dict[str, Any] | None]:
     """Rerun the pinned sweeps and compare (or, with `update`, also return the new reference).
 
     Every run goes to `work_dir` (a temporary folder by default), so nothing is resumed from
     earlier results; the llada baseline is run once per model and shared by all sweeps. Torch
     runs on `threads` threads (1 by default: the same float reductions on every machine, and a
-    shared CI box with more busy threads than cores loses ~10-30x to OpenMP spin-waiting)."""
+    shared CI box with more busy threads than cores loses ~10-30x to OpenMP spin-waiting).
+
+    Under a launcher (`ranks` sharded) every rank runs its share of every point; the default
+    work folder is then one every rank of the node can name (the temp dir plus the invocation
+    id; give a shared --keep folder across machines), and only rank 0's result is complete."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _check(ref, update, work_dir, progress, log)
+        return _check(ref, update, work_dir, progress, log, ranks or detect())
     finally:
         torch.set_num_threads(previous)
 
 
-def _check(ref: Reference, update: bool, work_dir: Path | None, progress: bool, log: Log) -> tuple[CheckResult, dict[str, Any] | None]:
+def _check(
+    ref: Reference, update: bool, work_dir: Path | None, progress: bool, log: Log, where: Ranks
+) -> tuple[CheckResult, dict[str, Any] | None]:
     start, cpu_start = time.perf_counter(), time.process_time()
     names = decoders.names()
     pinned = list(ref.sweeps)
@@ -240,8 +256,9 @@ def _check(ref: Reference, update: bool, work_dir: Path | None, progress: bool, 
                 lines.append(Comparison(s.decoder, "", "pinned", None, None, "", False, "decoder in the reference does not exist"))
         pinned = [s for s in pinned if s.decoder in names]
 
-    tmp = None if work_dir is not None else tempfile.TemporaryDirectory(prefix="dleval-check-")
-    root = Path(tmp.name) if tmp is not None else Path(work_dir)  # type: ignore[arg-type]
+    tmp = None if work_dir is not None or where.sharded else tempfile.TemporaryDirectory(prefix="dleval-check-")
+    shared = Path(tempfile.gettempdir()) / f"dleval-check-{re.sub(r'[^A-Za-z0-9.-]+', '-', where.invocation)}"
+    root = Path(tmp.name) if tmp is not None else Path(work_dir) if work_dir is not None else shared
     try:
         results: list[tuple[PinnedSweep, SweepResult]] = []
         for n, s in enumerate(pinned, 1):
@@ -249,6 +266,7 @@ def _check(ref: Reference, update: bool, work_dir: Path | None, progress: bool, 
             req = SweepRequest(
                 decoder=s.decoder, task=ref.task, axes=s.axes, model=s.model, limit=ref.limit, batch_size=ref.batch_size,
                 task_args=ref.task_args, runs_dir=root / "runs", sweeps_dir=root / "sweeps", seed=ref.seed, progress=progress,
+                ranks=where,
             )  # fmt: skip
             results.append((s, run_sweep(req, log=lambda m: None)))
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -293,6 +311,8 @@ def _check(ref: Reference, update: bool, work_dir: Path | None, progress: bool, 
     finally:
         if tmp is not None:
             tmp.cleanup()
+        elif work_dir is None and where.rank == 0:  # every rank's done flag of the last point is in: nobody writes there any more
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _updated(

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dleval import __version__
+from dleval import __version__, results
 from dleval.errors import UserError
 from dleval.metrics import AUP, AUPWarning, Summary, aup_detail, mean_aup, speedup, summarize
 from dleval.types import Record
@@ -93,7 +93,7 @@ def _digest(payload: Any) -> str:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "samples.jsonl").is_file()
+    return results.is_run_dir(path)
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -143,27 +143,16 @@ def find_runs(paths: Iterable[Path]) -> list[Path]:
     return list(found)
 
 
-def read_records(path: Path) -> list[Record]:
-    """Records of a samples.jsonl, read-only: a torn last line (a run still going) is skipped."""
-    lines = path.read_text().splitlines()
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(Record.from_json(line))
-        except (ValueError, TypeError, AttributeError) as exc:
-            if n == len(lines):
-                break
-            raise UserError(f"{path} line {n} is not a dleval record ({exc})") from None
-    return out
-
-
-def read_run(path: Path) -> Run:
+def read_run(path: Path, notes: list[str] | None = None) -> Run:
+    """One run folder, its Records read through dleval.results (every shard and samples.jsonl,
+    one Record per sample id; bad lines and duplicates skipped with a note appended to `notes`)."""
     try:
         cfg = json.loads((path / "config.json").read_text())
         summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
         config_hash = cfg["config_hash"]
+        read = results.read_run(path, config_hash)
+        if notes is not None:
+            notes.extend(read.notes)
         run = Run(
             path=path,
             run_id=cfg.get("run_id", path.name),
@@ -184,7 +173,7 @@ def read_run(path: Path) -> Run:
             expected=summary.get("samples"),
             environment=dict(cfg.get("environment", {})),
             command=tuple(cfg.get("command", ())),
-            records=tuple(r for r in read_records(path / "samples.jsonl") if r.config_hash == config_hash),
+            records=tuple(read.records),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a readable dleval run ({type(exc).__name__}: {exc})") from None
@@ -401,8 +390,8 @@ def build(
     strict: bool = False,
 ) -> Report:
     """Read run / sweep folders and compute every table of the report."""
-    runs = [read_run(p) for p in find_runs(paths)]
     notes: list[str] = []
+    runs = [read_run(p, notes) for p in find_runs(paths)]
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         if run.records:

@@ -23,9 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dleval import decoders, report, tasks
+from dleval import decoders, report, results, tasks
 from dleval.errors import UserError
 from dleval.metrics import AUPWarning, Summary, aup_detail
+from dleval.ranks import Ranks, detect
 from dleval.run import Interrupted, RunRequest, RunResult, choose_model, decoder_config, run
 
 FORMAT_VERSION = 1
@@ -49,6 +50,10 @@ class SweepRequest:
     progress: bool = True
     baseline: bool = True
     resume: bool = True
+    ranks: Ranks | None = None  # None: from the environment; under a launcher every point is sharded over all ranks
+    too_long: str = "error"
+    longest_first: bool = False
+    merge_timeout: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,12 @@ def sweep_id(req: SweepRequest, model: str) -> str:
 
 
 def run_sweep(req: SweepRequest, log: Log = print) -> SweepResult:
-    """Run every point of the grid (and the baseline), writing sweep.json as points finish."""
+    """Run every point of the grid (and the baseline), writing sweep.json as points finish.
+
+    Under a launcher every rank runs every point on its share of the samples (one invocation
+    id for all points); rank 0 merges each point after the others' done flags and alone
+    writes sweep.json, which lists the merged run folders."""
+    where = req.ranks or detect()
     info = decoders.info(req.decoder)
     module = decoders.load(info.name)
     spec = tasks.load_task(req.task, req.task_args)
@@ -133,13 +143,20 @@ def run_sweep(req: SweepRequest, log: Log = print) -> SweepResult:
             RunRequest(
                 decoder=decoder, task=req.task, model=model, limit=req.limit, batch_size=req.batch_size, decoder_args=dict(settings),
                 task_args=dict(req.task_args), resume=req.resume, out_dir=req.runs_dir, data_dir=req.data_dir, seed=req.seed,
-                device=req.device, progress=req.progress,
+                device=req.device, progress=req.progress, ranks=where, too_long=req.too_long, longest_first=req.longest_first,
+                merge_timeout=req.merge_timeout,
             ),
             log=log,
         )  # fmt: skip
 
+    def record(complete: bool) -> None:
+        if where.rank == 0:
+            _write_record(sweep_dir, req, info.name, model, done, baseline, complete=complete, where=where)
+
     done: list[SweepPoint] = []
     baseline: SweepPoint | None = None
+    if where.rank == 0:
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # an unwritable --sweeps-out fails before any run
     try:
         if base_args is not None:
             log(f"sweep {sweep_dir.name}: baseline point (llada, one token per step)")
@@ -150,11 +167,11 @@ def run_sweep(req: SweepRequest, log: Log = print) -> SweepResult:
             done.append(SweepPoint(settings, one(info.name, settings)))
             if base_index == n - 1 and req.baseline:
                 baseline = done[-1]
-            _write_record(sweep_dir, req, info.name, model, done, baseline, complete=False)
+            record(complete=False)
     except Interrupted:
-        _write_record(sweep_dir, req, info.name, model, done, baseline, complete=False)
+        record(complete=False)
         raise
-    _write_record(sweep_dir, req, info.name, model, done, baseline, complete=True)
+    record(complete=True)
     return SweepResult(sweep_dir, model, tuple(done), baseline)
 
 
@@ -214,6 +231,7 @@ def _point_record(point: SweepPoint, sweep_dir: Path) -> dict[str, Any]:
         "settings": point.settings,
         "run_dir": os.path.relpath(point.result.run_dir.resolve(), sweep_dir.resolve()),
         "complete": point.result.complete,
+        "merged": point.result.merged,
         "accuracy": s.accuracy,
         "accuracy_stderr": s.accuracy_stderr,
         "answer_tpf": s.answer_tpf,
@@ -222,7 +240,7 @@ def _point_record(point: SweepPoint, sweep_dir: Path) -> dict[str, Any]:
     }
 
 
-def _write_record(sweep_dir: Path, req: SweepRequest, decoder: str, model: str, points, baseline, complete: bool) -> None:
+def _write_record(sweep_dir: Path, req: SweepRequest, decoder: str, model: str, points, baseline, complete: bool, where: Ranks) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "format_version": FORMAT_VERSION,
@@ -230,6 +248,8 @@ def _write_record(sweep_dir: Path, req: SweepRequest, decoder: str, model: str, 
         "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": sys.argv,
         "complete": complete,
+        "invocation": where.invocation,
+        "world_size": where.world_size,
         "decoder": decoder,
         "task": req.task,
         "model": model,
@@ -241,4 +261,4 @@ def _write_record(sweep_dir: Path, req: SweepRequest, decoder: str, model: str, 
         "baseline": _point_record(baseline, sweep_dir) if baseline is not None else None,
         "points": [_point_record(p, sweep_dir) for p in points],
     }
-    (sweep_dir / "sweep.json").write_text(json.dumps(record, indent=2) + "\n")
+    results.write_json_atomic(sweep_dir / "sweep.json", record)

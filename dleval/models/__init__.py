@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,10 @@ from dleval.errors import UserError, did_you_mean
 from dleval.models.base import Counted, ForwardOutput, KVCache, Model
 from dleval.models.llada import LLaDA, LLaDAConfig
 
-__all__ = ["Counted", "ForwardOutput", "KVCache", "Loaded", "Model", "REGISTRY", "load", "resolve", "resolve_device"]
+__all__ = [
+    "CheckpointSettings", "Counted", "ForwardOutput", "KVCache", "Loaded", "Model", "REGISTRY",
+    "checkpoint_settings", "load", "resolve", "resolve_device",
+]  # fmt: skip
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -58,6 +61,41 @@ class Loaded:
     folder: Path
     fingerprint: str  # config.json and samples of the weight files (_fingerprint)
     dtype: str
+
+
+SETTINGS_FILE = "dleval.json"
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """What a checkpoint folder's `dleval.json` says about the checkpoint (like a
+    `generation_config.json`): the decoder settings it was made for, per decoder, applied
+    between the paper defaults and the task's hints; and the tasks it was trained for, when it
+    is a toy trained for a few (a run on another task says so). Example:
+
+        {"trained_for": ["synth_gsm"], "decoders": {"dparallel": {"threshold": 0.04}}}
+    """
+
+    path: Path | None = None
+    decoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trained_for: tuple[str, ...] = ()
+
+
+def checkpoint_settings(folder: Path | None) -> CheckpointSettings:
+    path = folder / SETTINGS_FILE if folder is not None else None
+    if path is None or not path.is_file():
+        return CheckpointSettings()
+    try:
+        raw = json.loads(path.read_text())
+        per_decoder = raw.get("decoders", {})
+        trained_for = raw.get("trained_for", [])
+        if not isinstance(per_decoder, dict) or not all(isinstance(v, dict) for v in per_decoder.values()):
+            raise ValueError("'decoders' must map decoder names to objects of settings")
+        if not isinstance(trained_for, list) or not all(isinstance(t, str) for t in trained_for):
+            raise ValueError("'trained_for' must be a list of task names")
+    except (ValueError, AttributeError) as exc:
+        raise UserError(f"{path} is not a valid checkpoint settings file: {exc}") from None
+    return CheckpointSettings(path, {k: dict(v) for k, v in per_decoder.items()}, tuple(trained_for))
 
 
 def resolve(name: str) -> tuple[str, Path | None]:
