@@ -55,6 +55,11 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sweeps-out", type=Path, default=Path("results/sweeps"), help="where sweep records go (default results/sweeps)")
     sweep.add_argument("--no-baseline", action="store_true", help="do not add the llada one-token-per-step point")
     sweep.add_argument("--fresh", action="store_true", help="start new runs instead of resuming runs of the same configuration")
+    sweep.add_argument(
+        "--retime-baseline",
+        action="store_true",
+        help="re-time the baseline point in this invocation (a new run under <--out>/timing/) so speedups are side by side",
+    )
     rep = sub.add_parser("report", help="leaderboard.csv, board.csv and report.html from run or sweep folders")
     rep.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR", help="run folders, sweep folders, or folders of them")
     rep.add_argument("--out", type=Path, default=Path("results/report"), help="output folder (default results/report)")
@@ -376,6 +381,7 @@ def _sweep(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         baseline=not args.no_baseline,
+        retime_baseline=args.retime_baseline,
         resume=not args.fresh,
         ranks=_ranks(args),
         too_long=args.too_long,
@@ -414,7 +420,8 @@ def _report(args: argparse.Namespace) -> int:
     for e in built.board:
         cells = "  ".join(f"{t} {e.cells[t].aup:.1f}" for t in built.tasks if t in e.cells)
         mean = "–" if e.mean_aup is None else f"{e.mean_aup:.1f}"
-        print(f"  {e.rank or '–':>2}  {e.model} · {e.decoder:<12} mean AUP {mean:>7}   {cells}")
+        missing = f"   missing: {', '.join(e.missing)} (not ranked)" if e.missing else ""
+        print(f"  {e.rank or '–':>2}  {e.model} · {e.decoder:<12} mean AUP {mean:>7}   {cells}{missing}")
     for p in paths:
         print(f"wrote {p}")
     return 0
