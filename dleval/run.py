@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from dleval import __version__, decoders, models, options, prompts, results, tasks
+from dleval import __version__, decoders, executor, models, options, prompts, results, tasks
 from dleval.errors import UserError
 from dleval.metrics import Summary, summarize
 from dleval.ranks import Ranks, detect
@@ -235,7 +235,7 @@ def _length_check(
     longest = max(too, key=lambda s: len(rendered[s.id].ids))
     what = (
         f"{len(too)} of {len(samples)} prompts plus the {canvas}-token canvas exceed the {limit} positions of model '{model}' "
-        f"(longest: {longest.id}, {len(rendered[longest.id].ids)} prompt tokens)"
+        f"(the longest: sample {longest.id}, {len(rendered[longest.id].ids)} prompt tokens)"
     )
     if how == "error":
         raise UserError(f"{what}; pass a model with a longer context, a smaller gen_length, or --too-long record to run the rest")
@@ -454,20 +454,62 @@ def _finish(run_dir: Path, config: dict[str, Any], where: Ranks, req: RunRequest
     return RunResult(run_dir, summarize(records), records, config, complete, where.rank == 0, results.devices(records))
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A generation waiting to be scored, with its timing (scoring may run in another thread)."""
+
+    sample: Sample
+    gen: Generation
+    nfe: int
+    rows: int  # rows forwarded per sample of the batch
+    seconds: float
+    batch: int
+    warmup: bool
+
+
 def _loop(pipe: Pipeline, pending: list[Sample], batch_size: int, write: Callable[[Record], None], out: list[Record], label: str, progress: bool) -> None:
+    """Decode batch after batch; score each generation into a Record and append it at once.
+
+    Code tasks run programs to score (up to the task's timeout each), so their scoring goes to a
+    thread pool (each thread waits on its sandboxed subprocess) while the next batch decodes:
+    the model never waits for a verdict. A Record is written the moment its scoring ends. On
+    Ctrl-C / SIGTERM the samples already decoded are still scored and written before the run
+    stops; after a kill -9, a decoded but unscored sample has no Record (generations are not
+    kept apart) and is decoded again on resume.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from tqdm import tqdm
 
     bar = tqdm(total=len(pending), unit="sample", desc=label, disable=not progress, dynamic_ncols=True)
-    correct = 0.0
-    for start in range(0, len(pending), batch_size):
-        batch = pending[start : start + batch_size]
-        for record in _decode_batch(pipe, batch, warmup=start == 0):
+    lock = threading.Lock()
+    correct = [0.0]
+
+    def emit(record: Record) -> None:
+        with lock:
             write(record)
             out.append(record)
-            correct += record.correct
-        bar.update(len(batch))
-        bar.set_postfix(acc=f"{100 * correct / len(out):.1f}%")
-    bar.close()
+            correct[0] += record.correct
+            bar.update(1)
+            bar.set_postfix(acc=f"{100 * correct[0] / len(out):.1f}%")
+
+    pool = ThreadPoolExecutor(max_workers=executor.default_workers()) if pipe.spec.scoring.scorer == "code" else None
+    futures: list[Future] = []
+    try:
+        for start in range(0, len(pending), batch_size):
+            for item in _decode_batch(pipe, pending[start : start + batch_size], warmup=start == 0):
+                if isinstance(item, Record):
+                    emit(item)
+                elif pool is not None:
+                    futures.append(pool.submit(lambda d=item: emit(_record(pipe, d))))
+                else:
+                    emit(_record(pipe, item))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)  # what was decoded is scored and written, also when stopped
+        bar.close()
+    for f in futures:
+        f.result()  # a write that failed (disk full) is raised here, in the main thread
 
 
 def _sync(device: torch.device) -> None:
@@ -475,8 +517,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _decode_batch(pipe: Pipeline, batch: list[Sample], warmup: bool) -> list[Record]:
-    """Decode one batch; on failure retry its samples one by one so only a bad one is an error."""
+def _decode_batch(pipe: Pipeline, batch: list[Sample], warmup: bool) -> list[Record | Decoded]:
+    """Decode one batch; on failure retry its samples one by one so only a bad one is an error
+    (an error Record; a decoded sample is a Decoded, scored by the caller)."""
     skipped = [_error_record(pipe, s, "too long: prompt + canvas exceed the model's positions") for s in batch if s.id in pipe.too_long]
     batch = [s for s in batch if s.id not in pipe.too_long]
     if not batch:
@@ -499,11 +542,12 @@ def _decode_batch(pipe: Pipeline, batch: list[Sample], warmup: bool) -> list[Rec
             return skipped + [r for s in batch for r in _decode_batch(pipe, [s], warmup)]
         return skipped + [_error_record(pipe, batch[0], f"decode failed: {type(exc).__name__}: {exc}")]
     nfe, rows = counted.nfe, counted.rows
-    return skipped + [_record(pipe, s, g, nfe, rows // len(batch), seconds, len(batch), warmup) for s, g in zip(batch, gens)]
+    return skipped + [Decoded(s, g, nfe, rows // len(batch), seconds, len(batch), warmup) for s, g in zip(batch, gens)]
 
 
-def _record(pipe: Pipeline, sample: Sample, gen: Generation, nfe: int, rows: int, seconds: float, batch: int, warmup: bool) -> Record:
+def _record(pipe: Pipeline, d: Decoded) -> Record:
     """Score one generation into its Record (a scorer failure is recorded, never raised)."""
+    sample, gen = d.sample, d.gen
     raw, completion, answer_tokens = completion_of(gen.tokens, pipe.tokenizer, pipe.spec.prompt.stop, set(pipe.eos_ids))
     error = ""
     try:
@@ -518,16 +562,16 @@ def _record(pipe: Pipeline, sample: Sample, gen: Generation, nfe: int, rows: int
         answer=score.answer if score else "",
         correct=score.correct if score else 0.0,
         metrics=score.metrics if score else {},
-        nfe=nfe,
-        rows_forwarded=rows,
+        nfe=d.nfe,
+        rows_forwarded=d.rows,
         gen_tokens=sum(gen.committed_per_step),
         answer_tokens=answer_tokens,
         prompt_tokens=len(pipe.rendered[sample.id].ids),
-        seconds=seconds,
+        seconds=d.seconds,
         committed_per_step=gen.committed_per_step,
         finish=gen.finish,
-        batch_size=batch,
-        warmup=warmup,
+        batch_size=d.batch,
+        warmup=d.warmup,
         error=error,
         target=sample.target,
         **_where(pipe),
