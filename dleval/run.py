@@ -407,6 +407,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
         ranks=where, device=device_name(loaded.model.device), too_long=frozenset(too_long),
         takes_seeds="seeds" in inspect.signature(decoder.decode).parameters,
     )  # fmt: skip
+    (run_dir / results.done_name(where.rank, where.world_size)).unlink(missing_ok=True)  # a stale flag of an earlier launch
     interrupted = False
     written: list[Record] = []
     with _sigterm_as_interrupt():
