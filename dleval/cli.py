@@ -200,6 +200,8 @@ def format_summary(result) -> str:
         f"{cfg['task']['name']} · {cfg['decoder']['name']} · {cfg['model']['name']}   {s.n} samples{'' if result.complete else ' (incomplete)'}",
         f"  accuracy ({primary}){'':<8} {s.accuracy:6.2f} ± {s.accuracy_stderr:.2f} %",
     ]
+    if cfg["decoder"].get("config", {}).get("skip_idle_forward"):
+        lines.append("  NFE counting                 skip_idle_forward=True: the reference's idle cached forwards are not made")
     for name, value in s.filters.items():
         if name != primary:
             lines.append(f"  {name:<27} {value:6.2f} %")

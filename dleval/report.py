@@ -376,6 +376,8 @@ def _labels(rows: Sequence[Row]) -> dict[str, str]:
     keys = sorted({k for p in params.values() for k in p})
     varying = [k for k in keys if len({json.dumps(p.get(k)) for p in params.values()}) > 1]
     shown = varying or [k for k in ("threshold", "steps", "gen_length") if k in keys][:1]
+    if any(p.get("skip_idle_forward") for p in params.values()) and "skip_idle_forward" not in shown:
+        shown.append("skip_idle_forward")  # NFE below what the reference spends: always say so
     return {rid: ", ".join(f"{k}={'default' if p.get(k) is None else p.get(k)}" for k in shown) for rid, p in params.items()}
 
 

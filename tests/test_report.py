@@ -301,3 +301,15 @@ def test_bad_sweep_input_fails_before_any_run(args, message, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "runs"), "--sweeps-out", str(tmp_path / "sweeps")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_setting_label_always_names_skip_idle_forward():
+    from types import SimpleNamespace
+
+    from dleval.report import _labels
+
+    rows = [
+        SimpleNamespace(run_id=rid, decoder_params=json.dumps({"threshold": 0.9, "cache": "prefix", "skip_idle_forward": skip}))
+        for rid, skip in (("a", True), ("b", True))
+    ]
+    assert _labels(rows) == {"a": "threshold=0.9, skip_idle_forward=True", "b": "threshold=0.9, skip_idle_forward=True"}
