@@ -542,8 +542,12 @@ def _decode_batch(pipe: Pipeline, batch: list[Sample], warmup: bool) -> list[Rec
         if len(batch) > 1:
             return skipped + [r for s in batch for r in _decode_batch(pipe, [s], warmup)]
         return skipped + [_error_record(pipe, batch[0], f"decode failed: {type(exc).__name__}: {exc}")]
-    nfe, rows = counted.nfe, counted.rows
-    return skipped + [Decoded(s, g, nfe, rows // len(batch), seconds, len(batch), warmup) for s, g in zip(batch, gens)]
+    n = len(batch)
+    if hasattr(counted, "row_nfe"):  # per sample: the forwards that computed its row (batched threshold decoders)
+        nfes, rows = counted.row_nfe(n), counted.row_rows(n)
+    else:
+        nfes, rows = [counted.nfe] * n, [counted.rows // n] * n
+    return skipped + [Decoded(s, g, nfe, r, seconds, n, warmup) for s, g, nfe, r in zip(batch, gens, nfes, rows)]
 
 
 def _record(pipe: Pipeline, d: Decoded) -> Record:
