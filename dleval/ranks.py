@@ -61,7 +61,11 @@ def detect(env: Mapping[str, str] | None = None, run_id: str | None = None) -> R
         if launch_id and env.get("MASTER_PORT"):  # a relaunch with the same --rdzv-id gets a new port from its rendezvous
             launch_id = f"{launch_id}.{env['MASTER_PORT']}"
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
-        rank, world, local = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"), _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
+        rank, world, local = (
+            _int(env, "SLURM_PROCID"),
+            _int(env, "SLURM_NTASKS"),
+            _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+        )
         launcher = "slurm"
         step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", ""))
         launch_id = f"slurm-{env['SLURM_JOB_ID']}.{step}" if env.get("SLURM_JOB_ID") else ""

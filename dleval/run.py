@@ -439,8 +439,11 @@ def _finish(run_dir: Path, config: dict[str, Any], where: Ranks, req: RunRequest
     world = where.world_size
     if where.rank == 0:
         deadline = time.monotonic() + (0 if interrupted else req.merge_timeout)
-        while world > 1 and len(results.done_ranks(run_dir, world, where.invocation)) < world and time.monotonic() < deadline:
-            time.sleep(0.2)
+        try:
+            while world > 1 and len(results.done_ranks(run_dir, world, where.invocation)) < world and time.monotonic() < deadline:
+                time.sleep(0.2)
+        except KeyboardInterrupt:  # stopped while waiting for the others: merge what is there now
+            interrupted = True
         waiting = sorted(set(range(world)) - results.done_ranks(run_dir, world, where.invocation))
         if waiting and not interrupted:
             log(f"rank(s) {', '.join(map(str, waiting))} not done after {req.merge_timeout:.0f} s: merging what is there; "
@@ -468,7 +471,9 @@ class Decoded:
     warmup: bool
 
 
-def _loop(pipe: Pipeline, pending: list[Sample], batch_size: int, write: Callable[[Record], None], out: list[Record], label: str, progress: bool) -> None:
+def _loop(
+    pipe: Pipeline, pending: list[Sample], batch_size: int, write: Callable[[Record], None], out: list[Record], label: str, progress: bool
+) -> None:
     """Decode batch after batch; score each generation into a Record and append it at once.
 
     Code tasks run programs to score (up to the task's timeout each), so their scoring goes to a

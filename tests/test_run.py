@@ -59,7 +59,9 @@ def test_interrupted_run_resumes_without_redoing_finished_samples(tmp_path, monk
     assert len(first.records) == 4 and not first.complete
     monkeypatch.setattr(run_mod, "_decode_batch", real)
     seen = []
-    monkeypatch.setattr(run_mod, "_decode_batch", lambda pipe, batch, *a, **k: seen.extend(s.id for s in batch) or real(pipe, batch, *a, **k))
+    monkeypatch.setattr(
+        run_mod, "_decode_batch", lambda pipe, batch, *a, **k: seen.extend(s.id for s in batch) or real(pipe, batch, *a, **k)
+    )
     second = run(request(tmp_path, limit=12, batch_size=4, resume=True), log=lambda m: None)
     assert second.run_dir == first.run_dir and second.complete
     assert seen == [f"test/{i}" for i in range(4, 12)]  # only the unfinished ones
@@ -204,7 +206,9 @@ def test_the_checkpoint_carries_its_decoder_settings(tmp_path):
     assert result.config["decoder"]["config"]["threshold"] == 0.04
     assert result.config["decoder_sources"]["threshold"] == "checkpoint"
     assert "threshold=0.04" in format_summary(result) and "dleval.json" in format_summary(result)
-    mine = run(request(tmp_path, decoder="dparallel", model="tiny-dparallel", limit=3, decoder_args={"threshold": "0.5"}), log=lambda m: None)
+    mine = run(
+        request(tmp_path, decoder="dparallel", model="tiny-dparallel", limit=3, decoder_args={"threshold": "0.5"}), log=lambda m: None
+    )
     assert mine.config["decoder"]["config"]["threshold"] == 0.5 and mine.config["decoder_sources"]["threshold"] == "-D"
 
 

@@ -22,7 +22,18 @@ from dleval.errors import UserError, did_you_mean
 from dleval.models.base import Counted, ForwardOutput, KVCache, Model
 from dleval.models.llada import LLaDA, LLaDAConfig
 
-__all__ = ["CheckpointSettings", "Counted", "ForwardOutput", "KVCache", "Loaded", "Model", "REGISTRY", "checkpoint_settings", "load", "resolve"]
+__all__ = [
+    "CheckpointSettings",
+    "Counted",
+    "ForwardOutput",
+    "KVCache",
+    "Loaded",
+    "Model",
+    "REGISTRY",
+    "checkpoint_settings",
+    "load",
+    "resolve",
+]
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
