@@ -261,7 +261,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", text)[:40].strip("-") or "run"
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text)[:64].strip("-") or "run"
 
 
 @dataclass(frozen=True)
