@@ -55,6 +55,11 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sweeps-out", type=Path, default=Path("results/sweeps"), help="where sweep records go (default results/sweeps)")
     sweep.add_argument("--no-baseline", action="store_true", help="do not add the llada one-token-per-step point")
     sweep.add_argument("--fresh", action="store_true", help="start new runs instead of resuming runs of the same configuration")
+    sweep.add_argument(
+        "--retime-baseline",
+        action="store_true",
+        help="re-time the baseline point in this invocation (a new run under <--out>/timing/) so speedups are side by side",
+    )
     rep = sub.add_parser("report", help="leaderboard.csv, board.csv and report.html from run or sweep folders")
     rep.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR", help="run folders, sweep folders, or folders of them")
     rep.add_argument("--out", type=Path, default=Path("results/report"), help="output folder (default results/report)")
@@ -288,12 +293,19 @@ def format_validation(v, spec) -> str:
 
 def _list(what: str) -> int:
     if what == "decoders":
+        import dataclasses
+        import textwrap
+
         from dleval import decoders
 
         for name in decoders.names():
             d = decoders.info(name)
             alias = f" (alias: {', '.join(d.aliases)})" if d.aliases else ""
             print(f"{name:<12} {d.summary}{alias}")
+            defaults = [f"{f.name}={f.default if f.default != '' else repr('')}" for f in dataclasses.fields(decoders.load(name).Config)]
+            text = f"defaults: {' '.join(defaults)}"
+            print(textwrap.fill(text, width=110, initial_indent=" " * 13, subsequent_indent=" " * 23, break_on_hyphens=False))
+            print(f"{'':13}models:   {d.paper_model} (paper), {d.cpu_model} (without CUDA)")
     elif what == "tasks":
         from dleval import tasks
 
@@ -371,6 +383,7 @@ def _sweep(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         baseline=not args.no_baseline,
+        retime_baseline=args.retime_baseline,
         resume=not args.fresh,
         ranks=_ranks(args),
         too_long=args.too_long,
@@ -409,7 +422,8 @@ def _report(args: argparse.Namespace) -> int:
     for e in built.board:
         cells = "  ".join(f"{t} {e.cells[t].aup:.1f}" for t in built.tasks if t in e.cells)
         mean = "–" if e.mean_aup is None else f"{e.mean_aup:.1f}"
-        print(f"  {e.rank or '–':>2}  {e.model} · {e.decoder:<12} mean AUP {mean:>7}   {cells}")
+        missing = f"   missing: {', '.join(e.missing)} (not ranked)" if e.missing else ""
+        print(f"  {e.rank or '–':>2}  {e.model} · {e.decoder:<12} mean AUP {mean:>7}   {cells}{missing}")
     for p in paths:
         print(f"wrote {p}")
     return 0

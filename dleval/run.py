@@ -76,6 +76,7 @@ class RunRequest:
     too_long: str = "error"
     longest_first: bool = False  # deal pending samples longest prompt first (a rank's batches stay even)
     merge_timeout: float = 3600.0  # seconds rank 0 waits for the other ranks' done flags before merging alone
+    timing_rerun_of: str = ""  # run id this run re-times (dleval sweep --retime-baseline); recorded in config.json
 
 
 @dataclass
@@ -362,6 +363,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
         "sample_ids": [s.id for s in samples],
         "invocation": where.invocation,
         "world_size": where.world_size,
+        "timing_rerun_of": req.timing_rerun_of or None,
         "environment": env,
         "conditions": results.conditions(torch.get_num_threads()),
     }

@@ -30,6 +30,7 @@ from dleval.ranks import Ranks, detect
 from dleval.run import Interrupted, RunRequest, RunResult, choose_model, decoder_config, run
 
 FORMAT_VERSION = 1
+TIMING_DIR = "timing"  # under the runs folder: baseline re-timings, out of reach of --resume's folder search
 Log = Callable[[str], None]
 
 
@@ -49,6 +50,7 @@ class SweepRequest:
     device: str | None = None
     progress: bool = True
     baseline: bool = True
+    retime_baseline: bool = False  # re-time the baseline point in this invocation (see run_sweep)
     resume: bool = True
     ranks: Ranks | None = None  # None: from the environment; under a launcher every point is sharded over all ranks
     too_long: str = "error"
@@ -72,6 +74,12 @@ class SweepResult:
     model: str
     points: tuple[SweepPoint, ...]
     baseline: SweepPoint | None  # may be one of `points` (llada swept through one token per step)
+    baseline_timing: SweepPoint | None = None  # the baseline re-timed in this invocation (--retime-baseline)
+
+    @property
+    def speedup_base(self) -> SweepPoint | None:
+        """The point latency speedups divide by: the side-by-side re-timing when there is one."""
+        return self.baseline_timing or self.baseline
 
 
 def split_axes(decoder: str, decoder_args: dict[str, str]) -> dict[str, tuple[str, ...]]:
@@ -122,6 +130,12 @@ def sweep_id(req: SweepRequest, model: str) -> str:
 def run_sweep(req: SweepRequest, log: Log = print) -> SweepResult:
     """Run every point of the grid (and the baseline), writing sweep.json as points finish.
 
+    With `retime_baseline`, a baseline point whose samples were (partly) timed by an earlier
+    invocation is decoded again after the points, as a fresh run under
+    `<runs_dir>/timing/` whose config.json names the run it re-times (`timing_rerun_of`): the
+    earlier run's files are never touched, and the sweep's latency speedups divide by a
+    baseline measured in the same invocation, under the same load (sweep.json: `timing_run_dir`).
+
     Under a launcher every rank runs every point on its share of the samples (one invocation
     id for all points); rank 0 merges each point after the others' done flags and alone
     writes sweep.json, which lists the merged run folders."""
@@ -149,12 +163,33 @@ def run_sweep(req: SweepRequest, log: Log = print) -> SweepResult:
             log=log,
         )  # fmt: skip
 
+    def retime(point: SweepPoint) -> SweepPoint | None:
+        timed = {r.invocation for p in done if p is not point for r in p.result.records}
+        if {r.invocation for r in point.result.records} == {where.invocation}:
+            log(f"sweep {sweep_dir.name}: the baseline point was timed in this invocation; no re-timing needed")
+            return None
+        if where.invocation not in timed:
+            log(
+                f"sweep {sweep_dir.name}: every point was resumed from earlier runs, so a re-timed baseline would not be "
+                "side by side with them; --fresh re-times the whole sweep"
+            )
+            return None
+        log(f"sweep {sweep_dir.name}: re-timing the baseline point ({point.result.run_dir.name}) side by side with the sweep")
+        req_timing = RunRequest(
+            decoder=report.BASELINE_DECODER, task=req.task, model=model, limit=req.limit, batch_size=req.batch_size,
+            decoder_args=dict(point.settings), task_args=dict(req.task_args), resume=False, out_dir=req.runs_dir / TIMING_DIR,
+            data_dir=req.data_dir, seed=req.seed, device=req.device, progress=req.progress, ranks=where, too_long=req.too_long,
+            longest_first=req.longest_first, merge_timeout=req.merge_timeout, timing_rerun_of=point.result.run_dir.name,
+        )  # fmt: skip
+        return SweepPoint(point.settings, run(req_timing, log=log))
+
     def record(complete: bool) -> None:
         if where.rank == 0:
-            _write_record(sweep_dir, req, info.name, model, done, baseline, complete=complete, where=where)
+            _write_record(sweep_dir, req, info.name, model, done, baseline, complete=complete, where=where, timing=timing)
 
     done: list[SweepPoint] = []
     baseline: SweepPoint | None = None
+    timing: SweepPoint | None = None
     if where.rank == 0:
         sweep_dir.mkdir(parents=True, exist_ok=True)  # an unwritable --sweeps-out fails before any run
     try:
@@ -168,11 +203,13 @@ def run_sweep(req: SweepRequest, log: Log = print) -> SweepResult:
             if base_index == n - 1 and req.baseline:
                 baseline = done[-1]
             record(complete=False)
+        if req.retime_baseline and baseline is not None:
+            timing = retime(baseline)
     except Interrupted:
         record(complete=False)
         raise
     record(complete=True)
-    return SweepResult(sweep_dir, model, tuple(done), baseline)
+    return SweepResult(sweep_dir, model, tuple(done), baseline, timing)
 
 
 def curve_points(result: SweepResult) -> list[tuple[float, float]]:
@@ -202,17 +239,23 @@ def setting_label(settings: dict[str, str]) -> str:
 def format_sweep(result: SweepResult) -> str:
     """One line per point (the baseline first) and the curve's AUP against this sweep's best."""
     rows = [("baseline", result.baseline)] if result.baseline and all(p is not result.baseline for p in result.points) else []
+    if result.baseline_timing is not None:
+        rows.append(("baseline re-timed", result.baseline_timing))
     rows += [(setting_label(p.settings), p) for p in result.points]
-    base = result.baseline.summary if result.baseline else None
+    base = result.speedup_base.summary if result.speedup_base else None
     width = max(len(name) for name, _ in rows)
     decoder = result.points[0].result.config["decoder"]["name"]
     out = [
         f"{result.points[0].result.config['task']['name']} · {decoder} · {result.model}   sweep {result.sweep_dir}",
         f"  {'setting':<{width}}  {'accuracy %':>10}  {'mean NFE':>8}  {'TPF':>6}  {'latency s':>9}  {'speedup':>7}",
     ]
+    base_inv = {r.invocation for r in result.speedup_base.result.records} if result.speedup_base else set()
+    crossed = False
     for name, p in rows:
         s = p.summary
         sp = f"{base.latency_mean / s.latency_mean:.2f}x" if base and s.latency_mean > 0 and base.latency_mean > 0 else "–"
+        if sp != "–" and {r.invocation for r in p.result.records} != base_inv:
+            sp, crossed = sp + "*", True
         out.append(f"  {name:<{width}}  {s.accuracy:10.2f}  {s.nfe_mean:8.2f}  {s.answer_tpf:6.2f}  {s.latency_mean:9.3f}  {sp:>7}")
     points = curve_points(result)
     if all(t > 0 for t, _ in points):
@@ -222,11 +265,24 @@ def format_sweep(result: SweepResult) -> str:
             curve = aup_detail(points, y_max)
         dropped = f"; {len(curve.dropped)} point(s) below the 5-point floor dropped" if curve.dropped else ""
         out.append(f"  AUP {curve.value:.2f} against y_max {y_max:.2f} (this sweep's best; `dleval report` uses its whole pool){dropped}")
+    if result.baseline_timing is not None:
+        out.append(f"  speedups divide by the baseline re-timed in this invocation ({result.baseline_timing.result.run_dir})")
+    if crossed:
+        out.append(
+            "  * latencies measured in different invocations (other times, maybe other load): not a side-by-side ratio"
+            + ("" if result.baseline_timing else "; --retime-baseline (or --fresh) times them together")
+        )
     return "\n".join(out)
 
 
-def _point_record(point: SweepPoint, sweep_dir: Path) -> dict[str, Any]:
+def _point_record(point: SweepPoint, sweep_dir: Path, timing: SweepPoint | None = None) -> dict[str, Any]:
     s = point.summary
+    retimed = {}
+    if timing is not None:  # the baseline's side-by-side re-timing: the latency speedups divide by it
+        retimed = {
+            "timing_run_dir": os.path.relpath(timing.result.run_dir.resolve(), sweep_dir.resolve()),
+            "timing_latency_mean": timing.summary.latency_mean,
+        }
     return {
         "settings": point.settings,
         "run_dir": os.path.relpath(point.result.run_dir.resolve(), sweep_dir.resolve()),
@@ -237,10 +293,13 @@ def _point_record(point: SweepPoint, sweep_dir: Path) -> dict[str, Any]:
         "answer_tpf": s.answer_tpf,
         "nfe_mean": s.nfe_mean,
         "latency_mean": s.latency_mean,
+        **retimed,
     }
 
 
-def _write_record(sweep_dir: Path, req: SweepRequest, decoder: str, model: str, points, baseline, complete: bool, where: Ranks) -> None:
+def _write_record(
+    sweep_dir: Path, req: SweepRequest, decoder: str, model: str, points, baseline, complete: bool, where: Ranks, timing=None
+) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "format_version": FORMAT_VERSION,
@@ -258,7 +317,7 @@ def _write_record(sweep_dir: Path, req: SweepRequest, decoder: str, model: str, 
         "batch_size": req.batch_size,
         "task_args": req.task_args,
         "axes": {k: list(v) for k, v in req.axes.items()},
-        "baseline": _point_record(baseline, sweep_dir) if baseline is not None else None,
+        "baseline": _point_record(baseline, sweep_dir, timing) if baseline is not None else None,
         "points": [_point_record(p, sweep_dir) for p in points],
     }
     results.write_json_atomic(sweep_dir / "sweep.json", record)
