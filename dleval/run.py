@@ -417,7 +417,15 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
             with results.ShardWriter(run_dir, where.rank, where.world_size) as shard:
                 for note in shard.notes:
                     log(f"note: {note}")
-                _loop(pipe, mine, batch_size, shard.write, written, label=f"{spec.name} · {info.name}", progress=req.progress and where.rank == 0)
+                _loop(
+                    pipe,
+                    mine,
+                    batch_size,
+                    shard.write,
+                    written,
+                    label=f"{spec.name} · {info.name}",
+                    progress=req.progress and where.rank == 0,
+                )
         except KeyboardInterrupt:
             interrupted = True
         if not interrupted:
