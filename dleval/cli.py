@@ -33,6 +33,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1234, help="seed for sampling noise (default 1234, as LLaDA's eval)")
     p.add_argument("--device", help="torch device (default cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: $OMP_NUM_THREADS, else the usable cores / ranks on this node, at most 8)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -94,6 +99,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command in ("run", "sweep", "check"):
+            from dleval import launch
+
+            launch.configure_threads(args.threads)  # once, before torch loads (see dleval.launch)
         if args.command == "run":
             return _run(args)
         if args.command == "sweep":

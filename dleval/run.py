@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from dleval import __version__, decoders, models, options, prompts, tasks
+from dleval import __version__, decoders, launch, models, options, prompts, tasks
 from dleval.errors import UserError
 from dleval.metrics import Summary, summarize
 from dleval.scorers import cut_at_stops
@@ -120,6 +120,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": gpu or device.type,
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "thread_settings": launch.current_threads(),  # intra-op count, its source, cores, OMP_WAIT_POLICY
     }
 
 

@@ -1,0 +1,167 @@
+"""Where this process runs: its rank under a launcher, its device, and its torch threads.
+
+Read from the environment the launchers users already have set: `torchrun` and
+`accelerate launch` (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE), SLURM's `srun` without
+a launcher (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE). Each rank binds
+`cuda:LOCAL_RANK` when CUDA is present, else the CPU.
+
+Threads. A CPU run that asks for more busy threads than the machine has free cores does not
+slow down in proportion, it collapses: OpenMP threads spin-wait at every parallel region's
+barrier, so five jobs of two threads each on two cores took 28 minutes for a 69 s job. The
+defaults here, applied once when a command starts (`configure_threads`), are:
+  * intra-op threads = the cores this process may run on (`os.sched_getaffinity`, which honours
+    `taskset`, cgroup cpusets and SLURM's binding) divided by the ranks on this node, at most
+    `THREAD_CAP`, at least 1; an explicit `--threads N` or OMP_NUM_THREADS wins;
+  * OMP_WAIT_POLICY=PASSIVE unless set: a waiting OpenMP thread sleeps instead of spinning,
+    so it gives its core to whoever else needs it. It is read when the OpenMP runtime loads,
+    so `configure_threads` must run before torch is imported (the CLI's entry points do).
+The settings are recorded in each run's `config.json` (environment.threads).
+
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from dleval.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+THREAD_CAP = 8  # past ~8 threads the small per-step matmuls of a decode gain little and the barriers cost more
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in a launch (rank 0 of 1 when no launcher is present)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    launcher: str = "none"  # "torchrun" (torchrun and accelerate launch set the same variables), "slurm" or "none"
+
+
+def _int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def rank_of(env: Mapping[str, str] | None = None) -> Rank:
+    """This process's rank, world size and local rank from the launcher's environment variables."""
+    env = os.environ if env is None else env
+    if env.get("WORLD_SIZE") is not None and env.get("RANK") is not None:
+        world, rank = _int(env, "WORLD_SIZE") or 1, _int(env, "RANK") or 0
+        local = _int(env, "LOCAL_RANK") or 0
+        local_world = _int(env, "LOCAL_WORLD_SIZE") or world
+        launcher = "torchrun"
+    elif env.get("SLURM_NTASKS") is not None and env.get("SLURM_PROCID") is not None:
+        world, rank = _int(env, "SLURM_NTASKS") or 1, _int(env, "SLURM_PROCID") or 0
+        local = _int(env, "SLURM_LOCALID") or 0
+        per_node = (env.get("SLURM_NTASKS_PER_NODE") or "").split("(")[0]  # "4" or "4(x2)"
+        local_world = int(per_node) if per_node.isdigit() else world
+        launcher = "slurm"
+    else:
+        return Rank()
+    if not 0 <= rank < world or not 0 <= local < max(local_world, 1):
+        raise UserError(f"the launcher's rank {rank} (local {local}) does not fit its world size {world} (local {local_world})")
+    return Rank(rank, world, local, max(local_world, 1), launcher)
+
+
+def device_for(requested: str | None, rank: Rank, log: Callable[[str], None] | None = None) -> torch.device:
+    """The device a rank runs on: `cuda:LOCAL_RANK` with CUDA, else the CPU; an explicit choice wins
+    except a CUDA device on a machine without CUDA (lm-eval passes `cuda:0` by default), which
+    falls back to the CPU with a note, as `dleval run` does."""
+    import torch
+
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise UserError(f"unknown device '{requested}'; use cpu, cuda or cuda:N") from None
+        if device.type != "cuda":
+            return device
+        if not torch.cuda.is_available():
+            if log:
+                log(f"no CUDA device: running on cpu instead of {requested}")
+            return torch.device("cpu")
+        if rank.world_size > 1:  # one default `cuda:0` for every rank would stack them all on GPU 0
+            return torch.device("cuda", rank.local_rank % torch.cuda.device_count())
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device '{requested}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", rank.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Threads:
+    """The torch thread settings of this process and where they came from (recorded per run)."""
+
+    intra_op: int
+    cores: int  # CPUs this process may run on (sched_getaffinity)
+    ranks_on_node: int
+    source: str  # "--threads", "OMP_NUM_THREADS" or "default"
+    wait_policy: str  # OMP_WAIT_POLICY as the OpenMP runtime saw it
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def choose_threads(requested: int | None = None, env: Mapping[str, str] | None = None, rank: Rank | None = None) -> Threads:
+    """The intra-op thread count: `requested`, else OMP_NUM_THREADS, else free cores per rank (capped)."""
+    env = os.environ if env is None else env
+    rank = rank or rank_of(env)
+    cores = usable_cores()
+    wait = env.get("OMP_WAIT_POLICY", "PASSIVE")
+    if requested is not None:
+        if requested <= 0:
+            raise UserError(f"--threads must be a positive number, got {requested}")
+        return Threads(requested, cores, rank.local_world_size, "--threads", wait)
+    omp = env.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if omp:
+        if not omp.isdigit() or int(omp) <= 0:
+            raise UserError(f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']!r} is not a positive number of threads")
+        return Threads(int(omp), cores, rank.local_world_size, "OMP_NUM_THREADS", wait)
+    return Threads(max(1, min(THREAD_CAP, cores // rank.local_world_size)), cores, rank.local_world_size, "default", wait)
+
+
+_applied: Threads | None = None
+
+
+def configure_threads(requested: int | None = None) -> Threads:
+    """Choose and apply this process's thread settings; call once at startup, before torch is imported
+    if possible (OMP_WAIT_POLICY is read when the OpenMP runtime loads)."""
+    global _applied
+    threads = choose_threads(requested)
+    os.environ.setdefault("OMP_WAIT_POLICY", threads.wait_policy)
+    import torch
+
+    torch.set_num_threads(threads.intra_op)
+    _applied = threads
+    return threads
+
+
+def current_threads() -> dict[str, Any]:
+    """What this process runs with, for a run's recorded environment."""
+    import torch
+
+    applied = _applied.as_dict() if _applied is not None else {"source": "not configured", "wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+    return {**applied, "intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
