@@ -23,7 +23,7 @@ Chat templates: a task that pre-fills the assistant's turn (lm-eval's `gen_prefi
 the assistant's; it is rendered with `continue_final_message`, so the prompt ends in the prefix,
 not in a closed turn.
 
-Ranks: under `torchrun` / `accelerate launch` each process is one lm-eval rank (`rank`,
+Ranks (`dleval.ranks`): under `torchrun` / `accelerate launch` each process is one lm-eval rank (`rank`,
 `world_size`); lm-eval deals requests out by rank and gathers the per-sample metrics on rank 0 at
 the end through `all_gather` / `gather_object` / `barrier` (and `accelerator.gather` /
 `wait_for_everyone` in lm-eval <= 0.4.9), which use the launcher's `torch.distributed` process
@@ -42,11 +42,12 @@ from typing import Any
 
 from dleval import launch
 from dleval.errors import UserError, did_you_mean
+from dleval.ranks import Ranks, detect
 
 OWN_ARGS = ("decoder", "model", "speed_log", "device", "threads")
 
 
-def rank_file(path: Path, rank: launch.Rank) -> Path:
+def rank_file(path: Path, rank: Ranks) -> Path:
     """`speed.jsonl` alone; `speed.rank-1-of-2.jsonl` for rank 1 of 2."""
     if rank.world_size <= 1:
         return path
@@ -63,7 +64,7 @@ class Generator:
         speed_log: str | None = None,
         device: str | None = None,
         threads: int | None = None,
-        rank: launch.Rank | None = None,
+        rank: Ranks | None = None,
         log=None,
         **decoder_args: Any,
     ):
@@ -85,7 +86,7 @@ class Generator:
             if not isinstance(threads, int) or threads <= 0:
                 raise UserError(f"--model_args threads must be a positive integer, got {threads!r}")
             torch.set_num_threads(threads)
-        self.rank = rank or launch.rank_of()
+        self.rank = rank or detect(run_id="lm-eval")
         self.device = launch.device_for(None if device is None else str(device), self.rank, log)
         self.loaded = models.load(model or (info.paper_model if self.device.type == "cuda" else info.cpu_model), device=self.device)
         self.counted = models.Counted(self.loaded.model)
@@ -152,7 +153,7 @@ class _Accelerator:
         self._lm.barrier()
 
 
-def _init_process_group(rank: launch.Rank, device) -> None:
+def _init_process_group(rank: Ranks, device) -> None:
     """Join the launcher's process group (lm-eval gathers its results through it)."""
     import os
 
@@ -179,7 +180,7 @@ def register() -> type:
     class DlevalLM(LM):
         def __init__(self, batch_size: Any = None, max_batch_size: Any = None, **kwargs: Any) -> None:
             super().__init__()
-            rank = launch.rank_of()
+            rank = detect(run_id="lm-eval")  # lm-eval needs no shared invocation id
             self.generator = Generator(rank=rank, log=lambda m: print(f"dleval: {m}", file=sys.stderr), **kwargs)
             self._rank, self._world_size = rank.rank, rank.world_size
             self._device = self.generator.device

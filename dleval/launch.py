@@ -1,8 +1,6 @@
 """Where this process runs: its rank under a launcher, its device, and its torch threads.
 
-Read from the environment the launchers users already have set: `torchrun` and
-`accelerate launch` (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE), SLURM's `srun` without
-a launcher (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE). Each rank binds
+The rank comes from `dleval.ranks` (torchrun, accelerate launch, srun); each rank binds
 `cuda:LOCAL_RANK` when CUDA is present, else the CPU.
 
 Threads. A CPU run that asks for more busy threads than the machine has free cores does not
@@ -28,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from dleval.errors import UserError
+from dleval.ranks import Ranks, detect
 
 if TYPE_CHECKING:
     import torch
@@ -35,49 +34,18 @@ if TYPE_CHECKING:
 THREAD_CAP = 8  # past ~8 threads the small per-step matmuls of a decode gain little and the barriers cost more
 
 
-@dataclass(frozen=True)
-class Rank:
-    """This process's place in a launch (rank 0 of 1 when no launcher is present)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-    launcher: str = "none"  # "torchrun" (torchrun and accelerate launch set the same variables), "slurm" or "none"
-
-
-def _int(env: Mapping[str, str], name: str) -> int | None:
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"environment variable {name}={value!r} is not an integer") from None
-
-
-def rank_of(env: Mapping[str, str] | None = None) -> Rank:
-    """This process's rank, world size and local rank from the launcher's environment variables."""
+def ranks_on_node(ranks: Ranks, env: Mapping[str, str] | None = None) -> int:
+    """Processes of this launch on this machine: LOCAL_WORLD_SIZE (torchrun, accelerate),
+    SLURM_NTASKS_PER_NODE (srun; "4" or "4(x2)"), else the whole world."""
     env = os.environ if env is None else env
-    if env.get("WORLD_SIZE") is not None and env.get("RANK") is not None:
-        world, rank = _int(env, "WORLD_SIZE") or 1, _int(env, "RANK") or 0
-        local = _int(env, "LOCAL_RANK") or 0
-        local_world = _int(env, "LOCAL_WORLD_SIZE") or world
-        launcher = "torchrun"
-    elif env.get("SLURM_NTASKS") is not None and env.get("SLURM_PROCID") is not None:
-        world, rank = _int(env, "SLURM_NTASKS") or 1, _int(env, "SLURM_PROCID") or 0
-        local = _int(env, "SLURM_LOCALID") or 0
-        per_node = (env.get("SLURM_NTASKS_PER_NODE") or "").split("(")[0]  # "4" or "4(x2)"
-        local_world = int(per_node) if per_node.isdigit() else world
-        launcher = "slurm"
-    else:
-        return Rank()
-    if not 0 <= rank < world or not 0 <= local < max(local_world, 1):
-        raise UserError(f"the launcher's rank {rank} (local {local}) does not fit its world size {world} (local {local_world})")
-    return Rank(rank, world, local, max(local_world, 1), launcher)
+    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = (env.get(key) or "").split("(")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return max(1, ranks.world_size)
 
 
-def device_for(requested: str | None, rank: Rank, log: Callable[[str], None] | None = None) -> torch.device:
+def device_for(requested: str | None, rank: Ranks, log: Callable[[str], None] | None = None) -> torch.device:
     """The device a rank runs on: `cuda:LOCAL_RANK` with CUDA, else the CPU; an explicit choice wins
     except a CUDA device on a machine without CUDA (lm-eval passes `cuda:0` by default), which
     falls back to the CPU with a note, as `dleval run` does."""
@@ -125,22 +93,23 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def choose_threads(requested: int | None = None, env: Mapping[str, str] | None = None, rank: Rank | None = None) -> Threads:
+def choose_threads(requested: int | None = None, env: Mapping[str, str] | None = None, rank: Ranks | None = None) -> Threads:
     """The intra-op thread count: `requested`, else OMP_NUM_THREADS, else free cores per rank (capped)."""
     env = os.environ if env is None else env
-    rank = rank or rank_of(env)
+    rank = rank or detect(env, run_id="threads")  # the invocation id plays no part here
+    local = ranks_on_node(rank, env)
     cores = usable_cores()
     wait = env.get("OMP_WAIT_POLICY", "PASSIVE")
     if requested is not None:
         if requested <= 0:
             raise UserError(f"--threads must be a positive number, got {requested}")
-        return Threads(requested, cores, rank.local_world_size, "--threads", wait)
+        return Threads(requested, cores, local, "--threads", wait)
     omp = env.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if omp:
         if not omp.isdigit() or int(omp) <= 0:
             raise UserError(f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']!r} is not a positive number of threads")
-        return Threads(int(omp), cores, rank.local_world_size, "OMP_NUM_THREADS", wait)
-    return Threads(max(1, min(THREAD_CAP, cores // rank.local_world_size)), cores, rank.local_world_size, "default", wait)
+        return Threads(int(omp), cores, local, "OMP_NUM_THREADS", wait)
+    return Threads(max(1, min(THREAD_CAP, cores // local)), cores, local, "default", wait)
 
 
 _applied: Threads | None = None

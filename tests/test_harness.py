@@ -100,7 +100,7 @@ def test_pre_filled_assistant_turn_is_continued_on_the_real_chat_template(bundle
 
 
 def test_speed_log_gets_one_file_per_rank(tmp_path):
-    from dleval.launch import Rank
+    from dleval.ranks import Ranks
 
-    assert harness.rank_file(tmp_path / "speed.jsonl", Rank()) == tmp_path / "speed.jsonl"
-    assert harness.rank_file(tmp_path / "speed.jsonl", Rank(1, 2, 1, 2, "torchrun")) == tmp_path / "speed.rank-1-of-2.jsonl"
+    assert harness.rank_file(tmp_path / "speed.jsonl", Ranks()) == tmp_path / "speed.jsonl"
+    assert harness.rank_file(tmp_path / "speed.jsonl", Ranks(1, 2, 1, "torchrun")) == tmp_path / "speed.rank-1-of-2.jsonl"

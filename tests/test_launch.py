@@ -1,4 +1,4 @@
-"""dleval.launch: the rank a launcher gives, the device each rank binds, and the torch thread defaults.
+"""dleval.launch: the device each rank binds and the torch thread defaults.
 
 Run: pytest tests/test_launch.py
 """
@@ -15,59 +15,46 @@ import torch
 
 from dleval import launch
 from dleval.errors import UserError
+from dleval.ranks import Ranks
 
 
-def test_no_launcher_is_rank_0_of_1():
-    assert launch.rank_of({}) == launch.Rank(0, 1, 0, 1, "none")
-
-
-def test_torchrun_and_accelerate_variables():
-    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
-    assert launch.rank_of(env) == launch.Rank(3, 4, 1, 2, "torchrun")
-
-
-def test_slurm_variables_without_a_launcher():
-    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "4(x2)"}
-    assert launch.rank_of(env) == launch.Rank(5, 8, 1, 4, "slurm")
-
-
-def test_inconsistent_launcher_variables_are_one_sentence():
-    with pytest.raises(UserError, match="does not fit its world size"):
-        launch.rank_of({"RANK": "2", "WORLD_SIZE": "2"})
-    with pytest.raises(UserError, match="RANK='x' is not an integer"):
-        launch.rank_of({"RANK": "x", "WORLD_SIZE": "2"})
+def test_ranks_on_node_from_the_launcher():
+    assert launch.ranks_on_node(Ranks(), {}) == 1
+    assert launch.ranks_on_node(Ranks(3, 4, 1, "torchrun"), {"LOCAL_WORLD_SIZE": "2"}) == 2
+    assert launch.ranks_on_node(Ranks(5, 8, 1, "slurm"), {"SLURM_NTASKS_PER_NODE": "4(x2)"}) == 4
+    assert launch.ranks_on_node(Ranks(1, 2, 1, "torchrun"), {}) == 2  # no per-node count: assume one node
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback is for machines without CUDA")
 def test_cuda_request_without_cuda_falls_back_to_cpu_with_a_note():
     notes = []
-    assert launch.device_for("cuda:0", launch.Rank(), notes.append) == torch.device("cpu")
+    assert launch.device_for("cuda:0", Ranks(), notes.append) == torch.device("cpu")
     assert notes == ["no CUDA device: running on cpu instead of cuda:0"]
-    assert launch.device_for(None, launch.Rank(1, 2, 1, 2, "torchrun")) == torch.device("cpu")
-    assert launch.device_for("cpu", launch.Rank()) == torch.device("cpu")
+    assert launch.device_for(None, Ranks(1, 2, 1, "torchrun")) == torch.device("cpu")
+    assert launch.device_for("cpu", Ranks()) == torch.device("cpu")
     with pytest.raises(UserError, match="unknown device 'nosuch'"):
-        launch.device_for("nosuch", launch.Rank())
+        launch.device_for("nosuch", Ranks())
 
 
 def test_thread_defaults_divide_the_usable_cores_among_local_ranks(monkeypatch):
     monkeypatch.setattr(launch, "usable_cores", lambda: 16)
-    alone = launch.choose_threads(env={}, rank=launch.Rank())
+    alone = launch.choose_threads(env={}, rank=Ranks())
     assert (alone.intra_op, alone.source, alone.wait_policy) == (launch.THREAD_CAP, "default", "PASSIVE")
-    four = launch.choose_threads(env={}, rank=launch.Rank(0, 8, 0, 4, "torchrun"))
+    four = launch.choose_threads(env={"LOCAL_WORLD_SIZE": "4"}, rank=Ranks(0, 8, 0, "torchrun"))
     assert four.intra_op == 4 and four.ranks_on_node == 4
     monkeypatch.setattr(launch, "usable_cores", lambda: 2)
-    assert launch.choose_threads(env={}, rank=launch.Rank(0, 4, 0, 4, "torchrun")).intra_op == 1  # never 0
+    assert launch.choose_threads(env={}, rank=Ranks(0, 4, 0, "torchrun")).intra_op == 1  # never 0
 
 
 def test_explicit_threads_win_in_order(monkeypatch):
     env = {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
-    assert launch.choose_threads(env=env, rank=launch.Rank()).intra_op == 3
-    assert launch.choose_threads(env=env, rank=launch.Rank()).wait_policy == "ACTIVE"  # the user's setting is kept
-    assert launch.choose_threads(5, env=env, rank=launch.Rank()).source == "--threads"
+    assert launch.choose_threads(env=env, rank=Ranks()).intra_op == 3
+    assert launch.choose_threads(env=env, rank=Ranks()).wait_policy == "ACTIVE"  # the user's setting is kept
+    assert launch.choose_threads(5, env=env, rank=Ranks()).source == "--threads"
     with pytest.raises(UserError, match="OMP_NUM_THREADS='two'"):
-        launch.choose_threads(env={"OMP_NUM_THREADS": "two"}, rank=launch.Rank())
+        launch.choose_threads(env={"OMP_NUM_THREADS": "two"}, rank=Ranks())
     with pytest.raises(UserError, match="--threads must be a positive number"):
-        launch.choose_threads(0, env={}, rank=launch.Rank())
+        launch.choose_threads(0, env={}, rank=Ranks())
 
 
 def test_cli_applies_and_records_the_thread_settings(tmp_path):
