@@ -70,3 +70,11 @@ def test_cli_applies_and_records_the_thread_settings(tmp_path):
     assert settings["cores"] == launch.usable_cores()
     bad = subprocess.run([*cmd[:-1], "0"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--threads must be a positive number" in bad.stderr
+
+
+def test_entry_points_do_not_load_torch_before_the_thread_settings():
+    """OMP_WAIT_POLICY is read when torch loads its OpenMP runtime: `dleval` and `dleval.harness`
+    must not import torch before `configure_threads` has run."""
+    code = "import sys, dleval.cli, dleval.harness; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
