@@ -49,7 +49,11 @@ def worker(setting: str, problems: int) -> None:
     for p in ids:
         llada.decode(counted, [p], cfg)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "threads": torch.get_num_threads(), "wait": os.environ.get("OMP_WAIT_POLICY", "")}))
+    print(
+        json.dumps(
+            {"seconds": seconds, "cpu_seconds": cpu, "threads": torch.get_num_threads(), "wait": os.environ.get("OMP_WAIT_POLICY", "")}
+        )
+    )
 
 
 def launch_jobs(setting: str, jobs: int, problems: int) -> list[dict]:
@@ -103,7 +107,9 @@ def main() -> None:
             f"{name:<8} {r['threads']:>7} {r['wait_policy']:>8} {r['alone_s']:>8.2f} {r['crowded_mean_s']:>10.2f} "
             f"{r['slowdown']:>8.2f}x {r['alone_cpu_s']:>9.2f}/{r['crowded_cpu_s']:.2f}"
         )
-    print(json.dumps({"problems": args.problems, "jobs": args.jobs, "cores": launch.usable_cores(), "load_at_start": load, "settings": rows}))
+    print(
+        json.dumps({"problems": args.problems, "jobs": args.jobs, "cores": launch.usable_cores(), "load_at_start": load, "settings": rows})
+    )
 
 
 if __name__ == "__main__":

@@ -5,15 +5,15 @@ The rank comes from `dleval.ranks` (torchrun, accelerate launch, srun); each ran
 
 Threads. A CPU run that asks for more busy threads than the machine has free cores does not
 slow down in proportion, it collapses: OpenMP threads spin-wait at every parallel region's
-barrier, so five jobs of two threads each on two cores took 28 minutes for a 69 s job. The
-defaults here, applied once when a command starts (`configure_threads`), are:
+barrier (a 69 s job took 28 minutes while five jobs shared two cores; `benchmarks/threads.py`
+measures the effect). The defaults here, applied once when a command starts (`configure_threads`), are:
   * intra-op threads = the cores this process may run on (`os.sched_getaffinity`, which honours
     `taskset`, cgroup cpusets and SLURM's binding) divided by the ranks on this node, at most
     `THREAD_CAP`, at least 1; an explicit `--threads N` or OMP_NUM_THREADS wins;
   * OMP_WAIT_POLICY=PASSIVE unless set: a waiting OpenMP thread sleeps instead of spinning,
     so it gives its core to whoever else needs it. It is read when the OpenMP runtime loads,
     so `configure_threads` must run before torch is imported (the CLI's entry points do).
-The settings are recorded in each run's `config.json` (environment.threads).
+The settings are recorded in each run's `config.json` (`environment.thread_settings`).
 
 Importing this module does not import torch.
 """
@@ -132,5 +132,7 @@ def current_threads() -> dict[str, Any]:
     """What this process runs with, for a run's recorded environment."""
     import torch
 
-    applied = _applied.as_dict() if _applied is not None else {"source": "not configured", "wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+    applied = (
+        _applied.as_dict() if _applied is not None else {"source": "not configured", "wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+    )
     return {**applied, "intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}

@@ -126,7 +126,9 @@ def single(task_dir, tmp_path_factory):
     """One process, the CLI exactly as the README shows it (no --device: lm-eval passes cuda:0)."""
     out = tmp_path_factory.mktemp("lm_eval_single")
     tasks = "local_gsm8k,local_synth,local_synth_prefill"
-    proc = subprocess.run([sys.executable, *harness_cmd(task_dir, out, tasks)], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, *harness_cmd(task_dir, out, tasks)], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
