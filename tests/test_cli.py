@@ -57,6 +57,8 @@ def test_list_commands(capsys):
     assert main(["list", "decoders"]) == 0
     out = capsys.readouterr().out
     assert "llada" in out and "alias: vanilla" in out
+    assert "defaults: gen_length=256 block_length=32 steps=None temperature=0.0" in out  # the README says they are shown
+    assert "threshold=0.9" in out and "cache=prefix" in out  # fastdllm's
     assert main(["list", "tasks"]) == 0
     assert "synth_gsm" in capsys.readouterr().out
     assert main(["list", "models"]) == 0

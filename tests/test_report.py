@@ -42,7 +42,7 @@ def swept(tmp_path_factory):
     """A real llada sweep (steps 12 and 6, plus the one-token-per-step baseline) on 8 samples."""
     root = tmp_path_factory.mktemp("sweep")
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # see dleval.sweep.check: oversubscribed CPUs spin with 2 OpenMP threads
+    torch.set_num_threads(1)  # see dleval.gate.check: oversubscribed CPUs spin with 2 OpenMP threads
     try:
         assert main([*SWEEP, "--out", str(root / "runs"), "--sweeps-out", str(root / "sweeps")]) == 0
     finally:
@@ -257,7 +257,7 @@ def test_mean_aup_over_an_explicit_task_list(tmp_path):
     out = tmp_path / "out"
     report.write(built, out)
     header = (out / "board.csv").read_text().splitlines()[0]
-    assert header.startswith("rank,model,decoder,model_decoder,t1_aup,t1_tpf,t1_acc,t2_aup") and header.endswith("avg_aup,avg_tasks")
+    assert header.startswith("rank,model,decoder,model_decoder,t1_aup,t1_tpf,t1_acc,t2_aup") and header.endswith("avg_aup,avg_tasks,missing_tasks")
 
 
 def test_reading_is_read_only_and_tolerates_a_run_in_progress(tmp_path):

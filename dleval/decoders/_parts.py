@@ -9,6 +9,7 @@ code calls `F.softmax(logits)` as is (in bf16 that rounds the confidences and ch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -140,6 +141,21 @@ def check_cache(cache: str, refresh_every: int | None) -> None:
         raise ValueError(f"cache must be one of {', '.join(CACHES)}, not {cache!r}")
     if refresh_every is not None and refresh_every < 1:
         raise ValueError("refresh_every must be >= 1 (or None: refresh at block starts only)")
+
+
+def check_number(name: str, value: float, lo: float = 0.0, hi: float = math.inf, *, finite: bool = True, why: str = "") -> None:
+    """A Config field must lie in [lo, hi] (finite unless `finite` is False); NaN is never valid.
+
+    `why` says what the number is (shown in the error), e.g. "a confidence: a probability".
+    """
+    what = f" ({why})" if why else ""
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(f"{name} must be a number, not nan{what}")
+    if finite and math.isinf(value):
+        raise ValueError(f"{name} must be finite, not {value}{what}")
+    if not lo <= value <= hi:
+        bound = f">= {lo:g}" if hi == math.inf else f"between {lo:g} and {hi:g}"
+        raise ValueError(f"{name} must be {bound}, not {value:g}{what}")
 
 
 def check_blocks(gen_length: int, block_length: int) -> int:

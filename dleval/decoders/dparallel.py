@@ -47,8 +47,8 @@ class Config:
     def __post_init__(self) -> None:
         _parts.check_blocks(self.gen_length, self.block_length)
         _parts.check_cache(self.cache, self.refresh_every)
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        _parts.check_number("threshold", self.threshold, why="an entropy bound tau_H in nats")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
 
 
 @torch.inference_mode()

@@ -44,11 +44,9 @@ class Config:
 
     def __post_init__(self) -> None:
         _parts.check_blocks(self.gen_length, self.block_length)
-        if self.gamma < 0:
-            raise ValueError("gamma must be >= 0")
+        _parts.check_number("gamma", self.gamma, why="an entropy budget in nats")
         _parts.check_cache(self.cache, self.refresh_every)
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
 
 
 @torch.inference_mode()

@@ -62,8 +62,9 @@ class Config:
         _parts.check_cache(self.cache, self.refresh_every)
         if self.remasking not in ("low_confidence", "random"):
             raise ValueError(f"remasking must be 'low_confidence' or 'random', not {self.remasking!r}")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        if self.threshold is not None:
+            _parts.check_number("threshold", self.threshold, 0.0, 1.0, why="a confidence: a probability, None for the fixed quota")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
 
     @property
     def total_steps(self) -> int:

@@ -84,8 +84,7 @@ class Config:
             raise ValueError(f"steps ({self.total_steps}) must be a positive multiple of the number of blocks ({blocks})")
         if not 0.0 <= self.accept_threshold <= 1.0:
             raise ValueError("accept_threshold must be between 0 and 1 (a sigmoid output)")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
         _parts.check_score_dtype(self.score_dtype)
 
     @property

@@ -48,8 +48,8 @@ class Config:
             raise ValueError(f"steps ({self.total_steps}) must be a positive multiple of the number of blocks ({blocks})")
         if self.remasking not in ("low_confidence", "random"):
             raise ValueError(f"remasking must be 'low_confidence' or 'random', not {self.remasking!r}")
-        if self.temperature < 0 or self.cfg_scale < 0:
-            raise ValueError("temperature and cfg_scale must be >= 0")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
+        _parts.check_number("cfg_scale", self.cfg_scale, why="classifier-free guidance weight; 0 = off")
         _parts.check_score_dtype(self.score_dtype)
 
     @property

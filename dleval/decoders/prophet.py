@@ -68,8 +68,11 @@ class Config:
         blocks = _parts.check_blocks(self.gen_length, self.block_length)
         if self.total_steps <= 0 or self.total_steps % blocks:
             raise ValueError(f"steps ({self.total_steps}) must be a positive multiple of the number of blocks ({blocks})")
-        if self.answer_length < 1 or self.temperature < 0:
-            raise ValueError("answer_length must be >= 1 and temperature >= 0")
+        if self.answer_length < 1:
+            raise ValueError("answer_length must be >= 1")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
+        for name in ("early_threshold", "mid_threshold", "late_threshold"):  # inf: never exit in that phase
+            _parts.check_number(name, getattr(self, name), finite=False, why="a top-1 minus top-2 raw-logit gap")
         if self.answer_start is not None and self.answer_start < 0:
             raise ValueError("answer_start must be a generation offset >= 0 (or None: two after the last constraint token)")
         _parts.check_score_dtype(self.score_dtype)
