@@ -325,7 +325,7 @@ def _decode_batch(batch, rendered, decoder, cfg, counted, tokenizer, spec, confi
                 metrics=score.metrics if score else {},
                 nfe=nfe,
                 rows_forwarded=rows // len(batch),
-                gen_tokens=sum(gen.committed_per_step),
+                gen_tokens=sum(gen.committed_per_step) - gen.revoked,  # net commits (metrics.py)
                 answer_tokens=answer_tokens,
                 prompt_tokens=len(rendered[sample.id].ids),
                 seconds=seconds,
@@ -335,6 +335,9 @@ def _decode_batch(batch, rendered, decoder, cfg, counted, tokenizer, spec, confi
                 warmup=warmup,
                 error=error,
                 target=sample.target,
+                committed=sum(gen.committed_per_step),
+                revoked=gen.revoked,
+                rewritten=gen.rewritten,
             )
         )
     return records
