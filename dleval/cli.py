@@ -224,10 +224,11 @@ def _list(what: str) -> int:
     if what == "decoders":
         from dleval import decoders
 
+        width = max(len(n) for n in decoders.names())
         for name in decoders.names():
             d = decoders.info(name)
             alias = f" (alias: {', '.join(d.aliases)})" if d.aliases else ""
-            print(f"{name:<12} {d.summary}{alias}")
+            print(f"{name:<{width}}  {d.summary}{alias}")
     elif what == "tasks":
         from dleval import tasks
 
@@ -337,7 +338,7 @@ def _report(args: argparse.Namespace) -> int:
     for e in built.board:
         cells = "  ".join(f"{t} {e.cells[t].aup:.1f}" for t in built.tasks if t in e.cells)
         mean = "–" if e.mean_aup is None else f"{e.mean_aup:.1f}"
-        print(f"  {e.rank or '–':>2}  {e.model} · {e.decoder:<12} mean AUP {mean:>7}   {cells}")
+        print(f"  {e.rank or '–':>2}  {e.model} · {e.decoder:<16} mean AUP {mean:>7}   {cells}")
     for p in paths:
         print(f"wrote {p}")
     return 0

@@ -1,4 +1,5 @@
-"""dInfer's threshold, credit and hierarchy decoders: block alignment, unrolled groups, EOS stop,
+"""dInfer's threshold, credit and hierarchy decoders (`dinfer`, `dinfer_credit`, `dinfer_hierarchy`,
+one shared loop in `_dinfer.py`): block alignment, unrolled groups, EOS stop,
 the hierarchy rule by hand, config checks (parity with inclusionAI/dInfer is measured outside the
 repository; see the decoder's docstring).
 
@@ -12,7 +13,7 @@ import math
 import pytest
 import torch
 
-from dleval.decoders import dinfer
+from dleval.decoders import _dinfer, dinfer, dinfer_credit, dinfer_hierarchy
 from dleval.models.base import Counted
 from dleval.types import Step
 from tests.conftest import random_llada
@@ -64,30 +65,49 @@ def probs_logits(p: list[float], V: int = 4) -> torch.Tensor:
 def test_hierarchy_rule_by_hand(low, expected):
     conf = [0.5, 0.35, 0.9, 0.3, 0.45, 0.95]
     masked = torch.tensor([[True, True, False, True, True, True]])  # runs {0, 1} and {3, 4, 5}
-    cfg = dinfer.Config(strategy="hierarchy", threshold=0.9, low_threshold=low)
-    x0, chosen = dinfer._select(probs_logits(conf), masked, cfg, mask_id=1)
+    x0, chosen = _dinfer.hierarchy_rule(probs_logits(conf), masked, 0.9, low, 0.0, mask_id=1)
     assert set(chosen[0].nonzero().flatten().tolist()) == expected and bool((x0 == 2).all())
 
 
 def test_threshold_rule_commits_the_best_even_below_threshold():
     masked = torch.ones(1, 3, dtype=torch.bool)
-    _, chosen = dinfer._select(probs_logits([0.4, 0.6, 0.5]), masked, dinfer.Config(threshold=0.9), mask_id=1)
+    _, chosen = _dinfer.threshold_rule(probs_logits([0.4, 0.6, 0.5]), masked, 0.9, 0.0, mask_id=1)
     assert chosen.tolist() == [[False, True, False]]
-    _, chosen = dinfer._select(probs_logits([0.4, 0.6, 0.5]), masked, dinfer.Config(threshold=0.45), mask_id=1)
+    _, chosen = _dinfer.threshold_rule(probs_logits([0.4, 0.6, 0.5]), masked, 0.45, 0.0, mask_id=1)
     assert chosen.tolist() == [[False, True, True]]
 
 
 def test_credit_accumulates_only_on_masked_positions_and_decays():
-    cfg = dinfer.Config(strategy="credit")
     logits = probs_logits([0.5, 0.8])
     masked = torch.tensor([[True, False]])
-    c1 = dinfer._credit(logits, masked, None, cfg)
+    c1 = _dinfer.credit_update(logits, masked, None, 0.8, 0.2)
     assert c1[0, 0, 2] == pytest.approx(0.5**0.2) and float(c1[0, 1].abs().sum()) == 0.0
-    c2 = dinfer._credit(logits, masked, c1, cfg)
+    c2 = _dinfer.credit_update(logits, masked, c1, 0.8, 0.2)
     assert c2[0, 0, 2] == pytest.approx(0.5**0.2 * (1 + 0.8))
 
 
-@pytest.mark.parametrize("field, value", [("strategy", "fast"), ("threshold", math.nan), ("low_threshold", 2.0), ("maximum_unroll", 0), ("credit_alpha", math.nan)])
-def test_invalid_config_is_rejected(field, value):
+@pytest.mark.parametrize(
+    "module, field, value",
+    [
+        (dinfer, "threshold", math.nan),
+        (dinfer, "threshold", 1.5),
+        (dinfer, "maximum_unroll", 0),
+        (dinfer_hierarchy, "low_threshold", 2.0),
+        (dinfer_hierarchy, "low_threshold", math.nan),
+        (dinfer_credit, "credit_alpha", math.nan),
+        (dinfer_credit, "decay_beta", 1.5),
+    ],
+)
+def test_invalid_config_is_rejected(module, field, value):
     with pytest.raises(ValueError):
-        dinfer.Config(**{field: value})
+        module.Config(**{field: value})
+
+
+@pytest.mark.parametrize("module", [dinfer_credit, dinfer_hierarchy])
+def test_credit_and_hierarchy_share_the_loop(module):
+    """Same loop: with threshold 0 every rule commits a whole block per forward, like `dinfer`."""
+    cfg = dict(gen_length=16, block_length=8, threshold=0.0)
+    a, b = Counted(random_llada()), Counted(random_llada())
+    (ours,) = module.decode(a, [PROMPT], module.Config(**cfg))
+    (base,) = dinfer.decode(b, [PROMPT], dinfer.Config(**cfg))
+    assert ours.committed_per_step == base.committed_per_step and a.nfe == b.nfe
