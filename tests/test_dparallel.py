@@ -27,7 +27,7 @@ def decode(cfg, prompt=PROMPT, model=None):
     return gens[0], counted.nfe, steps
 
 
-@pytest.mark.parametrize("tau", [-1.0, PARALLEL, 0.5])
+@pytest.mark.parametrize("tau", [0.0, PARALLEL, 0.5])
 def test_commits_entropy_at_most_tau_plus_the_lowest(tau):
     """Every forward commits exactly {masked block positions with H <= tau} plus the lowest-entropy one."""
     P, B, L = len(PROMPT), 8, 16

@@ -80,7 +80,7 @@ def test_learn2pd_quota_and_filter_input_in_the_logits_dtype(tmp_path):
     "module,cfg",
     [
         (fastdllm, fastdllm.Config(gen_length=L, block_length=L, threshold=None, cache="none")),
-        (dparallel, dparallel.Config(gen_length=L, block_length=L, threshold=-1.0)),
+        (dparallel, dparallel.Config(gen_length=L, block_length=L, threshold=0.0)),
     ],
 )
 def test_float64_references_stay_float64(module, cfg):
