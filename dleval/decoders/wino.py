@@ -23,9 +23,10 @@ Revoked tokens are commits undone: `committed_per_step` counts every mask -> tok
 different token where a revoked one stood (definitions in dleval/metrics.py).
 
 Where this differs from the reference, and why:
-- The paper describes tau2 as re-masking tokens "whose verified confidence falls below" it; the
-  code also caps revocations by the previous step's accept count and revokes only on steps that
-  accepted more than one token. The code is followed.
+- The method's summary ("re-mask committed tokens whose verified confidence falls below tau2";
+  the paper itself was not read for this port) omits two rules of the code, which is followed:
+  revocations are capped by the previous step's accept count, and happen only on steps that
+  accepted more than one token.
 - The draft argmax skips [MASK] (`_parts.propose`): a trained model never ranks it first, a
   random one could, and the reference would then "commit" a mask and leave it in the output.
 - Confidences are float64 as in the reference; ties break by position instead of
