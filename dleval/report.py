@@ -229,7 +229,9 @@ class Row:
     avg_nfe: float
     nfe_p50: float
     nfe_max: int
-    avg_gen_tokens: float  # canvas positions committed
+    avg_gen_tokens: float  # canvas positions committed (net of revocations)
+    avg_revoked: float  # committed tokens a decoder revoked per sample (WINO); metrics.py defines the edit counts
+    avg_rewritten: float  # commits per sample that replaced an earlier, different token
     avg_answer_tokens: float
     tpf: float  # answer TPF, sum of answer tokens / sum of NFE (the AUP definition)
     tpf_mean: float  # mean of per-sample answer TPF
@@ -366,6 +368,8 @@ def _row(runs: list[Run], summary: Summary) -> Row:
         nfe_p50=summary.nfe_p50,
         nfe_max=summary.nfe_max,
         avg_gen_tokens=summary.gen_tokens_mean,
+        avg_revoked=summary.revoked_mean,
+        avg_rewritten=summary.rewritten_mean,
         avg_answer_tokens=summary.answer_tokens_mean,
         tpf=summary.answer_tpf,
         tpf_mean=summary.answer_tpf_mean,

@@ -118,3 +118,10 @@ def test_pbx_edge_cases():
     with pytest.raises(ValueError):
         pbx([], 80)
     assert PB_LEVELS == (80, 90)
+
+
+def test_the_leaderboard_shows_the_edit_counts():
+    from dleval import report
+
+    names = [f.name for f in dataclasses.fields(report.Row)]
+    assert names.index("avg_revoked") == names.index("avg_gen_tokens") + 1 and "avg_rewritten" in names
