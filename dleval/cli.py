@@ -305,7 +305,8 @@ def _list(what: str) -> int:
             print(f"{name:<{width}}  {d.summary}{alias}")
             defaults = [f"{f.name}={f.default if f.default != '' else repr('')}" for f in dataclasses.fields(decoders.load(name).Config)]
             text = f"defaults: {' '.join(defaults)}"
-            print(textwrap.fill(text, width=110, initial_indent=" " * (width + 2), subsequent_indent=" " * (width + 12), break_on_hyphens=False))
+            indent, more = " " * (width + 2), " " * (width + 12)
+            print(textwrap.fill(text, width=110, initial_indent=indent, subsequent_indent=more, break_on_hyphens=False))
             print(f"{'':{width + 2}}models:   {d.paper_model} (paper), {d.cpu_model} (without CUDA)")
     elif what == "tasks":
         from dleval import tasks

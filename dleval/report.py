@@ -629,7 +629,8 @@ def _curve(ck, decoder, keys, rows, extra, has_base, ymax, alpha, y_min_offset, 
         for r in own
     )
     baseline = rows[extra] if extra else None
-    return Curve(ck, first.model, decoder, first.task, label, final, points, point_names, baseline, result, max(r.n_samples for r in own), pb)
+    samples = max(r.n_samples for r in own)
+    return Curve(ck, first.model, decoder, first.task, label, final, points, point_names, baseline, result, samples, pb)
 
 
 def _board(curves: list[Curve], mean_over: tuple[str, ...], notes: list[str]) -> tuple[BoardEntry, ...]:

@@ -36,7 +36,8 @@ def test_everything_stable_commits_the_block_at_step_history_length_minus_one():
 
 def test_history_length_one_can_commit_at_a_block_start():
     model = random_llada()
-    (gen,) = klass.decode(Counted(model), [PROMPT], klass.Config(gen_length=16, block_length=8, conf_threshold=0.0, kl_threshold=math.inf, history_length=1))
+    cfg = klass.Config(gen_length=16, block_length=8, conf_threshold=0.0, kl_threshold=math.inf, history_length=1)
+    (gen,) = klass.decode(Counted(model), [PROMPT], cfg)
     assert gen.committed_per_step == (8, 8)
 
 
@@ -49,7 +50,8 @@ def test_the_history_is_per_call():
 
 
 @pytest.mark.parametrize(
-    "field, value", [("conf_threshold", math.nan), ("conf_threshold", 1.2), ("kl_threshold", -1.0), ("kl_threshold", math.nan), ("history_length", 0), ("steps", 7)]
+    "field, value",
+    [("conf_threshold", math.nan), ("conf_threshold", 1.2), ("kl_threshold", -1.0), ("kl_threshold", math.nan), ("history_length", 0), ("steps", 7)],
 )
 def test_invalid_config_is_rejected(field, value):
     with pytest.raises(ValueError):

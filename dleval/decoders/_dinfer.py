@@ -40,7 +40,14 @@ def check_config(cfg: Any, probabilities: Sequence[str]) -> None:
         raise ValueError(f"temperature must be >= 0, not {cfg.temperature}")
 
 
-def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Any, make_select: Callable[[], Select], on_step: OnStep | None, seeds: Sequence[int] | None) -> list[Generation]:
+def decode(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    cfg: Any,
+    make_select: Callable[[], Select],
+    on_step: OnStep | None,
+    seeds: Sequence[int] | None,
+) -> list[Generation]:
     """One prompt at a time; `make_select` gives each prompt a fresh rule (the credit matrix is state)."""
     out = []
     for i, prompt in enumerate(prompts):
@@ -78,7 +85,9 @@ def decode_one(model: Model, prompt: Sequence[int], cfg: Any, select: Select, on
     return _parts.generations(x, P, [commits], finish)[0]
 
 
-def credit_update(logits: torch.Tensor, masked: torch.Tensor, credit: torch.Tensor | None, decay_beta: float, boost_gamma: float) -> torch.Tensor:
+def credit_update(
+    logits: torch.Tensor, masked: torch.Tensor, credit: torch.Tensor | None, decay_beta: float, boost_gamma: float
+) -> torch.Tensor:
     """CreditThresholdParallelDecoder._apply_credit_fusion's matrix update, float32. logits (1, b, V)."""
     if credit is None:
         credit = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
@@ -89,7 +98,9 @@ def credit_update(logits: torch.Tensor, masked: torch.Tensor, credit: torch.Tens
     return credit.scatter_add(2, idx.unsqueeze(-1), boost.unsqueeze(-1))
 
 
-def threshold_rule(logits: torch.Tensor, masked: torch.Tensor, threshold: float, temperature: float, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def threshold_rule(
+    logits: torch.Tensor, masked: torch.Tensor, threshold: float, temperature: float, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """get_transfer_index_threshold: commit p(x0) >= min(threshold, max p - 1e-5), float32 (use_float64=False)."""
     x0 = _parts.propose(logits, temperature, mask_id)
     p = torch.softmax(logits.to(torch.float32), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)

@@ -71,7 +71,9 @@ class Config:
 
 def check(model: Model, cfg: Config) -> None:
     if not getattr(model, "custom_attention", False):
-        raise ValueError("wino needs a model with custom_attention (RoPE positions and a per-query attention mask), such as the native LLaDA")
+        raise ValueError(
+            "wino needs a model with custom_attention (RoPE positions and a per-query attention mask), such as the native LLaDA"
+        )
 
 
 @torch.inference_mode()
