@@ -16,7 +16,6 @@ from dleval.decoders import _parts, wino
 from dleval.metrics import PB_LEVELS, pbx, summarize
 from dleval.models.base import Counted
 from dleval.types import Record
-from tests.conftest import random_llada
 
 
 def rec(nfe=10, committed_per_step=(3, 3, 4), revoked=0, rewritten=0, answer_tokens=6):

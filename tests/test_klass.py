@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from dleval.decoders import klass, llada
 from dleval.models.base import Counted
