@@ -585,7 +585,7 @@ def _record(pipe: Pipeline, d: Decoded) -> Record:
         metrics=score.metrics if score else {},
         nfe=d.nfe,
         rows_forwarded=d.rows,
-        gen_tokens=sum(gen.committed_per_step),
+        gen_tokens=sum(gen.committed_per_step) - gen.revoked,  # net commits (metrics.py)
         answer_tokens=answer_tokens,
         prompt_tokens=len(pipe.rendered[sample.id].ids),
         seconds=d.seconds,
@@ -595,6 +595,9 @@ def _record(pipe: Pipeline, d: Decoded) -> Record:
         warmup=d.warmup,
         error=error,
         target=sample.target,
+        committed=sum(gen.committed_per_step),
+        revoked=gen.revoked,
+        rewritten=gen.rewritten,
         **_where(pipe),
     )
 

@@ -49,10 +49,15 @@ def test_output_is_complete_and_counted(decoder, model_files):
         assert len(g.committed_per_step) == counted.nfe >= 1  # one entry per forward
         # Progress on every forward. A decoder that cuts the canvas (Learn2PD's end-of-text
         # prediction) counts only the commits that survive the cut, which can leave a forward with 0;
-        # so does the reference's idle cached forward after a block done by its first forward.
-        idle_ok = getattr(cfg, "cache", "none") != "none" and not getattr(cfg, "skip_idle_forward", True)
+        # so does the reference's idle cached forward after a block done by its first forward, and a
+        # decoder that declares IDLE_FORWARDS (dInfer's unrolled groups) spends forwards that commit nothing.
+        idle_ok = (getattr(cfg, "cache", "none") != "none" and not getattr(cfg, "skip_idle_forward", True)) or getattr(
+            module, "IDLE_FORWARDS", False
+        )
         assert all(n >= 1 for n in g.committed_per_step) or ((len(g.tokens) < cfg.gen_length or idle_ok) and min(g.committed_per_step) >= 0)
-        assert sum(g.committed_per_step) == len(g.tokens)
+        # Net commits fill the canvas: revoked commits (WINO) were made again later.
+        assert sum(g.committed_per_step) - g.revoked == len(g.tokens)
+        assert 0 <= g.rewritten <= g.revoked
     assert len(steps) == counted.nfe  # on_step sees every forward
 
 
