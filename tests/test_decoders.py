@@ -88,20 +88,9 @@ def _seeded(module, files, **extra):
     return small_config(module.__name__.rsplit(".", 1)[1], files, **{k: v for k, v in values.items() if k in fields})[1]
 
 
-# Decoders merged from `newdec` after the per-sample-noise work: they accept `seeds` but do not yet
-# draw from `_parts.Noise` (batch-independent streams, length check). Remove a name once it does.
-NOT_YET_SEEDED = {"dinfer", "dinfer_credit", "dinfer_hierarchy", "klass", "wino"}
-
-
-def _known_gap(decoder):
-    if decoder in NOT_YET_SEEDED:
-        pytest.xfail(f"{decoder} does not use _parts.Noise yet (see NOT_YET_SEEDED)")
-
-
 def test_seeded_noise_does_not_depend_on_the_batch(decoder, model_files):
     """issue 11: at T > 0 a sample's output depends on its seed only, not on batch size, batch mates or padding."""
     module = decoders.load(decoder)
-    _known_gap(decoder)
     cfg = _seeded(module, model_files)
     seeds = [1000 + 7 * i for i in range(len(EIGHT))]
     together, counted, _ = run(module, cfg, EIGHT, seeds=seeds)
@@ -125,7 +114,6 @@ def test_seeds_change_the_noise(decoder, model_files):
 
 
 def test_seeds_must_match_the_prompts(decoder, model_files):
-    _known_gap(decoder)
     module, cfg = small_config(decoder, model_files)
     with pytest.raises(ValueError, match="one seed per prompt"):
         module.decode(random_llada(), PROMPTS[:2], cfg, seeds=[1])

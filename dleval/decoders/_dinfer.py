@@ -50,14 +50,13 @@ def decode(
 ) -> list[Generation]:
     """One prompt at a time; `make_select` gives each prompt a fresh rule (the credit matrix is state)."""
     out = []
-    for i, prompt in enumerate(prompts):
-        if seeds is not None:
-            torch.manual_seed(int(seeds[i]))  # the Gumbel noise draws from the global RNG
-        out.append(decode_one(model, prompt, cfg, make_select(), on_step))
+    for i, (prompt, seed) in enumerate(zip(prompts, _parts.seeds_for(seeds, len(prompts)))):
+        with _parts.seeded(seed, model.device):  # the Gumbel noise draws from the (seeded) global RNG
+            out.append(decode_one(model, prompt, cfg, make_select(), on_step, i))
     return out
 
 
-def decode_one(model: Model, prompt: Sequence[int], cfg: Any, select: Select, on_step: OnStep | None) -> Generation:
+def decode_one(model: Model, prompt: Sequence[int], cfg: Any, select: Select, on_step: OnStep | None, row: int = 0) -> Generation:
     x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, N)
     N = x.shape[1]
     commits: list[int] = []
@@ -66,7 +65,7 @@ def decode_one(model: Model, prompt: Sequence[int], cfg: Any, select: Select, on
         e = min(s + cfg.block_length, N)
         while (left := int((x[:, s:e] == model.mask_id).sum())) > 0:
             for _ in range(max(min(left // cfg.expected_tpf, cfg.maximum_unroll), 1)):
-                logits = model.forward(x).logits[:, s:e]  # (1, b, V)
+                logits = _parts.forward(model, x, [row]).logits[:, s:e]  # (1, b, V)
                 masked = x[:, s:e] == model.mask_id
                 x0, chosen = select(logits, masked, s)
                 chosen &= masked

@@ -10,7 +10,8 @@ code calls `F.softmax(logits)` as is (in bf16 that rounds the confidences and ch
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -51,6 +52,32 @@ class Noise:
         if self.generators is None:
             return torch.rand((len(rows), *shape), dtype=torch.float64, device=self.device)
         return torch.stack([torch.rand(tuple(shape), generator=self.generators[r], dtype=torch.float64, device=self.device) for r in rows])
+
+
+def seeds_for(seeds: Sequence[int] | None, n: int) -> list[int | None]:
+    """One seed (or None) per prompt, for decoders that decode one prompt at a time; a wrong count is an error."""
+    if seeds is None:
+        return [None] * n
+    if len(seeds) != n:
+        raise ValueError(f"seeds has {len(seeds)} entries for {n} prompts (one seed per prompt)")
+    return [int(s) for s in seeds]
+
+
+@contextmanager
+def seeded(seed: int | None, device: torch.device | str) -> Iterator[None]:
+    """The global RNG seeded with `seed` while one prompt decodes, and restored afterwards.
+
+    For decoders that decode one prompt at a time and draw their noise as their reference does
+    (`torch.rand_like` in the reference's dtype): the sample's output then depends on its own seed
+    only, whatever its batch mates, batch size or resume order. None: the global RNG as it is.
+    """
+    if seed is None:
+        yield
+        return
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def forward(model: Model, ids: torch.Tensor, rows: Sequence[int] | None, **kwargs):

@@ -101,14 +101,13 @@ def decode(
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
     out = []
-    for i, prompt in enumerate(prompts):
-        if seeds is not None:
-            torch.manual_seed(int(seeds[i]))  # the Gumbel noise draws from the global RNG
-        out.append(_decode_one(model, prompt, cfg, on_step))
+    for i, (prompt, seed) in enumerate(zip(prompts, _parts.seeds_for(seeds, len(prompts)))):
+        with _parts.seeded(seed, model.device):  # the Gumbel noise draws from the (seeded) global RNG
+            out.append(_decode_one(model, prompt, cfg, on_step, i))
     return out
 
 
-def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None) -> Generation:
+def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, row: int) -> Generation:
     x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
     L, B = cfg.gen_length, cfg.block_length
     per_block = cfg.total_steps // (L // B)
@@ -121,7 +120,7 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
             masked = x[:, s:e] == model.mask_id  # (1, B)
             if not bool(masked.any()):
                 break
-            logits = model.forward(x).logits[:, P:]  # (1, L, V)
+            logits = _parts.forward(model, x, [row]).logits[:, P:]  # (1, L, V)
             if history is None:
                 history = _History(L, logits.shape[-1], cfg.history_length, logits.device)
             if cfg.temperature > 0:  # llada_klass.py: softmax of the perturbed exp-logits

@@ -87,14 +87,13 @@ def decode(
 ) -> list[Generation]:
     check(model, cfg)
     out = []
-    for i, prompt in enumerate(prompts):
-        if seeds is not None:
-            torch.manual_seed(int(seeds[i]))  # the Gumbel noise draws from the global RNG
-        out.append(_decode_one(model, prompt, cfg, on_step))
+    for i, (prompt, seed) in enumerate(zip(prompts, _parts.seeds_for(seeds, len(prompts)))):
+        with _parts.seeded(seed, model.device):  # the Gumbel noise draws from the (seeded) global RNG
+            out.append(_decode_one(model, prompt, cfg, on_step, i))
     return out
 
 
-def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None) -> Generation:
+def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, row: int) -> Generation:
     canvas, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)
     B, N = cfg.block_length, P + cfg.gen_length
     x = torch.cat([canvas, torch.full((1, B), model.mask_id, dtype=torch.long, device=canvas.device)], dim=1)  # (1, N+B)
@@ -112,7 +111,7 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
         last_accept = FIRST_LAST_ACCEPT
         while bool(masked.any()):
             max_accept = min(max(int(int(masked.sum()) * ACCEPT_FRACTION), ACCEPT_MIN), ACCEPT_MAX)
-            logits = model.forward(x, attention_mask=attention, positions=positions).logits  # (1, N+B, V)
+            logits = _parts.forward(model, x, [row], attention_mask=attention, positions=positions).logits  # (1, N+B, V)
             x0 = _parts.propose(logits[:, s:e], cfg.temperature, model.mask_id)  # (1, B) drafts
             conf = torch.where(masked, _parts.confidence(logits[:, s:e], x0), torch.full_like(x0, _parts.NEG_INF, dtype=torch.float64))
             back = _parts.confidence(logits[:, N:], x[:, s:e])  # (1, B): shadow's belief in each current token
