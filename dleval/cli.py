@@ -83,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out", type=Path, help="output folder (default: tiny/distill: the package's bundled folder; filter: the model's folder)"
     )
+    train.add_argument(
+        "--arch", choices=["llada", "dream"], default="llada", help="tiny: the architecture to train (dream: tiny-dream; default llada: tiny)"
+    )
     train.add_argument("--method", choices=["dparallel", "d3llm"], default="dparallel", help="distill: which recipe (default dparallel)")
     train.add_argument("--teacher", default="tiny", help="distill: teacher model (default tiny)")
     train.add_argument("--model", default="tiny", help="filter: the model to trace and train for (default tiny)")
@@ -253,8 +256,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.recipe == "tiny":
         from dleval.train import tiny
 
-        cfg = options.build(tiny.TinyConfig, overrides, "recipe 'tiny'")
-        out = args.out or CHECKPOINTS / "tiny"
+        cfg = options.build(tiny.TinyConfig, {"arch": args.arch, **overrides}, "recipe 'tiny'")
+        out = args.out or CHECKPOINTS / ("tiny-dream" if cfg.arch == "dream" else "tiny")
         meta = tiny.train(cfg, out, log=log)
         print(f"trained {meta['parameters']:,} parameters in {meta['train_seconds']:.0f} s -> {out}")
         return 0

@@ -4,7 +4,8 @@ A decoder module exports a frozen `Config` dataclass (paper defaults) and
 `decode(model, prompts, cfg, *, on_step=None) -> list[Generation]`. Optional module constants:
 `ALIASES` (other CLI names), `BATCHED` (False: the run loop decodes one prompt at a time),
 `PAPER_MODEL` (the checkpoint its paper used, the default on a GPU) and `CPU_MODEL` (the bundled
-model used by default without one). An optional `check(model, cfg)` raises ValueError when the
+model used by default without one), `IDLE_STEPS` (True: a fixed-step schedule may commit
+nothing in a forward, as its reference does). An optional `check(model, cfg)` raises ValueError when the
 config cannot run with that model (e.g. a missing learned filter); the run loop calls it once
 before decoding. Files starting with "_" are shared parts, not decoders.
 """
