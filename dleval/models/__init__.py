@@ -147,13 +147,10 @@ def load(name: str, device: str | torch.device | None = None, dtype: torch.dtype
         raw = json.loads((folder / "config.json").read_text())
     except ValueError as exc:
         raise UserError(f"corrupt config.json in {folder}: {exc}") from None
-    if not (is_dream(raw) or raw.get("model_type") == "llada" or "LLaDAModelLM" in raw.get("architectures", [])):
-        raise UserError(
-            f"{folder} holds a '{raw.get('model_type') or 'unknown'}' model; dleval's native loader reads LLaDA- and Dream-format checkpoints"
-        )
+    cfg = _config(folder, raw)
     files = _weight_files(folder)
     tokenizer = _tokenizer(folder)
-    model = _build(folder, raw, tokenizer)
+    model = _build(cfg, tokenizer)
     _load_weights(model, files, device, dtype)
     model.eval()
     model.folder = folder
@@ -166,19 +163,26 @@ def _special_id(tokenizer, token: str) -> int | None:
     return found if isinstance(found, int) and found != tokenizer.unk_token_id else None
 
 
-def _build(folder: Path, raw: dict, tokenizer) -> LLaDA | Dream:
-    """The native architecture named by config.json, on the meta device (no weights allocated)."""
+def _config(folder: Path, raw: dict) -> LLaDAConfig | DreamConfig:
+    """The native architecture's config named by config.json (`model_type` / `architectures`)."""
     try:
         if is_dream(raw):
-            cfg = DreamConfig.from_dict(raw)
-            bos = tokenizer.bos_token_id  # the checkpoint's BOS: Dream-Coder's differs from Dream's
-            with torch.device("meta"):
-                return Dream(cfg, eot_id=_special_id(tokenizer, "<|im_end|>"), bos_id=bos)
-        cfg = LLaDAConfig.from_dict(raw)
-        with torch.device("meta"):
-            return LLaDA(cfg, eot_id=_special_id(tokenizer, "<|eot_id|>"))
+            return DreamConfig.from_dict(raw)
+        if raw.get("model_type") == "llada" or "LLaDAModelLM" in raw.get("architectures", []):
+            return LLaDAConfig.from_dict(raw)
     except (TypeError, ValueError) as exc:
         raise UserError(f"unsupported config.json in {folder}: {exc}") from None
+    raise UserError(
+        f"{folder} holds a '{raw.get('model_type') or 'unknown'}' model; dleval's native loader reads LLaDA- and Dream-format checkpoints"
+    )
+
+
+def _build(cfg: LLaDAConfig | DreamConfig, tokenizer) -> LLaDA | Dream:
+    """The network on the meta device (no weights allocated), with the tokenizer's special ids."""
+    with torch.device("meta"):
+        if isinstance(cfg, DreamConfig):  # BOS from the checkpoint's tokenizer: Dream-Coder's differs from Dream's
+            return Dream(cfg, eot_id=_special_id(tokenizer, "<|im_end|>"), bos_id=tokenizer.bos_token_id)
+        return LLaDA(cfg, eot_id=_special_id(tokenizer, "<|eot_id|>"))
 
 
 def _encoder(tokenizer):
@@ -196,7 +200,9 @@ def _tokenizer(folder: Path):
 
     hf_logging.set_verbosity_error()
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder))
+        # Never the checkpoint's own code (Dream's config.json names remote classes): without
+        # trust_remote_code=False, transformers would stop and ask on stdin.
+        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
         # Dream's hub folders name a remote DreamTokenizer class; it is Qwen2's byte-level BPE
         # (vocab.json + merges.txt), which transformers reads natively.
@@ -205,7 +211,7 @@ def _tokenizer(folder: Path):
         from transformers import Qwen2TokenizerFast
 
         try:
-            tok = Qwen2TokenizerFast.from_pretrained(str(folder))
+            tok = Qwen2TokenizerFast.from_pretrained(str(folder), trust_remote_code=False)
         except Exception as exc2:
             raise UserError(f"could not load the tokenizer in {folder}: {exc2}") from None
     tok.padding_side = "left"
