@@ -18,6 +18,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", required=True, help="decoder name (see `dleval list decoders`)")
     p.add_argument("--task", required=True, help="task name (see `dleval list tasks`)")
     p.add_argument("--model", help="registry name, local folder or hub id (default: tiny on CPU, the paper's checkpoint on CUDA)")
+    p.add_argument(
+        "--model-family",
+        choices=["llada", "dream"],
+        default="llada",
+        help="without --model: the family whose checkpoint the decoder's paper used (dream: tiny-dream on CPU; default llada)",
+    )
     p.add_argument("--limit", type=int, help="run only the first N samples")
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together where the decoder allows (default 8)")
     p.add_argument("-D", dest="decoder_args", action="append", default=[], metavar="KEY=VALUE", help="decoder parameter (repeatable)")
@@ -139,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         task=args.task,
         model=args.model,
+        model_family=args.model_family,
         limit=args.limit,
         batch_size=args.batch_size,
         decoder_args=options.parse_pairs(args.decoder_args, "-D"),
@@ -298,6 +305,7 @@ def _sweep(args: argparse.Namespace) -> int:
         task=args.task,
         axes=split_axes(args.decoder, options.parse_pairs(args.decoder_args, "-D")),
         model=args.model,
+        model_family=args.model_family,
         limit=args.limit,
         batch_size=args.batch_size,
         task_args=options.parse_pairs(args.task_args, "-T"),

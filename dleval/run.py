@@ -40,6 +40,7 @@ class RunRequest:
     decoder: str
     task: str
     model: str | None = None
+    model_family: str = "llada"  # without `model`: whose paper checkpoint / bundled model (decoders.info)
     limit: int | None = None
     batch_size: int = 1
     decoder_args: dict[str, Any] = field(default_factory=dict)
@@ -162,7 +163,7 @@ def read_records(path: Path, config_hash: str | None = None) -> list[Record]:
 
 
 def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
-    info = decoders.info(req.decoder)
+    info = decoders.info(req.decoder, req.model_family)
     decoder = decoders.load(info.name)
     spec = tasks.load_task(req.task, req.task_args)
     cfg = decoder_config(decoder, spec.generation, req.decoder_args, info.name)

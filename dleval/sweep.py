@@ -51,6 +51,7 @@ class SweepRequest:
     task: str
     axes: dict[str, tuple[str, ...]]  # -D key -> the values to sweep (one value = fixed)
     model: str | None = None
+    model_family: str = "llada"  # as RunRequest.model_family
     limit: int | None = None
     batch_size: int = 8
     task_args: dict[str, Any] = field(default_factory=dict)
@@ -129,7 +130,7 @@ def sweep_id(req: SweepRequest, model: str) -> str:
 
 def run_sweep(req: SweepRequest, log: Log = print) -> SweepResult:
     """Run every point of the grid (and the baseline), writing sweep.json as points finish."""
-    info = decoders.info(req.decoder)
+    info = decoders.info(req.decoder, req.model_family)
     module = decoders.load(info.name)
     spec = tasks.load_task(req.task, req.task_args)
     points = grid(req.axes) or [{}]

@@ -207,3 +207,18 @@ def test_unsupported_dream_configs_are_user_errors(tmp_path):
         save_file({"lm_head.weight": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
         with pytest.raises(UserError, match="unsupported config.json"):
             models.load(str(tmp_path), device="cpu")
+
+
+def test_model_family_picks_the_dream_checkpoints():
+    from dleval import decoders
+
+    assert decoders.info("dparallel", "dream").paper_model == "Zigeng/dParallel_Dream_7B_Instruct"
+    assert decoders.info("d3llm", "dream").paper_model == "d3LLM/d3LLM_Dream"
+    assert decoders.info("fastdllm", "dream").paper_model == "Dream-org/Dream-v0-Base-7B"
+    assert decoders.info("llada", "dream").paper_model == "Dream-org/Dream-v0-Instruct-7B"
+    assert all(decoders.info(n, "dream").cpu_model == "tiny-dream" for n in decoders.names())
+    assert decoders.info("dparallel").paper_model == "Zigeng/dParallel-LLaDA-8B-instruct"  # the default family is unchanged
+    for name in ("dream-7b-instruct", "dream-7b-base", "diffucoder-7b-instruct", "dream-coder-7b-instruct", "dparallel-dream-7b", "d3llm-dream"):
+        assert models.REGISTRY[name].source.count("/") == 1
+    with pytest.raises(UserError, match="model family"):
+        decoders.info("llada", "qwen")

@@ -38,6 +38,7 @@ from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
 BATCHED = False
+DREAM_PAPER_MODEL = "Dream-org/Dream-v0-Base-7B"  # Fast-dLLM's Dream tables (dream/eval_gsm8k.sh @24cc59e)
 
 
 @dataclass(frozen=True)
