@@ -222,3 +222,18 @@ def test_model_family_picks_the_dream_checkpoints():
         assert models.REGISTRY[name].source.count("/") == 1
     with pytest.raises(UserError, match="model family"):
         decoders.info("llada", "qwen")
+
+
+def test_bos_prompt_field_prepends_the_tokenizer_bos_once(bundled):
+    """Dream Base evaluations prepend BOS (add_bos_token=true): -T bos=true."""
+    from dleval import prompts
+    from dleval.tasks import PromptSpec
+    from dleval.types import Sample
+
+    sample = Sample("1", "What is 2+2?", "4")
+    tok = bundled.tokenizer
+    plain = prompts.render(sample, PromptSpec(style="raw"), tok)
+    with_bos = prompts.render(sample, PromptSpec(style="raw", bos=True), tok)
+    assert plain.ids[0] != tok.bos_token_id
+    assert with_bos.ids == [tok.bos_token_id, *plain.ids]
+    assert prompts.template_hash(PromptSpec(bos=True), tok) != prompts.template_hash(PromptSpec(), tok)

@@ -23,6 +23,18 @@ Deviations, all from the harness conventions (§0.3) or its contract:
   forward, which reduces `dual` and `prefix` exactly to `none`).
 Batch-size-1 algorithm (the reference builds a canvas of batch 1 and its SDPA has no padding
 mask): prompts are decoded one at a time.
+
+**Dream models** (`model.logit_shift`): Fast-dLLM's `dream/` folder decodes differently, and we
+follow it (NVlabs/Fast-dLLM `dream/model/generation_utils_block.py` and `generation_utils.py`,
+`alg="confidence_threshold"`, @24cc59e):
+- with a cache, the block-start full forward commits exactly one token, the block's first
+  position (its argmax, unconditionally), and only the cached forwards apply the threshold rule;
+- without a cache there are no blocks: `dream/eval_gsm8k.sh` runs `generation_utils.py` with
+  diffusion_steps = gen_length / block_length, so each full-canvas forward may commit up to
+  gen_length / steps (= block_length) of the most confident masked positions of the whole
+  canvas, the top-1 always and the others at conf >= tau; the shortfall carries over to the next
+  forward, and past the last step the loop goes on one forward at a time until no mask is left.
+  (Only with `threshold` set; with `threshold=None` the LLaDA blocks and quota are used.)
 """
 
 from __future__ import annotations
@@ -73,8 +85,16 @@ def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(
     # Blocks start fully masked, so the quota (k_0..k_{s-1}) is the same for every block.
     k = _parts.quota(torch.tensor([cfg.block_length]), per_block)[0].tolist()
 
+    dream = bool(getattr(model, "logit_shift", False)) and cfg.threshold is not None
+    if dream and cfg.cache == "none":
+        return [_dream_no_cache(model, prompt, cfg, on_step) for prompt in prompts]
+
     def select(logits: torch.Tensor, masked: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x0 = _parts.propose(logits, cfg.temperature, model.mask_id)  # (1, B)
+        if dream and index == 0:  # Fast-dLLM dream/: the block-start forward commits the block's first position only
+            first = torch.zeros_like(masked)
+            first[:, 0] = True
+            return x0, first
         if cfg.remasking == "low_confidence":
             conf = _parts.confidence(logits, x0)
         else:
@@ -90,3 +110,34 @@ def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(
         )
         for prompt in prompts
     ]
+
+
+def _dream_no_cache(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None) -> Generation:
+    """Fast-dLLM's Dream loop without a cache (`generation_utils.py`, alg confidence_threshold)."""
+    x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
+    steps = cfg.gen_length // cfg.block_length  # dream/eval_gsm8k.sh: diffusion_steps = length / block_length
+    per_step = cfg.gen_length // steps
+    carried = 0
+    commits: list[int] = []
+    i = 0
+    while i < steps:
+        masked = x == model.mask_id
+        logits = model.forward(x).logits  # (1, T, V)
+        x0 = _parts.propose(logits, cfg.temperature, model.mask_id)
+        conf = torch.where(masked, _parts.confidence(logits, x0), torch.full(x0.shape, _parts.NEG_INF, dtype=torch.float64))
+        want = per_step + carried
+        carried = 0
+        order = _parts.rank(conf)[0, :want]  # the `want` most confident masked positions, ties by position
+        accept = conf[0, order] >= cfg.threshold
+        accept[0] = True  # the top-1 always
+        carried = int((~accept).sum())
+        if carried and i == steps - 1:  # past the last step: one more forward, no new quota
+            per_step = 0
+            steps += 1
+        chosen = torch.zeros_like(masked)
+        chosen[0, order[accept]] = True
+        x = torch.where(chosen, x0, x)
+        commits.append(int(chosen.sum()))
+        _parts.report_step(on_step, len(commits), x, chosen)
+        i += 1
+    return _parts.generations(x, P, [commits])[0]
