@@ -100,17 +100,18 @@ def filter_logits(logits: torch.Tensor, cfg: Config) -> torch.Tensor:
 def sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(confidence (N,), tokens (N,)) for the masked positions' logits (N, V), per `cfg.alg`.
 
-    The token is never [MASK] (its probability is left out of the draw and the argmax only):
-    a trained model never proposes it, so this equals the reference, where a sampled [MASK]
-    would leave its position masked; on a random model the canvas still fills."""
+    The token is never [MASK]: the argmax skips it and a drawn [MASK] is replaced by that
+    argmax (the draw itself is the reference's, so the random stream is the same). A trained
+    model never proposes [MASK], so this equals the reference, where a sampled [MASK] would
+    leave its position masked; on a random model the canvas still fills."""
     probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
     proposal = probs.clone()
     proposal[:, mask_id] = 0
+    x0 = proposal.argmax(dim=-1)
     if cfg.temperature > 0 and len(probs):
         # torch.distributions.Categorical(probs).sample(): normalise, one multinomial draw per row
-        x0 = torch.multinomial(proposal / proposal.sum(-1, keepdim=True), 1, True, generator=gen).squeeze(-1)
-    else:
-        x0 = proposal.argmax(dim=-1)
+        drawn = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, True, generator=gen).squeeze(-1)
+        x0 = torch.where(drawn == mask_id, x0, drawn)  # a drawn [MASK] becomes the best other token
     conf = torch.gather(probs, -1, x0[:, None]).squeeze(-1)
     if cfg.alg == "topk_margin":
         top = torch.sort(probs, dim=-1, descending=True).values

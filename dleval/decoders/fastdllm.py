@@ -35,6 +35,7 @@ follow it (NVlabs/Fast-dLLM `dream/model/generation_utils_block.py` and `generat
   canvas, the top-1 always and the others at conf >= tau; the shortfall carries over to the next
   forward, and past the last step the loop goes on one forward at a time until no mask is left.
   (Only with `threshold` set; with `threshold=None` the LLaDA blocks and quota are used.)
+- confidences are taken in the logits' dtype, as that code (the LLaDA path uses float64).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(
             first[:, 0] = True
             return x0, first
         if cfg.remasking == "low_confidence":
-            conf = _parts.confidence(logits, x0)
+            conf = _dream_confidence(logits, x0) if dream else _parts.confidence(logits, x0)
         else:
             conf = torch.rand(x0.shape, dtype=torch.float64, device=x0.device)
         if cfg.threshold is None:
@@ -112,6 +113,13 @@ def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(
     ]
 
 
+def _dream_confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)[tokens] in the logits' dtype, as Fast-dLLM's Dream `sample_tokens` (the
+    LLaDA loops take it in float64): masked positions of a Dream canvas can differ in confidence
+    by less than float32 resolves, and the ranking must be the reference's."""
+    return torch.gather(torch.softmax(logits, dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
 def _dream_no_cache(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None) -> Generation:
     """Fast-dLLM's Dream loop without a cache (`generation_utils.py`, alg confidence_threshold)."""
     x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
@@ -124,7 +132,8 @@ def _dream_no_cache(model: Model, prompt: Sequence[int], cfg: Config, on_step: O
         masked = x == model.mask_id
         logits = model.forward(x).logits  # (1, T, V)
         x0 = _parts.propose(logits, cfg.temperature, model.mask_id)
-        conf = torch.where(masked, _parts.confidence(logits, x0), torch.full(x0.shape, _parts.NEG_INF, dtype=torch.float64))
+        conf = _dream_confidence(logits, x0)
+        conf = torch.where(masked, conf, torch.full_like(conf, _parts.NEG_INF))
         want = per_step + carried
         carried = 0
         order = _parts.rank(conf)[0, :want]  # the `want` most confident masked positions, ties by position
