@@ -22,9 +22,13 @@ origin (the default), steps = max_new_tokens, with `add_bos_token=true` (BOS pre
 prompt: the task's prompt style, not a decoder setting). The defaults below are the Instruct
 ones, except temperature 0 (see the field).
 
+Ties: the k positions are `torch.topk` of the row's full confidence vector (the prompt and
+committed positions at -inf), exactly as the reference, not the harness's position order: at the
+official T 0.1 / top_p 0.9 most distributions are one-hot after filtering, so equal entropies
+are the rule and the tie order decides the output (position order decoded 0/20 prompts like the
+reference in our parity check; topk's order is deterministic for a given device).
 Deviations, none of which change the tokens of one prompt decoded alone: scores are taken in
-the logits' dtype, as the reference, but ties break by position instead of `torch.topk`'s
-order; a batch row's k comes from its own mask count (the reference takes the batch mean,
+the logits' dtype, as the reference; a batch row's k comes from its own mask count (the reference takes the batch mean,
 which is the same number whenever every row holds gen_length masks, the only case it is fed);
 random draws are made row by row, from a per-prompt generator when `seeds` is given (else the
 global RNG, drawn in the reference's order for one prompt).
@@ -155,12 +159,19 @@ def decode(
             k = int(len(where) * (1 - s / t)) if i < steps - 1 else len(where)
             if k <= 0:
                 continue
+            # The reference's full_confidence: the row's own canvas (no left padding), -inf off the masks.
+            offset = P - len(prompts[row])
+            full = torch.full((1, x.shape[1] - offset), float("-inf"), dtype=conf.dtype, device=x.device)
+            full[0, where - offset] = conf
             if not cfg.alg_temp:
-                pick = _parts.rank(conf[None])[0, :k]  # ties by position
+                picked = torch.topk(full, k).indices[0]  # torch.topk's tie order, as the reference (see module docstring)
             else:
-                pick = torch.multinomial(F.softmax(conf / cfg.alg_temp, dim=-1), num_samples=k, generator=gen)
-            x[row, where[pick]] = x0[pick]
-            chosen[row, where[pick]] = True
+                picked = torch.multinomial(F.softmax(full / cfg.alg_temp, dim=-1), num_samples=k, generator=gen)[0]
+            position = picked + offset
+            lookup = torch.full((x.shape[1],), -1, dtype=torch.long, device=x.device)
+            lookup[where] = torch.arange(len(where), device=x.device)
+            x[row, position] = x0[lookup[position]]
+            chosen[row, position] = True
         for row in range(len(prompts)):
             commits[row].append(int(chosen[row].sum()))
         _parts.report_step(on_step, i + 1, x, chosen)
