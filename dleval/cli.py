@@ -39,6 +39,17 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1234, help="seed for sampling noise (default 1234, as LLaDA's eval)")
     p.add_argument("--device", help="torch device (default cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--too-long",
+        choices=["error", "record"],
+        default="error",
+        help="prompts + canvas longer than the model's positions: refuse the run (default) or record them as errors",
+    )
+    p.add_argument("--run-id", help="invocation id shared by every rank (default: the launcher's, e.g. TORCHELASTIC_RUN_ID, SLURM_JOB_ID)")
+    p.add_argument("--longest-first", action="store_true", help="deal pending samples to ranks longest prompt first")
+    p.add_argument(
+        "--merge-timeout", type=float, default=3600.0, help="seconds rank 0 waits for the other ranks before merging (default 3600)"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,6 +61,11 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sweeps-out", type=Path, default=Path("results/sweeps"), help="where sweep records go (default results/sweeps)")
     sweep.add_argument("--no-baseline", action="store_true", help="do not add the llada one-token-per-step point")
     sweep.add_argument("--fresh", action="store_true", help="start new runs instead of resuming runs of the same configuration")
+    sweep.add_argument(
+        "--retime-baseline",
+        action="store_true",
+        help="re-time the baseline point in this invocation (a new run under <--out>/timing/) so speedups are side by side",
+    )
     rep = sub.add_parser("report", help="leaderboard.csv, board.csv and report.html from run or sweep folders")
     rep.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR", help="run folders, sweep folders, or folders of them")
     rep.add_argument("--out", type=Path, default=Path("results/report"), help="output folder (default results/report)")
@@ -67,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
     chk.add_argument("--report", type=Path, help="also write the report of the gate's runs into this folder")
     chk.add_argument("--threads", type=int, default=1, help="torch threads for the gate's runs (default 1, the pinned setting)")
     chk.add_argument("--progress", action="store_true", help="show progress bars")
+    chk.add_argument("--run-id", help="invocation id shared by every rank under a launcher (default: the launcher's)")
     val = sub.add_parser("validate", help="score a task's reference answers with its own scorer (exit 1 unless all pass)")
     val.add_argument("--task", required=True, help="task name (see `dleval list tasks`)")
     val.add_argument("-T", dest="task_args", action="append", default=[], metavar="KEY=VALUE", help="task parameter (repeatable)")
@@ -78,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("DLEVAL_DATA_DIR"),
         help="local dataset folder (default $DLEVAL_DATA_DIR, else the hub)",
     )
+    mrg = sub.add_parser("merge", help="join a run folder's shards into samples.jsonl + summary.json (exit 1 if samples are missing)")
+    mrg.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder (config.json + samples.rank-*.jsonl shards)")
     lst = sub.add_parser("list", help="list decoders, tasks or models")
     lst.add_argument("what", choices=["decoders", "tasks", "models"])
     train = sub.add_parser("train", help="training recipes")
@@ -113,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
         if args.command == "validate":
             return _validate(args)
+        if args.command == "merge":
+            return _merge(args)
         if args.command == "list":
             return _list(args.what)
         if args.command == "train":
@@ -134,6 +155,14 @@ def _check_run_args(args: argparse.Namespace) -> None:
         raise UserError("--batch-size must be positive")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise UserError(f"data dir '{args.data_dir}' does not exist")
+    if args.merge_timeout < 0:
+        raise UserError("--merge-timeout must be a number of seconds >= 0")
+
+
+def _ranks(args: argparse.Namespace):
+    from dleval.ranks import detect
+
+    return detect(run_id=args.run_id)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -156,6 +185,10 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        ranks=_ranks(args),
+        too_long=args.too_long,
+        longest_first=args.longest_first,
+        merge_timeout=args.merge_timeout,
     )
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     try:
@@ -167,6 +200,9 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if not result.merged:  # a rank other than 0: its shard is written, rank 0 merges and prints the summary
+        print(f"{req.ranks.describe()}: done; rank 0 merges {result.run_dir}", file=sys.stderr)
+        return 0
     print(format_summary(result))
     return 0
 
@@ -179,18 +215,53 @@ def format_summary(result) -> str:
         f"{cfg['task']['name']} · {cfg['decoder']['name']} · {cfg['model']['name']}   {s.n} samples{'' if result.complete else ' (incomplete)'}",
         f"  accuracy ({primary}){'':<8} {s.accuracy:6.2f} ± {s.accuracy_stderr:.2f} %",
     ]
+    if cfg["decoder"].get("config", {}).get("skip_idle_forward"):
+        lines.append("  NFE counting                 skip_idle_forward=True: the reference's idle cached forwards are not made")
     for name, value in s.filters.items():
         if name != primary:
             lines.append(f"  {name:<27} {value:6.2f} %")
     lines += [
         f"  mean NFE{'':<20} {s.nfe_mean:6.2f}   (min {s.nfe_min}, max {s.nfe_max})",
         f"  answer TPF{'':<18} {s.answer_tpf:6.2f}   (canvas TPF {s.canvas_tpf:.2f}, answer tokens {s.answer_tokens_mean:.1f})",
-        f"  latency{'':<21} {s.latency_mean:6.3f} s/sample (p50 {s.latency_p50:.3f}, p90 {s.latency_p90:.3f}; {s.timed} timed)   TPS {s.tps:.1f}",
     ]
+    devices = getattr(result, "devices", None) or []
+    if len(devices) <= 1:
+        where = f"   on {devices[0]['device']} x{devices[0]['processes']}" if devices and devices[0]["processes"] > 1 else ""
+        lines.append(
+            f"  latency{'':<21} {s.latency_mean:6.3f} s/sample (p50 {s.latency_p50:.3f}, p90 {s.latency_p90:.3f}; {s.timed} timed)"
+            f"   TPS {s.tps:.1f}{where}"
+        )
+    else:  # seconds measured on different devices are never averaged together
+        for d in devices:
+            lines.append(
+                f"  latency on {d['device']:<17} {d['latency_mean']:6.3f} s/sample (p50 {d['latency_p50']:.3f}; {d['timed']} timed, "
+                f"{d['processes']} processes)   TPS {d['tps']:.1f}"
+            )
+    from_ckpt = {k: cfg["decoder"]["config"].get(k) for k, v in (getattr(result, "sources", None) or {}).items() if v == "checkpoint"}
+    if from_ckpt:
+        shown = ", ".join(f"{k}={v}" for k, v in from_ckpt.items())
+        lines.append(f"  from the checkpoint{'':<9} {shown}   ({cfg['model']['name']}'s dleval.json; -D overrides)")
     if s.errors:
         lines.append(f"  errors{'':<22} {s.errors} samples (see 'error' in samples.jsonl)")
     lines.append(f"  results: {result.run_dir}")
     return "\n".join(lines)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from dleval import results
+
+    if not results.is_run_dir(args.run_dir):
+        raise UserError(f"'{args.run_dir}' is not a run folder (it needs config.json and samples.rank-*.jsonl or samples.jsonl)")
+    merged = results.merge(args.run_dir)
+    for note in merged.notes:
+        print(f"note: {note}", file=sys.stderr)
+    done = "wrote" if merged.written else "unchanged:"
+    print(f"{done} {args.run_dir / results.SAMPLES} and {results.SUMMARY}: {len(merged.records)} of {merged.planned} samples"
+          + (f", {merged.duplicates} duplicate(s) dropped" if merged.duplicates else ""))  # fmt: skip
+    if merged.missing:
+        print(f"dleval: error: {results.missing_sentence(merged)}; rerun the run with --resume to finish them", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -232,12 +303,19 @@ def format_validation(v, spec) -> str:
 
 def _list(what: str) -> int:
     if what == "decoders":
+        import dataclasses
+        import textwrap
+
         from dleval import decoders
 
         for name in decoders.names():
             d = decoders.info(name)
             alias = f" (alias: {', '.join(d.aliases)})" if d.aliases else ""
             print(f"{name:<12} {d.summary}{alias}")
+            defaults = [f"{f.name}={f.default if f.default != '' else repr('')}" for f in dataclasses.fields(decoders.load(name).Config)]
+            text = f"defaults: {' '.join(defaults)}"
+            print(textwrap.fill(text, width=110, initial_indent=" " * 13, subsequent_indent=" " * 23, break_on_hyphens=False))
+            print(f"{'':13}models:   {d.paper_model} (paper), {d.cpu_model} (without CUDA)")
     elif what == "tasks":
         from dleval import tasks
 
@@ -316,13 +394,20 @@ def _sweep(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         baseline=not args.no_baseline,
+        retime_baseline=args.retime_baseline,
         resume=not args.fresh,
+        ranks=_ranks(args),
+        too_long=args.too_long,
+        longest_first=args.longest_first,
+        merge_timeout=args.merge_timeout,
     )
     try:
         result = run_sweep(req, log=_log)
     except Interrupted as stop:
         print(f"interrupted: finished samples are kept ({stop.result.run_dir}); rerun the same command to continue", file=sys.stderr)
         return 130
+    if req.ranks is not None and req.ranks.rank != 0:
+        return 0  # rank 0 prints the merged sweep
     print(format_sweep(result))
     return 0
 
@@ -348,7 +433,8 @@ def _report(args: argparse.Namespace) -> int:
     for e in built.board:
         cells = "  ".join(f"{t} {e.cells[t].aup:.1f}" for t in built.tasks if t in e.cells)
         mean = "–" if e.mean_aup is None else f"{e.mean_aup:.1f}"
-        print(f"  {e.rank or '–':>2}  {e.model} · {e.decoder:<12} mean AUP {mean:>7}   {cells}")
+        missing = f"   missing: {', '.join(e.missing)} (not ranked)" if e.missing else ""
+        print(f"  {e.rank or '–':>2}  {e.model} · {e.decoder:<12} mean AUP {mean:>7}   {cells}{missing}")
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -358,13 +444,16 @@ def _check(args: argparse.Namespace) -> int:
     import json
 
     from dleval import report
-    from dleval.sweep import check, format_check, load_reference
+    from dleval.gate import check, format_check, load_reference
 
     ref = load_reference(args.reference)
     work_dir = args.keep or (args.report / "runs" if args.report is not None else None)
     if args.threads <= 0:
         raise UserError("--threads must be positive")
-    result, new = check(ref, update=args.update, work_dir=work_dir, threads=args.threads, progress=args.progress, log=_log)
+    where = _ranks(args)
+    result, new = check(ref, update=args.update, work_dir=work_dir, threads=args.threads, progress=args.progress, log=_log, ranks=where)
+    if where.rank != 0:
+        return 0  # every rank ran its shard of every point; rank 0 merged them and compares
     if new is not None:
         args.reference.write_text(json.dumps(new, indent=2) + "\n")
         print(

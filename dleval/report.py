@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dleval import __version__
+from dleval import __version__, results
 from dleval.errors import UserError
 from dleval.metrics import AUP, AUPWarning, Summary, aup_detail, mean_aup, speedup, summarize
 from dleval.types import Record
@@ -70,6 +70,19 @@ class Run:
     environment: dict[str, Any]
     command: tuple[str, ...]
     records: tuple[Record, ...]
+    timing_rerun_of: str = ""  # run id whose latency this run re-times (dleval sweep --retime-baseline)
+    conditions: dict[str, Any] = field(default_factory=dict)  # machine load when the run started; {} for old runs
+
+    @property
+    def invocations(self) -> frozenset[str]:
+        """Invocation ids of the Records; "" for Records written before invocation ids."""
+        return frozenset(r.invocation for r in self.records)
+
+    @property
+    def devices(self) -> frozenset[str]:
+        """Devices of the Records (the config's device for Records that predate the field)."""
+        fallback = str(self.environment.get("device", ""))
+        return frozenset(r.device or fallback for r in self.records)
 
     @property
     def setting_key(self) -> str:
@@ -93,7 +106,7 @@ def _digest(payload: Any) -> str:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "samples.jsonl").is_file()
+    return results.is_run_dir(path)
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -104,7 +117,8 @@ def read_sweep(path: Path) -> list[Path]:
     """The run folders a sweep record lists (paths are relative to the sweep folder)."""
     try:
         data = json.loads((path / "sweep.json").read_text())
-        listed = [p["run_dir"] for p in data["points"]] + ([data["baseline"]["run_dir"]] if data.get("baseline") else [])
+        base = data.get("baseline") or {}
+        listed = [p["run_dir"] for p in data["points"]] + [base[k] for k in ("run_dir", "timing_run_dir") if k in base]
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path / 'sweep.json'} is not a dleval sweep record ({exc})") from None
     out = []
@@ -143,27 +157,16 @@ def find_runs(paths: Iterable[Path]) -> list[Path]:
     return list(found)
 
 
-def read_records(path: Path) -> list[Record]:
-    """Records of a samples.jsonl, read-only: a torn last line (a run still going) is skipped."""
-    lines = path.read_text().splitlines()
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(Record.from_json(line))
-        except (ValueError, TypeError, AttributeError) as exc:
-            if n == len(lines):
-                break
-            raise UserError(f"{path} line {n} is not a dleval record ({exc})") from None
-    return out
-
-
-def read_run(path: Path) -> Run:
+def read_run(path: Path, notes: list[str] | None = None) -> Run:
+    """One run folder, its Records read through dleval.results (every shard and samples.jsonl,
+    one Record per sample id; bad lines and duplicates skipped with a note appended to `notes`)."""
     try:
         cfg = json.loads((path / "config.json").read_text())
         summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
         config_hash = cfg["config_hash"]
+        read = results.read_run(path, config_hash)
+        if notes is not None:
+            notes.extend(read.notes)
         run = Run(
             path=path,
             run_id=cfg.get("run_id", path.name),
@@ -184,7 +187,9 @@ def read_run(path: Path) -> Run:
             expected=summary.get("samples"),
             environment=dict(cfg.get("environment", {})),
             command=tuple(cfg.get("command", ())),
-            records=tuple(r for r in read_records(path / "samples.jsonl") if r.config_hash == config_hash),
+            records=tuple(read.records),
+            timing_rerun_of=str(cfg.get("timing_rerun_of") or ""),
+            conditions=dict(cfg.get("conditions") or {}),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a readable dleval run ({type(exc).__name__}: {exc})") from None
@@ -234,6 +239,7 @@ class Row:
     speedup_vs_baseline: float | None  # by mean latency
     speedup_nfe: float | None  # by mean NFE
     speedup_baseline: str  # run id of the row the speedups divide by
+    speedup_flag: str  # "" when row and baseline were timed in one invocation on one device, else why the ratio is not side by side
     gpu: str
     batch_size: int
     dtype: str
@@ -283,7 +289,8 @@ class BoardEntry:
     model: str
     decoder: str
     cells: dict[str, BoardCell]
-    mean_aup: float | None
+    mean_aup: float | None  # over the report's mean task list; None when a task of it is missing
+    missing: tuple[str, ...] = ()  # tasks of the mean's list this entry has no AUP on
 
 
 @dataclass(frozen=True)
@@ -364,6 +371,7 @@ def _row(runs: list[Run], summary: Summary) -> Row:
         speedup_vs_baseline=None,
         speedup_nfe=None,
         speedup_baseline="",
+        speedup_flag="",
         gpu=str(env.get("device", "")),
         batch_size=first.batch_size,
         dtype=first.dtype,
@@ -387,6 +395,8 @@ def _labels(rows: Sequence[Row]) -> dict[str, str]:
     keys = sorted({k for p in params.values() for k in p})
     varying = [k for k in keys if len({json.dumps(p.get(k)) for p in params.values()}) > 1]
     shown = varying or [k for k in ("threshold", "steps", "gen_length") if k in keys][:1]
+    if any(p.get("skip_idle_forward") for p in params.values()) and "skip_idle_forward" not in shown:
+        shown.append("skip_idle_forward")  # NFE below what the reference spends: always say so
     return {rid: ", ".join(f"{k}={'default' if p.get(k) is None else p.get(k)}" for k in shown) for rid, p in params.items()}
 
 
@@ -401,8 +411,10 @@ def build(
     strict: bool = False,
 ) -> Report:
     """Read run / sweep folders and compute every table of the report."""
-    runs = [read_run(p) for p in find_runs(paths)]
     notes: list[str] = []
+    runs = [read_run(p, notes) for p in find_runs(paths)]
+    reruns = [r for r in runs if r.timing_rerun_of and r.records]  # latency only: never a row of their own
+    runs = [r for r in runs if not r.timing_rerun_of]
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         if run.records:
@@ -445,14 +457,33 @@ def build(
         if not match:
             raise UserError(f"--baseline '{name}' is not one of the runs in the report")
         named.append(match[0])
+    flagged: dict[str, list[str]] = defaultdict(list)
     for key, group in members.items():
         run = group[0]
         base = next((k for k in named if members[k][0].task == run.task and members[k][0].dataset_hash == run.dataset_hash), None)
         base = base or auto.get(run.curve_key)
-        if base is not None:
-            s = speedup(summaries[key], summaries[base], rows[base].run_id)
+        if base is not None and base != key:
+            timer, timer_summary = _timing_baseline(group, members[base], summaries[base], reruns)
+            s = speedup(summaries[key], timer_summary, timer[0].run_id)
+            flag = _cross_flag(group, timer)
+            nfe = speedup(summaries[key], summaries[base], rows[base].run_id).nfe
+            rows[key] = dataclasses.replace(
+                rows[key], speedup_vs_baseline=s.latency, speedup_nfe=nfe, speedup_baseline=s.baseline, speedup_flag=flag
+            )
+            if flag and s.latency is not None:
+                flagged[flag].append(f"{rows[key].run_id} / {s.baseline}{_loads(group, timer)}")
+        elif base == key:  # the baseline row itself: 1.0
+            s = speedup(summaries[key], summaries[key], rows[key].run_id)
             rows[key] = dataclasses.replace(rows[key], speedup_vs_baseline=s.latency, speedup_nfe=s.nfe, speedup_baseline=s.baseline)
+    for flag, which in flagged.items():
+        shown = "; ".join(which[:4]) + (f"; and {len(which) - 4} more" if len(which) > 4 else "")
+        notes.append(f"latency speedups not measured side by side ({flag}): {shown}")
+    for rerun in reruns:
+        notes.append(
+            f"run {rerun.run_id} re-times {rerun.timing_rerun_of} (--retime-baseline): its latency is used for speedups measured in its invocation"
+        )
 
+    sample_sets = {key: frozenset(rec.sample_id for r in group for rec in r.records) for key, group in members.items()}
     by_curve: dict[tuple[str, str], list[str]] = defaultdict(list)
     for key, group in members.items():
         by_curve[(group[0].curve_key, group[0].decoder)].append(key)
@@ -461,7 +492,7 @@ def build(
         base = auto.get(ck)
         extra = base if base is not None and base not in keys else None
         curve_keys = sorted(keys, key=lambda k: (rows[k].tpf, rows[k].run_id)) + ([extra] if extra else [])
-        curves.append(_curve(ck, decoder, curve_keys, rows, extra, base is not None, ymax, alpha, y_min_offset, strict, notes))
+        curves.append(_curve(ck, decoder, curve_keys, rows, extra, base is not None, ymax, alpha, y_min_offset, strict, notes, sample_sets))
         for k in keys:
             rows[k] = next(r for r in curves[-1].rows if r.run_id == rows[k].run_id)
 
@@ -499,12 +530,55 @@ def build(
     )
 
 
-def _curve(ck, decoder, keys, rows, extra, has_base, ymax, alpha, y_min_offset, strict, notes) -> Curve:
+def _timing_baseline(row: list[Run], base: list[Run], base_summary: Summary, reruns: list[Run]) -> tuple[list[Run], Summary]:
+    """The runs a row's latency speedup divides by: a re-timing of its baseline (--retime-baseline)
+    that shares an invocation with the row, else the baseline row itself."""
+    row_inv = frozenset().union(*(r.invocations for r in row)) - {""}
+    base_ids = {r.run_id for r in base}
+    best, overlap = None, 0
+    for rr in reruns:
+        if rr.timing_rerun_of in base_ids and rr.config_hash == base[0].config_hash and len(rr.invocations & row_inv) > overlap:
+            best, overlap = rr, len(rr.invocations & row_inv)
+    return ([best], summarize(list(best.records))) if best is not None else (base, base_summary)
+
+
+def _cross_flag(row: list[Run], base: list[Run]) -> str:
+    """Why a latency ratio of row / base is not side by side ("" when it is): timed on different
+    devices, in different invocations (other times, other load), or unknown for runs written
+    before Records carried their invocation."""
+    row_dev = frozenset().union(*(r.devices for r in row))
+    base_dev = frozenset().union(*(r.devices for r in base))
+    if row_dev and base_dev and row_dev != base_dev:
+        return f"different devices: {', '.join(sorted(row_dev))} vs {', '.join(sorted(base_dev))}"
+    row_inv = frozenset().union(*(r.invocations for r in row))
+    base_inv = frozenset().union(*(r.invocations for r in base))
+    if "" in row_inv or "" in base_inv:
+        return "unknown: runs written before invocation ids"
+    if row_inv != base_inv:
+        return "different invocations"
+    return ""
+
+
+def _loads(row: list[Run], base: list[Run]) -> str:
+    """' (load 0.9 vs 3.1)': the 1-minute load averages the two runs started under, when recorded."""
+    a, b = (next((r.conditions.get("loadavg") for r in runs if r.conditions.get("loadavg")), None) for runs in (row, base))
+    return f" (load {a[0]:g} vs {b[0]:g})" if a and b else ""
+
+
+def _curve(ck, decoder, keys, rows, extra, has_base, ymax, alpha, y_min_offset, strict, notes, sample_sets) -> Curve:
     """The curve of one model x decoder x task: its rows plus the baseline point, and the AUP."""
     used = [rows[k] for k in keys]
     own = [rows[k] for k in keys if k != extra]
     first = own[0]
     label = f"{first.model} · {decoder}"
+    sets = {k: sample_sets[k] for k in keys}
+    if len(set(sets.values())) > 1:
+        union = frozenset().union(*sets.values())
+        short = ", ".join(f"{rows[k].run_id} ({len(v)})" for k, v in sets.items() if v != union)
+        notes.append(
+            f"{label} on {first.task}: the points do not share one sample set ({len(union)} samples in all; fewer in {short}), "
+            "so its accuracies and AUP compare different samples"
+        )
     names = _labels(own)
     points = tuple((r.tpf, r.accuracy_pct) for r in used)
     point_names = tuple(names.get(r.run_id, "baseline") for r in used)
@@ -563,9 +637,21 @@ def _board(curves: list[Curve], mean_over: tuple[str, ...], notes: list[str]) ->
             assert c.aup is not None
             fastest = max(c.aup.kept, key=lambda i: c.points[i][0])
             cells[task] = BoardCell(c.aup.value, c.points[fastest][0], c.points[fastest][1])
-        entries.append(BoardEntry(None, model, decoder, cells, mean_aup({t: cell.aup for t, cell in cells.items()}, mean_over)))
-    entries.sort(key=lambda e: (e.mean_aup is None, -(e.mean_aup or 0.0), e.model, e.decoder))
-    return tuple(dataclasses.replace(e, rank=n if e.mean_aup is not None else None) for n, e in enumerate(entries, 1))
+        missing = tuple(t for t in mean_over if t not in cells)
+        entries.append(BoardEntry(None, model, decoder, cells, mean_aup({t: cell.aup for t, cell in cells.items()}, mean_over), missing))
+    # Complete entries are ranked by mean AUP; an entry missing a task of the list is never
+    # ranked (a mean over fewer tasks is another number) and is listed after every complete one.
+    entries.sort(key=lambda e: (bool(e.missing), len(e.missing), -(e.mean_aup or 0.0), e.model, e.decoder))
+    incomplete = [e for e in entries if e.missing]
+    if incomplete:
+        shown = "; ".join(f"{e.model} · {e.decoder} (no {', '.join(e.missing)})" for e in incomplete[:6])
+        more = f"; and {len(incomplete) - 6} more" if len(incomplete) > 6 else ""
+        notes.append(
+            f"{len(incomplete)} board entr{'y lacks' if len(incomplete) == 1 else 'ies lack'} a task of the mean "
+            f"({', '.join(mean_over)}) and {'is' if len(incomplete) == 1 else 'are'} not ranked: {shown}{more}"
+        )
+    ranked = [e for e in entries if not e.missing]
+    return tuple(dataclasses.replace(e, rank=ranked.index(e) + 1 if not e.missing else None) for e in entries)
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -599,6 +685,7 @@ def write_board(report: Report, path: Path) -> None:
                 *[f"{t}_{m}" for t in report.tasks for m in ("aup", "tpf", "acc")],
                 "avg_aup",
                 "avg_tasks",
+                "missing_tasks",
             ]
         )
         for e in report.board:
@@ -607,7 +694,16 @@ def write_board(report: Report, path: Path) -> None:
                 c = e.cells.get(t)
                 cells += [_cell(c.aup), _cell(c.tpf), _cell(c.accuracy)] if c else ["", "", ""]
             out.writerow(
-                [_cell(e.rank), e.model, e.decoder, f"{e.model}+{e.decoder}", *cells, _cell(e.mean_aup), ";".join(report.mean_tasks)]
+                [
+                    _cell(e.rank),
+                    e.model,
+                    e.decoder,
+                    f"{e.model}+{e.decoder}",
+                    *cells,
+                    _cell(e.mean_aup),
+                    ";".join(report.mean_tasks),
+                    ";".join(e.missing),
+                ]  # fmt: skip
             )
 
 

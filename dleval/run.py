@@ -1,24 +1,41 @@
 """THE loop: task -> prompt -> decode(model) -> score -> Record, appended as each sample finishes.
 
-`run(request)` resolves the decoder config (paper defaults <- the task's generation hints <- -D),
-the task (spec <- -T), and the model (--model, else the bundled tiny model without CUDA, else
-the checkpoint the decoder's paper used). It writes `results/runs/<run_id>/config.json` (all that
-is needed to reproduce the run), appends one Record per sample to `samples.jsonl` (flushed per
-sample, so Ctrl-C or a crash loses nothing finished), and writes `summary.json`. With `resume`,
-the newest run of the same config hash is continued and its finished sample ids are skipped.
-Timing is done here only: device sync around each decode, the first batch flagged as warm-up.
+`run(request)` resolves the decoder config (paper defaults <- the checkpoint's `dleval.json` <-
+the task's generation hints <- -D), the task (spec <- -T), and the model (--model, else the
+bundled tiny model without CUDA, else the checkpoint the decoder's paper used), and writes a run
+folder in the format `dleval.results` defines: `config.json` once (all that is needed to
+reproduce the run, including the sample ids), one Record per sample appended to this process's
+shard (flushed per sample, so Ctrl-C, SIGTERM, kill -9 or a crash loses nothing finished), then
+the merge into `samples.jsonl` + `summary.json`.
+
+A run folder is one configuration and one sample set: `--resume` continues the newest folder of
+the same config hash *and* sample set; a different `--limit` or data starts a new folder, so no
+command touches another run's files.
+
+Data parallel (ARCHITECTURE §7): under torchrun / accelerate / srun each rank (dleval.ranks)
+takes pending ids `i % world_size == rank`, where pending = the samples minus those finished in
+any shard by an earlier invocation (so every rank computes the same list, however late it
+starts), writes its own shard and a done flag; rank 0 merges once every flag is there (or after
+`merge_timeout`, or when stopped). No collective is used; a launcher's process group
+is left alone. Timing is done here only: device sync around each decode, each rank's first
+batch flagged as warm-up.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import platform
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,17 +43,22 @@ from typing import Any
 
 import torch
 
-from dleval import __version__, decoders, models, options, prompts, tasks
+from dleval import __version__, decoders, models, options, prompts, results, tasks
 from dleval.errors import UserError
 from dleval.metrics import Summary, summarize
+from dleval.ranks import Ranks, detect
 from dleval.scorers import cut_at_stops
 from dleval.types import Generation, Record, Sample
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = results.FORMAT_VERSION
+TOO_LONG = ("error", "record")  # --too-long: refuse the run, or record those samples as errors
 
 
 @dataclass(frozen=True)
 class RunRequest:
+    """One `dleval run`. `ranks` (None: read from the environment) carries this process's rank
+    and the invocation id that every rank and every point of a sweep share."""
+
     decoder: str
     task: str
     model: str | None = None
@@ -51,6 +73,11 @@ class RunRequest:
     seed: int = 1234
     device: str | None = None
     progress: bool = True
+    ranks: Ranks | None = None
+    too_long: str = "error"
+    longest_first: bool = False  # deal pending samples longest prompt first (a rank's batches stay even)
+    merge_timeout: float = 3600.0  # seconds rank 0 waits for the other ranks' done flags before merging alone
+    timing_rerun_of: str = ""  # run id this run re-times (dleval sweep --retime-baseline); recorded in config.json
 
 
 @dataclass
@@ -60,6 +87,9 @@ class RunResult:
     records: list[Record]
     config: dict[str, Any]
     complete: bool
+    merged: bool = True  # samples.jsonl/summary.json cover every shard (False: a rank that left the merge to another)
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # decoder field -> where its value came from, when not the paper's
 
 
 class Interrupted(Exception):
@@ -68,21 +98,39 @@ class Interrupted(Exception):
         self.result = result
 
 
-def decoder_config(module: Any, hints: tasks.GenerationHints, overrides: dict[str, Any], name: str) -> Any:
-    """Paper defaults <- task hints (fields the decoder has and the user did not set) <- -D."""
+def _settings(
+    module: Any, hints: tasks.GenerationHints, overrides: dict[str, Any], checkpoint: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """(merged settings, field -> source) for paper defaults <- checkpoint <- task hints <- -D."""
     fields = set(options.field_names(module.Config))
     user = {options.ALIASES.get(k, k) for k in overrides}
     merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, value in checkpoint.items():
+        key = options.ALIASES.get(key, key)
+        merged[key] = value
+        sources[key] = "checkpoint"
     if hints.gen_length is not None and "gen_length" in fields and "gen_length" not in user:
-        merged["gen_length"] = hints.gen_length
+        merged["gen_length"], sources["gen_length"] = hints.gen_length, "task"
     if hints.block_length is not None and "block_length" in fields and "block_length" not in user:
         gen = overrides.get("gen_length", merged.get("gen_length"))
         single_block = hints.block_length == hints.gen_length
         merged["block_length"] = gen if single_block and gen is not None else hints.block_length
-    for name, value in dataclasses.asdict(hints).items():  # every other hint: taken as is
-        if name not in ("gen_length", "block_length") and value is not None and name in fields and name not in user:
-            merged[name] = value
+        sources["block_length"] = "task"
+    for hint, value in dataclasses.asdict(hints).items():  # every other hint: taken as is
+        if hint not in ("gen_length", "block_length") and value is not None and hint in fields and hint not in user:
+            merged[hint], sources[hint] = value, "task"
     merged.update(overrides)
+    sources.update({options.ALIASES.get(k, k): "-D" for k in overrides})
+    return merged, sources
+
+
+def decoder_config(
+    module: Any, hints: tasks.GenerationHints, overrides: dict[str, Any], name: str, checkpoint: Mapping[str, Any] | None = None
+) -> Any:
+    """Paper defaults <- the checkpoint's settings <- task hints (fields the decoder has and the
+    user did not set) <- -D. Errors name the decoder `name`."""
+    merged, _ = _settings(module, hints, overrides, checkpoint or {})
     return options.build(module.Config, merged, f"decoder '{name}'")
 
 
@@ -100,6 +148,12 @@ def _hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def sample_seed(seed: int, sample_id: str) -> int:
+    """The noise seed of one sample: from (run seed, sample id) only, so a sample's output at
+    T > 0 does not depend on its batch, its rank, or the order runs were resumed in."""
+    return int(_hash([seed, sample_id])[:8], 16)
+
+
 def _git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
@@ -108,17 +162,20 @@ def _git_sha() -> str:
         return ""
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     import transformers
 
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     return {
         "dleval": __version__,
         "git_sha": _git_sha(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "device": gpu or device.type,
+        "device": device_name(device),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
     }
@@ -136,43 +193,124 @@ def completion_of(tokens: tuple[int, ...], tokenizer: Any, stops: tuple[str, ...
     return raw, clean, answer_tokens
 
 
-def find_resumable(out_dir: Path, suffix: str) -> Path | None:
-    runs = sorted(p for p in out_dir.glob(f"*_{suffix}") if (p / "samples.jsonl").is_file())
-    return runs[-1] if runs else None
-
-
 def read_records(path: Path, config_hash: str | None = None) -> list[Record]:
-    """Records of a samples.jsonl; a torn last line (a killed run) is dropped and trimmed."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        path.write_bytes(data)
-    out = []
-    for n, line in enumerate(data.decode().splitlines(), 1):
-        if not line.strip():
-            continue
+    """Records of one JSONL file or a whole run folder, one per sample id (see dleval.results)."""
+    read = results.read_run(path, config_hash) if path.is_dir() else results.read_records(path, config_hash)
+    return read.records
+
+
+def find_resumable(out_dir: Path, suffix: str, sample_set: str) -> tuple[Path | None, list[Path]]:
+    """(the newest run folder of this configuration and sample set, folders of this configuration
+    with another sample set). Newest by config.json's `created`, then name."""
+    same, other = [], []
+    for p in out_dir.glob(f"*_{suffix}"):
         try:
-            rec = Record.from_json(line)
-        except (ValueError, TypeError) as exc:
-            raise UserError(f"{path} line {n} is not a dleval record ({exc}); move the file away to start over") from None
-        if config_hash is None or rec.config_hash == config_hash:
-            out.append(rec)
-    return out
+            cfg = json.loads((p / results.CONFIG).read_text())
+        except (OSError, ValueError):
+            continue
+        (same if cfg.get("dataset_hash") == sample_set else other).append((cfg.get("created", ""), p.name, p))
+    return (max(same)[2] if same else None), [p for *_, p in sorted(other)]
+
+
+def _max_positions(model: Any) -> int | None:
+    """The model's position limit (LLaDA's max_sequence_length), or None when it states none."""
+    for holder in (model, getattr(model, "cfg", None), getattr(model, "config", None)):
+        for name in ("max_sequence_length", "max_position_embeddings"):
+            value = getattr(holder, name, None) if holder is not None else None
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def _length_check(
+    samples: list[Sample], rendered: Mapping[str, prompts.Rendered], canvas: int | None, limit: int | None, model: str, how: str, log
+) -> set[str]:
+    """Ids of samples whose prompt + canvas exceed the model's positions (recorded as errors
+    with --too-long record); any such sample is one sentence and exit 2 otherwise."""
+    if limit is None or canvas is None:
+        return set()
+    if canvas >= limit:
+        raise UserError(f"gen_length {canvas} does not fit model '{model}', which has {limit} positions: choose a smaller gen_length")
+    too = [s for s in samples if len(rendered[s.id].ids) + canvas > limit]
+    if not too:
+        return set()
+    longest = max(too, key=lambda s: len(rendered[s.id].ids))
+    what = (
+        f"{len(too)} of {len(samples)} prompts plus the {canvas}-token canvas exceed the {limit} positions of model '{model}' "
+        f"(longest: {longest.id}, {len(rendered[longest.id].ids)} prompt tokens)"
+    )
+    if how == "error":
+        raise UserError(f"{what}; pass a model with a longer context, a smaller gen_length, or --too-long record to run the rest")
+    log(f"{what}: they are recorded as errors (--too-long record)")
+    return {s.id for s in too}
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what schedulers send) stops the run like Ctrl-C: finished samples kept, summary written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text)[:40].strip("-") or "run"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A run's fixed context: what every batch is decoded, timed, scored and labelled with."""
+
+    decoder: Any  # the decoder module: decode(model, prompts, cfg, *, on_step=None[, seeds=None])
+    cfg: Any  # its frozen Config
+    model: models.Counted
+    tokenizer: Any
+    spec: tasks.TaskSpec
+    rendered: Mapping[str, prompts.Rendered]
+    config_hash: str
+    seed: int
+    eos_ids: frozenset[int]
+    ranks: Ranks
+    device: str  # the device's name, written into every Record
+    too_long: frozenset[str] = frozenset()  # sample ids recorded as errors instead of decoded
+    takes_seeds: bool = False  # the decoder accepts per-sample `seeds`
 
 
 def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
+    where = req.ranks or detect()
     info = decoders.info(req.decoder, req.model_family)
     decoder = decoders.load(info.name)
     spec = tasks.load_task(req.task, req.task_args)
-    cfg = decoder_config(decoder, spec.generation, req.decoder_args, info.name)
+    if req.too_long not in TOO_LONG:
+        raise UserError(f"--too-long must be one of {', '.join(TOO_LONG)}, not '{req.too_long}'")
+    decoder_config(decoder, spec.generation, req.decoder_args, info.name)  # a bad -D fails before a model loads
     samples = tasks.load_samples(spec, req.data_dir)
     if req.limit is not None:
         samples = samples[: req.limit]
     if not samples:
         raise UserError(f"task '{spec.name}' has no samples to run")
-    loaded = models.load(choose_model(req.model, info, log), device=req.device)
+    device = req.device
+    if device is None and where.launcher and torch.cuda.is_available():
+        device = f"cuda:{where.local_rank % torch.cuda.device_count()}"  # one GPU per local rank
+        torch.cuda.set_device(torch.device(device))
+    loaded = models.load(choose_model(req.model, info, log), device=device)
+    ckpt = models.checkpoint_settings(loaded.folder)
+    merged_settings, sources = _settings(decoder, spec.generation, req.decoder_args, ckpt.decoders.get(info.name, {}))
+    cfg = options.build(decoder.Config, merged_settings, f"decoder '{info.name}'")
+    if ckpt.trained_for and spec.name not in ckpt.trained_for:
+        log(
+            f"note: model '{loaded.name}' was trained only for {', '.join(ckpt.trained_for)}; on '{spec.name}' expect near-zero "
+            "accuracy and long prompts (pass --model with a real checkpoint, e.g. GSAI-ML/LLaDA-8B-Instruct)"
+        )
     counted = models.Counted(loaded.model)
     check = getattr(decoder, "check", None)
     if check is not None:  # a setting this model cannot run (e.g. no trained filter): say so once, not per sample
@@ -185,6 +323,9 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
         log(f"decoder '{info.name}' decodes one prompt at a time; running with batch size 1")
         batch_size = 1
     rendered = {s.id: prompts.render(s, spec.prompt, loaded.tokenizer) for s in samples}
+    too_long = _length_check(
+        samples, rendered, getattr(cfg, "gen_length", None), _max_positions(loaded.model), loaded.name, req.too_long, log
+    )
     identity = {
         "decoder": {"name": info.name, "config": dataclasses.asdict(cfg)},
         "task": spec.to_dict(),
@@ -193,87 +334,138 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
         "seed": req.seed,
     }
     config_hash = _hash(identity)[:12]
-    model_short = Path(loaded.name).name.replace("/", "_")
-    suffix = f"{spec.name}_{info.name}_{model_short}_{config_hash}"
-    run_dir = find_resumable(req.out_dir, suffix) if req.resume else None
+    sample_set = _hash([(s.id, s.question, s.target) for s in samples])[:16]
+    suffix = f"{spec.name}_{info.name}_{Path(loaded.name).name.replace('/', '_')}_{config_hash}"
+    run_dir, others = find_resumable(req.out_dir, suffix, sample_set) if req.resume else (None, [])
     if req.resume and run_dir is None:
-        log("no earlier run with this configuration: starting a new one")
+        if others:
+            log(f"{others[-1].name} ran this configuration on another sample set: starting a new run folder for these {len(samples)}")
+        else:
+            log("no earlier run with this configuration: starting a new one")
     if run_dir is None:
-        run_dir = req.out_dir / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}_{suffix}"
+        stamp = _slug(where.invocation) if where.named else datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = req.out_dir / f"{stamp}_{suffix}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    env = environment(loaded.model.device)
     config = {
         "format_version": FORMAT_VERSION,
         "run_id": run_dir.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="microseconds"),
         "command": sys.argv,
         "config_hash": config_hash,
         **identity,
+        "decoder_sources": {k: v for k, v in sources.items() if k in options.field_names(decoder.Config)},
+        "checkpoint_settings": {"file": str(ckpt.path) if ckpt.path else None, "decoder": ckpt.decoders.get(info.name, {})},
         "model_folder": str(loaded.folder),
         "batch_size": batch_size,
         "limit": req.limit,
         "data_dir": str(req.data_dir) if req.data_dir else None,
-        "dataset_hash": _hash([(s.id, s.question, s.target) for s in samples])[:16],
-        "environment": environment(loaded.model.device),
+        "dataset_hash": sample_set,
+        "sample_ids": [s.id for s in samples],
+        "invocation": where.invocation,
+        "world_size": where.world_size,
+        "timing_rerun_of": req.timing_rerun_of or None,
+        "environment": env,
+        "conditions": results.conditions(torch.get_num_threads()),
     }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    samples_path = run_dir / "samples.jsonl"
-    wanted = {s.id: s.target for s in samples}
-    # Resume only what belongs to this sample set: ids beyond a smaller --limit are left in the
-    # file, and a record whose target differs (changed data) is redone.
-    done = {r.sample_id: r for r in read_records(samples_path, config_hash) if wanted.get(r.sample_id, None) == r.target}
-    if done:
-        log(f"resuming {run_dir}: {len(done)} of {len(samples)} samples already finished")
-    pending = [s for s in samples if s.id not in done]
-    new: list[Record] = []
+    if not results.write_json_once(run_dir / results.CONFIG, config):
+        config = results.read_config(run_dir)  # the first writer's, never rewritten
+        if config.get("config_hash") != config_hash:
+            raise UserError(f"{run_dir} holds another configuration (config hash {config.get('config_hash')}, not {config_hash})")
+    before = results.read_run(run_dir, config_hash)
+    for note in before.notes:
+        log(f"note: {note}")
+    finished = {r.sample_id for r in before.records}
+    earlier = {r.sample_id for r in before.records if r.invocation != where.invocation}
+    common = [s for s in samples if s.id not in earlier]  # the same list on every rank, however late it starts
+    if req.longest_first:
+        common.sort(key=lambda s: -len(rendered[s.id].ids))
+    mine = [s for i, s in enumerate(common) if i % where.world_size == where.rank and s.id not in finished]
+    if finished:
+        log(f"resuming {run_dir}: {len(finished)} of {len(samples)} samples already finished")
+    # Nothing left: no file is touched. Under a launcher "left" is judged on what earlier
+    # invocations finished (the same answer on every rank, however late it starts).
+    if not common if where.sharded else not mine:
+        result = _finish(run_dir, config, where, dataclasses.replace(req, merge_timeout=0), True, log)
+        result.sources = dict(config.get("decoder_sources", {}))
+        return result
+    with (run_dir / "invocations.jsonl").open("a") as fh:  # one short O_APPEND line per rank and invocation
+        fh.write(
+            json.dumps(
+                {
+                    "invocation": where.invocation, "rank": where.rank, "world_size": where.world_size, "command": sys.argv,
+                    "started": datetime.now(UTC).isoformat(timespec="seconds"), "batch_size": batch_size, "environment": env,
+                    "conditions": results.conditions(torch.get_num_threads()),
+                }
+            )
+            + "\n"
+        )  # fmt: skip
+
+    if where.sharded:
+        log(f"{where.describe()}: {len(mine)} of {len(common)} pending samples")
+    pipe = Pipeline(
+        decoder=decoder, cfg=cfg, model=counted, tokenizer=loaded.tokenizer, spec=spec, rendered=rendered,
+        config_hash=config_hash, seed=req.seed,
+        eos_ids=frozenset({counted.eos_id} | ({counted.eot_id} if counted.eot_id is not None else set())),
+        ranks=where, device=device_name(loaded.model.device), too_long=frozenset(too_long),
+        takes_seeds="seeds" in inspect.signature(decoder.decode).parameters,
+    )  # fmt: skip
     interrupted = False
-    try:
-        with samples_path.open("a") as sink:
-            _loop(pending, rendered, decoder, cfg, counted, loaded.tokenizer, spec, batch_size, config_hash, req, sink, new)
-    except KeyboardInterrupt:
-        interrupted = True
-    ordered = {s.id: i for i, s in enumerate(samples)}
-    records = sorted({**done, **{r.sample_id: r for r in new}}.values(), key=lambda r: ordered[r.sample_id])
-    summary = summarize(records)
-    complete = len(records) == len(samples)
-    (run_dir / "summary.json").write_text(
-        json.dumps(
-            {
-                "format_version": FORMAT_VERSION,
-                "run_id": run_dir.name,
-                "config_hash": config_hash,
-                "task": spec.name,
-                "decoder": info.name,
-                "model": loaded.name,
-                "primary_filter": spec.scoring.primary,
-                "samples": len(samples),
-                "complete": complete,
-                "summary": dataclasses.asdict(summary),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    result = RunResult(run_dir, summary, records, config, complete)
+    written: list[Record] = []
+    with _sigterm_as_interrupt():
+        try:
+            with results.ShardWriter(run_dir, where.rank, where.world_size) as shard:
+                for note in shard.notes:
+                    log(f"note: {note}")
+                _loop(pipe, mine, batch_size, shard.write, written, label=f"{spec.name} · {info.name}", progress=req.progress)
+        except KeyboardInterrupt:
+            interrupted = True
+        if not interrupted:
+            results.write_done(
+                run_dir, where.rank, where.world_size,
+                {"invocation": where.invocation, "records": len(written), "device": pipe.device,
+                 "finished": datetime.now(UTC).isoformat(timespec="seconds")},
+            )  # fmt: skip
+        result = _finish(run_dir, config, where, req, interrupted, log)
+    result.sources = dict(config.get("decoder_sources", {}))
     if interrupted:
         raise Interrupted(result)
     return result
 
 
-def _loop(pending: list[Sample], rendered, decoder, cfg, counted, tokenizer, spec, batch_size, config_hash, req, sink, out) -> None:
+def _finish(run_dir: Path, config: dict[str, Any], where: Ranks, req: RunRequest, interrupted: bool, log) -> RunResult:
+    """Rank 0 (the only process of an unsharded run) merges: after every rank's done flag of
+    this invocation, after `merge_timeout`, or at once when interrupted (a summary always covers
+    exactly the Records present). One merger per launch, so no rank ever reads a folder that
+    another is rewriting; if rank 0 dies, `dleval merge` or a resume merges."""
+    world = where.world_size
+    if where.rank == 0:
+        deadline = time.monotonic() + (0 if interrupted else req.merge_timeout)
+        while world > 1 and len(results.done_ranks(run_dir, world, where.invocation)) < world and time.monotonic() < deadline:
+            time.sleep(0.2)
+        waiting = sorted(set(range(world)) - results.done_ranks(run_dir, world, where.invocation))
+        if waiting and not interrupted:
+            log(f"rank(s) {', '.join(map(str, waiting))} not done after {req.merge_timeout:.0f} s: merging what is there; "
+                f"run `dleval merge {run_dir}` when they finish")  # fmt: skip
+        merged = results.merge(run_dir, end_conditions=results.conditions(torch.get_num_threads()))
+        for note in merged.notes:
+            log(f"note: {note}")
+        records, complete = merged.records, merged.complete
+    else:
+        records = results.read_run(run_dir, config.get("config_hash")).records
+        complete = not set(config.get("sample_ids", ())) - {r.sample_id for r in records}
+    return RunResult(run_dir, summarize(records), records, config, complete, where.rank == 0, results.devices(records))
+
+
+def _loop(pipe: Pipeline, pending: list[Sample], batch_size: int, write: Callable[[Record], None], out: list[Record], label: str, progress: bool) -> None:
     from tqdm import tqdm
 
-    device = counted.device
-    eos_ids = {counted.eos_id} | ({counted.eot_id} if counted.eot_id is not None else set())
-    bar = tqdm(total=len(pending), unit="sample", desc=f"{spec.name} · {req.decoder}", disable=not req.progress, dynamic_ncols=True)
+    bar = tqdm(total=len(pending), unit="sample", desc=label, disable=not progress, dynamic_ncols=True)
     correct = 0.0
     for start in range(0, len(pending), batch_size):
         batch = pending[start : start + batch_size]
-        warmup = start == 0
-        for record in _decode_batch(
-            batch, rendered, decoder, cfg, counted, tokenizer, spec, config_hash, req.seed, device, eos_ids, warmup
-        ):
-            sink.write(record.to_json() + "\n")
-            sink.flush()
+        for record in _decode_batch(pipe, batch, warmup=start == 0):
+            write(record)
             out.append(record)
             correct += record.correct
         bar.update(len(batch))
@@ -286,64 +478,73 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _decode_batch(batch, rendered, decoder, cfg, counted, tokenizer, spec, config_hash, seed, device, eos_ids, warmup) -> list[Record]:
+def _decode_batch(pipe: Pipeline, batch: list[Sample], warmup: bool) -> list[Record]:
     """Decode one batch; on failure retry its samples one by one so only a bad one is an error."""
-    torch.manual_seed(int(_hash([seed, batch[0].id])[:8], 16))  # T>0 noise independent of resume and order
+    skipped = [_error_record(pipe, s, "too long: prompt + canvas exceed the model's positions") for s in batch if s.id in pipe.too_long]
+    batch = [s for s in batch if s.id not in pipe.too_long]
+    if not batch:
+        return skipped
+    seeds = [sample_seed(pipe.seed, s.id) for s in batch]
+    torch.manual_seed(seeds[0])  # decoders without per-row seeds: at batch 1 this is the sample's own seed
+    extra = {"seeds": seeds} if pipe.takes_seeds else {}
+    counted = pipe.model
     counted.reset()
     try:
-        _sync(device)
+        _sync(counted.device)
         t0 = time.perf_counter()
-        gens: list[Generation] = decoder.decode(counted, [rendered[s.id].ids for s in batch], cfg)
-        _sync(device)
+        gens: list[Generation] = pipe.decoder.decode(counted, [pipe.rendered[s.id].ids for s in batch], pipe.cfg, **extra)
+        _sync(counted.device)
         seconds = (time.perf_counter() - t0) / len(batch)
     except KeyboardInterrupt:
         raise
     except Exception as exc:
         if len(batch) > 1:
-            return [
-                r
-                for s in batch
-                for r in _decode_batch([s], rendered, decoder, cfg, counted, tokenizer, spec, config_hash, seed, device, eos_ids, warmup)
-            ]
-        return [_error_record(batch[0], rendered, config_hash, f"decode failed: {type(exc).__name__}: {exc}")]
+            return skipped + [r for s in batch for r in _decode_batch(pipe, [s], warmup)]
+        return skipped + [_error_record(pipe, batch[0], f"decode failed: {type(exc).__name__}: {exc}")]
     nfe, rows = counted.nfe, counted.rows
-    records = []
-    for sample, gen in zip(batch, gens):
-        raw, completion, answer_tokens = completion_of(gen.tokens, tokenizer, spec.prompt.stop, eos_ids)
-        error = ""
-        try:
-            score = tasks.score(spec, sample, completion)
-        except Exception as exc:  # a scorer bug must not lose the generation
-            score, error = None, f"scoring failed: {type(exc).__name__}: {exc}"
-        records.append(
-            Record(
-                sample_id=sample.id,
-                config_hash=config_hash,
-                completion=completion,
-                raw=raw,
-                answer=score.answer if score else "",
-                correct=score.correct if score else 0.0,
-                metrics=score.metrics if score else {},
-                nfe=nfe,
-                rows_forwarded=rows // len(batch),
-                gen_tokens=sum(gen.committed_per_step),
-                answer_tokens=answer_tokens,
-                prompt_tokens=len(rendered[sample.id].ids),
-                seconds=seconds,
-                committed_per_step=gen.committed_per_step,
-                finish=gen.finish,
-                batch_size=len(batch),
-                warmup=warmup,
-                error=error,
-                target=sample.target,
-            )
-        )
-    return records
+    return skipped + [_record(pipe, s, g, nfe, rows // len(batch), seconds, len(batch), warmup) for s, g in zip(batch, gens)]
 
 
-def _error_record(sample: Sample, rendered, config_hash: str, error: str) -> Record:
+def _record(pipe: Pipeline, sample: Sample, gen: Generation, nfe: int, rows: int, seconds: float, batch: int, warmup: bool) -> Record:
+    """Score one generation into its Record (a scorer failure is recorded, never raised)."""
+    raw, completion, answer_tokens = completion_of(gen.tokens, pipe.tokenizer, pipe.spec.prompt.stop, set(pipe.eos_ids))
+    error = ""
+    try:
+        score = tasks.score(pipe.spec, sample, completion)
+    except Exception as exc:  # a scorer bug must not lose the generation
+        score, error = None, f"scoring failed: {type(exc).__name__}: {exc}"
     return Record(
-        sample_id=sample.id, config_hash=config_hash, completion="", raw="", answer="", correct=0.0, metrics={},
-        nfe=0, rows_forwarded=0, gen_tokens=0, answer_tokens=0, prompt_tokens=len(rendered[sample.id].ids),
-        seconds=0.0, committed_per_step=(), finish="error", batch_size=1, error=error, target=sample.target,
+        sample_id=sample.id,
+        config_hash=pipe.config_hash,
+        completion=completion,
+        raw=raw,
+        answer=score.answer if score else "",
+        correct=score.correct if score else 0.0,
+        metrics=score.metrics if score else {},
+        nfe=nfe,
+        rows_forwarded=rows,
+        gen_tokens=sum(gen.committed_per_step),
+        answer_tokens=answer_tokens,
+        prompt_tokens=len(pipe.rendered[sample.id].ids),
+        seconds=seconds,
+        committed_per_step=gen.committed_per_step,
+        finish=gen.finish,
+        batch_size=batch,
+        warmup=warmup,
+        error=error,
+        target=sample.target,
+        **_where(pipe),
+    )
+
+
+def _where(pipe: Pipeline) -> dict[str, Any]:
+    r = pipe.ranks
+    return {"rank": r.rank, "world_size": r.world_size, "device": pipe.device, "invocation": r.invocation}
+
+
+def _error_record(pipe: Pipeline, sample: Sample, error: str) -> Record:
+    return Record(
+        sample_id=sample.id, config_hash=pipe.config_hash, completion="", raw="", answer="", correct=0.0, metrics={},
+        nfe=0, rows_forwarded=0, gen_tokens=0, answer_tokens=0, prompt_tokens=len(pipe.rendered[sample.id].ids),
+        seconds=0.0, committed_per_step=(), finish="error", batch_size=1, error=error, target=sample.target, **_where(pipe),
     )  # fmt: skip

@@ -89,6 +89,12 @@ class Record:
     Token counts follow ARCHITECTURE §5: `gen_tokens` are canvas positions committed,
     `answer_tokens` the answer's tokens up to the first EOS or stop string. `seconds` is the
     synced wall time of the decode (shared equally by the rows of a batch).
+
+    Where it ran: `rank` of `world_size` data-parallel processes, on `device` (e.g. "cpu",
+    "NVIDIA H100 80GB HBM3"), in `invocation` (one id per dleval command invocation, shared by
+    every point of a sweep and every rank of one launch). Latency is only comparable between
+    Records of one device and, under load, of one invocation. Records written before these
+    fields existed load with the defaults.
     """
 
     sample_id: str
@@ -110,6 +116,10 @@ class Record:
     warmup: bool = False
     error: str = ""
     target: str = ""
+    rank: int = 0
+    world_size: int = 1
+    device: str = ""
+    invocation: str = ""
     format: int = RECORD_FORMAT
 
     def to_json(self) -> str:

@@ -83,3 +83,13 @@ def bundled():
     from dleval import models
 
     return models.load("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The benchmark data ($DLEVAL_DATA_DIR, else <repo>/../shared/data); skips when absent."""
+    env = os.environ.get("DLEVAL_DATA_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not (path / "gsm8k" / "test.jsonl").is_file():
+        pytest.skip(f"benchmark data not found at {path} (set DLEVAL_DATA_DIR)")
+    return path

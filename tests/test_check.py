@@ -16,7 +16,7 @@ import pytest
 from dleval import decoders, tasks
 from dleval.cli import main
 from dleval.decoders import llada
-from dleval.sweep import load_reference
+from dleval.gate import load_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN = tasks.load_task("synth_gsm").generation.gen_length  # the baseline's NFE: one token per forward

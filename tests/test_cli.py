@@ -57,6 +57,8 @@ def test_list_commands(capsys):
     assert main(["list", "decoders"]) == 0
     out = capsys.readouterr().out
     assert "llada" in out and "alias: vanilla" in out
+    assert "defaults: gen_length=256 block_length=32 steps=None temperature=0.0" in out  # the README says they are shown
+    assert "threshold=0.9" in out and "cache=prefix" in out  # fastdllm's
     assert main(["list", "tasks"]) == 0
     assert "synth_gsm" in capsys.readouterr().out
     assert main(["list", "models"]) == 0
@@ -83,3 +85,15 @@ def test_console_entry_point_runs_and_prints_a_summary(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "accuracy (strict-match)" in done.stdout and "mean NFE" in done.stdout
     assert "no CUDA device: using the bundled model 'tiny'" in done.stderr
+
+
+def test_skip_idle_forward_is_recorded_and_shown(capsys, tmp_path):
+    """The cheaper NFE count is an explicit option: recorded in config.json, named in the summary."""
+    import json
+
+    argv = ["run", "--decoder", "fastdllm", "--task", "synth_gsm", "--limit", "1", "--no-progress", "--out", str(tmp_path)]
+    assert main([*argv, "-D", "gen_length=32", "-D", "block_length=8", "-D", "skip_idle_forward=true"]) == 0
+    out = capsys.readouterr().out
+    assert "skip_idle_forward=True" in out
+    (config,) = tmp_path.rglob("config.json")
+    assert json.loads(config.read_text())["decoder"]["config"]["skip_idle_forward"] is True

@@ -154,7 +154,7 @@ def test_progress_guarantee_commits_in_the_first_fully_activated_block():
             table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) + 0.01 * i
         else:  # later blocks: peaked, the global lowest entropy
             table[P + i, 3] = 10.0 - 0.01 * i
-    cfg = d3llm.Config(gen_length=L, block_length=B, threshold=-1.0, block_add_threshold=0.0, decoded_token_threshold=1.0, early_stop=False)
+    cfg = d3llm.Config(gen_length=L, block_length=B, threshold=0.0, block_add_threshold=0.0, decoded_token_threshold=1.0, early_stop=False)
     gen, counted, steps = decode(FixedLogits(table), [4, 5], cfg)
     block1 = [int(step.committed[0, P : P + B].sum()) for step in steps]
     later = [int(step.committed[0, P + B :].sum()) for step in steps]
@@ -169,7 +169,7 @@ def test_eos_early_stop_fills_closes_and_counts_only_real_forwards():
     table = torch.full((P + L, 8), -5.0)
     table[P:, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])  # every position: high entropy...
     table[P + 3, 0] = 12.0  # ...but position 3 is a confident EOS
-    cfg = d3llm.Config(gen_length=L, block_length=B, threshold=-1.0)
+    cfg = d3llm.Config(gen_length=L, block_length=B, threshold=0.0)
     gen, counted, steps = decode(FixedLogits(table), [4, 5], cfg)
     assert gen.finish == "eos"
     assert gen.tokens[3:] == (0,) * (L - 3) and 1 not in gen.tokens
@@ -186,7 +186,7 @@ def test_no_early_stop_keeps_decoding_after_eos():
     table = torch.full((P + L, 8), -5.0)
     table[P:, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
     table[P + 3, 0] = 12.0
-    gen, counted, _ = decode(FixedLogits(table), [4, 5], d3llm.Config(gen_length=L, block_length=B, threshold=-1.0, early_stop=False))
+    gen, counted, _ = decode(FixedLogits(table), [4, 5], d3llm.Config(gen_length=L, block_length=B, threshold=0.0, early_stop=False))
     assert gen.finish == "length" and gen.tokens.count(0) == 1 and sum(gen.committed_per_step) == L
 
 

@@ -27,7 +27,7 @@ def decode(cfg, prompt=PROMPT, model=None):
     return gens[0], counted.nfe, steps
 
 
-@pytest.mark.parametrize("tau", [-1.0, PARALLEL, 0.5])
+@pytest.mark.parametrize("tau", [0.0, PARALLEL, 0.5])
 def test_commits_entropy_at_most_tau_plus_the_lowest(tau):
     """Every forward commits exactly {masked block positions with H <= tau} plus the lowest-entropy one."""
     P, B, L = len(PROMPT), 8, 16
@@ -77,6 +77,18 @@ def test_cache_refreshed_at_every_step_equals_none(cache):
     cfg = dparallel.Config(gen_length=16, block_length=8, threshold=PARALLEL)
     plain = decode(cfg)
     assert decode(dataclasses.replace(cfg, cache=cache, refresh_every=1))[:2] == plain[:2]
+
+
+@pytest.mark.parametrize("cache", ["dual", "prefix"])
+def test_cached_loops_count_the_reference_idle_forward(cache):
+    """At a threshold above every entropy the block-start forward completes each block; the
+    reference's cached loop then spends one forward that commits nothing (czg1225/dParallel
+    generate_with_prefix_cache / generate_with_dual_cache), and so do we unless skip_idle_forward."""
+    cfg = dparallel.Config(gen_length=32, block_length=8, threshold=100.0, cache=cache)
+    gen, nfe, _ = decode(cfg)
+    assert nfe == 8 and gen.committed_per_step == (8, 0) * 4
+    cheap, cheap_nfe, _ = decode(dataclasses.replace(cfg, skip_idle_forward=True))
+    assert cheap_nfe == 4 and cheap.tokens == gen.tokens and cheap.committed_per_step == (8,) * 4
 
 
 def test_defaults_and_models():

@@ -205,7 +205,7 @@ def test_unsupported_dream_configs_are_user_errors(tmp_path):
         from safetensors.torch import save_file
 
         save_file({"lm_head.weight": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
-        with pytest.raises(UserError, match="unsupported config.json"):
+        with pytest.raises(UserError, match="invalid config.json"):
             models.load(str(tmp_path), device="cpu")
 
 

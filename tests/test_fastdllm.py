@@ -19,6 +19,15 @@ PROMPTS = [[5, 9, 12, 7, 30], [8, 3, 44], [6, 6, 6, 6, 6, 6, 21]]
 PARALLEL = 0.08  # about the median top-1 probability of the random model: several commits per forward
 
 
+def step_blocks(steps, P, B):
+    """The block each forward worked on; an idle forward (no commit) belongs to the block before it."""
+    blocks: list[int] = []
+    for s in steps:
+        hits = s.committed[0].nonzero()
+        blocks.append((int(hits[0]) - P) // B if len(hits) else blocks[-1])
+    return blocks
+
+
 def decode(module, cfg, prompt, model=None):
     counted = Counted(model or random_llada())
     steps = []
@@ -100,13 +109,40 @@ def test_forced_top1_breaks_ties_by_position():
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
-def test_block_done_by_its_first_forward_costs_one_nfe(cache):
-    """A confident block is committed by the block-start forward; no idle extra forward follows."""
+def test_block_done_by_its_first_forward_costs_what_the_reference_spends(cache):
+    """A confident block is committed by the block-start forward. With a cache the reference's
+    inner loop still makes one cached forward that commits nothing, and counts it; so do we,
+    unless skip_idle_forward (ours) is set. Tokens are the same either way."""
     P, L = 3, 16
     table = torch.zeros(P + L, 8)
     table[:, 5] = 20.0
-    gen, nfe, _ = decode(fastdllm, fastdllm.Config(gen_length=L, block_length=4, cache=cache), [4, 4, 4], FixedLogits(table))
-    assert nfe == 4 and gen.committed_per_step == (4, 4, 4, 4) and set(gen.tokens) == {5}
+    model = Recording(FixedLogits(table))
+    gen, nfe, steps = decode(fastdllm, fastdllm.Config(gen_length=L, block_length=4, cache=cache), [4, 4, 4], model)
+    if cache == "none":
+        assert nfe == 4 and gen.committed_per_step == (4, 4, 4, 4)
+    else:
+        assert nfe == 8 and gen.committed_per_step == (4, 0) * 4
+        idle = model.calls[1::2]  # every second forward is the idle cached one, over the block (dual) or block + suffix (prefix)
+        assert [(c.start, c.cache_length is not None) for c in idle] == [(P + 4 * b, True) for b in range(4)]
+        assert [s.nfe for s in steps] == list(range(1, 9)) and not any(bool(s.committed.any()) for s in steps[1::2])
+    skipped, skipped_nfe, _ = decode(
+        fastdllm, fastdllm.Config(gen_length=L, block_length=4, cache=cache, skip_idle_forward=True), [4, 4, 4], FixedLogits(table)
+    )
+    assert skipped_nfe == 4 and skipped.committed_per_step == (4, 4, 4, 4)
+    assert skipped.tokens == gen.tokens and set(gen.tokens) == {5}
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_idle_forward_changes_nfe_only(cache, prompt):
+    """On a random model at a threshold that finishes some blocks in one forward: the same
+    tokens with and without the idle forward, and NFE differs by the number of such blocks."""
+    cfg = fastdllm.Config(gen_length=32, block_length=4, threshold=0.05, cache=cache)
+    ref, ref_nfe, _ = decode(fastdllm, cfg, prompt)
+    cheap, cheap_nfe, _ = decode(fastdllm, fastdllm.Config(**{**cfg.__dict__, "skip_idle_forward": True}), prompt)
+    idle = ref.committed_per_step.count(0)
+    assert ref.tokens == cheap.tokens and ref_nfe - cheap_nfe == idle
+    assert [n for n in ref.committed_per_step if n] == list(cheap.committed_per_step)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -114,7 +150,7 @@ def test_prefix_cache_forwards_the_block_and_the_masked_suffix(prompt):
     P, B, L = len(prompt), 8, 32
     model = Recording(random_llada())
     _, _, steps = decode(fastdllm, fastdllm.Config(gen_length=L, block_length=B, threshold=PARALLEL, cache="prefix"), prompt, model)
-    blocks = [(int(s.committed[0].nonzero()[0]) - P) // B for s in steps]
+    blocks = step_blocks(steps, P, B)
     assert blocks == sorted(blocks) and set(blocks) == set(range(L // B))  # sequential, every block at least one NFE
     for i, (call, b) in enumerate(zip(model.calls, blocks)):
         s = P + b * B
@@ -130,7 +166,7 @@ def test_dual_cache_forwards_only_the_block(refresh):
     model = Recording(random_llada())
     cfg = fastdllm.Config(gen_length=L, block_length=B, threshold=PARALLEL, cache="dual", refresh_every=refresh)
     _, _, steps = decode(fastdllm, cfg, PROMPTS[0], model)
-    blocks = [(int(s.committed[0].nonzero()[0]) - P) // B for s in steps]
+    blocks = step_blocks(steps, P, B)
     assert blocks == sorted(blocks) and set(blocks) == set(range(L // B))
     index = 0
     for i, (call, b) in enumerate(zip(model.calls, blocks)):
@@ -147,8 +183,13 @@ def test_caches_read_the_block_logits_at_the_right_offsets():
     """Position-only logits are unaffected by any cache, so all three must decode identically."""
     P, L = 3, 16
     table = torch.randn(P + L, 8, generator=torch.Generator().manual_seed(0)) * 4
-    runs = [
-        decode(fastdllm, fastdllm.Config(gen_length=L, block_length=4, threshold=0.5, cache=c), [4, 4, 4], FixedLogits(table))
+    runs = [  # skip_idle_forward: the cached loops make the forwards of the no-cache one
+        decode(
+            fastdllm,
+            fastdllm.Config(gen_length=L, block_length=4, threshold=0.5, cache=c, skip_idle_forward=True),
+            [4, 4, 4],
+            FixedLogits(table),
+        )
         for c in fastdllm._parts.CACHES
     ]
     assert runs[0][:2] == runs[1][:2] == runs[2][:2]

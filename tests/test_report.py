@@ -42,7 +42,7 @@ def swept(tmp_path_factory):
     """A real llada sweep (steps 12 and 6, plus the one-token-per-step baseline) on 8 samples."""
     root = tmp_path_factory.mktemp("sweep")
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # see dleval.sweep.check: oversubscribed CPUs spin with 2 OpenMP threads
+    torch.set_num_threads(1)  # see dleval.gate.check: oversubscribed CPUs spin with 2 OpenMP threads
     try:
         assert main([*SWEEP, "--out", str(root / "runs"), "--sweeps-out", str(root / "sweeps")]) == 0
     finally:
@@ -257,7 +257,7 @@ def test_mean_aup_over_an_explicit_task_list(tmp_path):
     out = tmp_path / "out"
     report.write(built, out)
     header = (out / "board.csv").read_text().splitlines()[0]
-    assert header.startswith("rank,model,decoder,model_decoder,t1_aup,t1_tpf,t1_acc,t2_aup") and header.endswith("avg_aup,avg_tasks")
+    assert header.startswith("rank,model,decoder,model_decoder,t1_aup,t1_tpf,t1_acc,t2_aup") and header.endswith("avg_aup,avg_tasks,missing_tasks")
 
 
 def test_reading_is_read_only_and_tolerates_a_run_in_progress(tmp_path):
@@ -301,3 +301,15 @@ def test_bad_sweep_input_fails_before_any_run(args, message, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "runs"), "--sweeps-out", str(tmp_path / "sweeps")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_setting_label_always_names_skip_idle_forward():
+    from types import SimpleNamespace
+
+    from dleval.report import _labels
+
+    rows = [
+        SimpleNamespace(run_id=rid, decoder_params=json.dumps({"threshold": 0.9, "cache": "prefix", "skip_idle_forward": skip}))
+        for rid, skip in (("a", True), ("b", True))
+    ]
+    assert _labels(rows) == {"a": "threshold=0.9, skip_idle_forward=True", "b": "threshold=0.9, skip_idle_forward=True"}

@@ -1,17 +1,20 @@
 """Pieces shared by the decoders: canvas setup, scores, commit rules, block schedules.
 
 Conventions from decoders.md §0: scores come from the raw logits (temperature only enters the
-Gumbel perturbation of the argmax); confidence and entropy are taken in float64; ties break
-deterministically by (score, then position ascending).
+Gumbel perturbation of the argmax); ties break deterministically by (score, then position
+ascending). Scores are taken in the dtype the decoder's reference code uses: float64 for
+Fast-dLLM, dParallel, d3LLM and EB; the logits' dtype for LLaDA, Prophet and Learn2PD, whose
+code calls `F.softmax(logits)` as is (in bf16 that rounds the confidences and changes tokens).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 
-from dleval.models.base import Model
+from dleval.models.base import KVCache, Model
 from dleval.types import Generation, OnStep, Step
 
 NEG_INF = float("-inf")
@@ -71,9 +74,19 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return (logits.exp() / (-torch.log(noise)) ** temperature).argmax(dim=-1)
 
 
-def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """softmax(logits)[tokens] in float64; logits (..., V), tokens (...)."""
-    p = torch.softmax(logits.to(torch.float64), dim=-1)
+# Config.score_dtype -> the dtype scores are taken in (None: the logits' own dtype).
+SCORE_DTYPES: dict[str, torch.dtype | None] = {"logits": None, "float64": torch.float64}
+
+
+def check_score_dtype(name: str) -> torch.dtype | None:
+    if name not in SCORE_DTYPES:
+        raise ValueError(f"score_dtype must be one of {', '.join(SCORE_DTYPES)}, not {name!r}")
+    return SCORE_DTYPES[name]
+
+
+def confidence(logits: torch.Tensor, tokens: torch.Tensor, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    """softmax(logits)[tokens] in `dtype` (None: the logits' dtype); logits (..., V), tokens (...)."""
+    p = torch.softmax(logits if dtype is None else logits.to(dtype), dim=-1)
     return torch.gather(p, -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
@@ -83,9 +96,10 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p + 1e-12)).sum(dim=-1)
 
 
-def margin(logits: torch.Tensor) -> torch.Tensor:
-    """top-1 minus top-2 of the raw logits (Prophet's exit test), float64."""
-    top = torch.topk(logits.to(torch.float64), 2, dim=-1).values
+def margin(logits: torch.Tensor, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    """top-1 minus top-2 of the raw logits (Prophet's exit test), subtracted in `dtype` (None:
+    the logits' dtype). logits (..., V) -> (...)."""
+    top = torch.topk(logits if dtype is None else logits.to(dtype), 2, dim=-1).values
     return top[..., 0] - top[..., 1]
 
 
@@ -127,6 +141,21 @@ def check_cache(cache: str, refresh_every: int | None) -> None:
         raise ValueError(f"cache must be one of {', '.join(CACHES)}, not {cache!r}")
     if refresh_every is not None and refresh_every < 1:
         raise ValueError("refresh_every must be >= 1 (or None: refresh at block starts only)")
+
+
+def check_number(name: str, value: float, lo: float = 0.0, hi: float = math.inf, *, finite: bool = True, why: str = "") -> None:
+    """A Config field must lie in [lo, hi] (finite unless `finite` is False); NaN is never valid.
+
+    `why` says what the number is (shown in the error), e.g. "a confidence: a probability".
+    """
+    what = f" ({why})" if why else ""
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(f"{name} must be a number, not nan{what}")
+    if finite and math.isinf(value):
+        raise ValueError(f"{name} must be finite, not {value}{what}")
+    if not lo <= value <= hi:
+        bound = f">= {lo:g}" if hi == math.inf else f"between {lo:g} and {hi:g}"
+        raise ValueError(f"{name} must be {bound}, not {value:g}{what}")
 
 
 def check_blocks(gen_length: int, block_length: int) -> int:
@@ -209,6 +238,7 @@ def block_loop(
     *,
     cache: str = "none",
     refresh_every: int | None = None,
+    skip_idle_forward: bool = False,
     on_step: OnStep | None = None,
 ) -> Generation:
     """Decode one prompt block by block, each block until it has no mask, one `select` per forward.
@@ -221,9 +251,10 @@ def block_loop(
       block, overwriting its K/V in place, against the rest of the cache (§2.4).
     A full forward also decodes (it is the block's first step) and is one NFE like any other.
     `refresh_every=N` repeats that full forward every N forwards within a block as well (N=1:
-    every forward is full, which equals "none"). One difference from the reference loops, which
-    run their cached inner loop at least once: when the full forward completes the block, no
-    further forward is made (the reference makes one that commits nothing).
+    every forward is full, which equals "none"). As in the reference, whose cached inner loop
+    runs at least once, a block that its block-start forward already completed still gets one
+    cached forward, which commits nothing (an entry 0 in committed_per_step) and counts as one
+    NFE. `skip_idle_forward=True` (ours, a cheaper variant with the same tokens) leaves it out.
     """
     check_cache(cache, refresh_every)
     x, _, P = make_canvas(model, [prompt], gen_length)  # (1, P+L); one row, so no padding mask
@@ -238,10 +269,8 @@ def block_loop(
                 out = model.forward(x)
                 logits = out.logits[:, s:e]  # (1, B, V)
                 kv = out.kv.keep(s) if cache == "prefix" else out.kv
-            elif cache == "prefix":
-                logits = model.forward(x[:, s:], start=s, cache=kv).logits[:, : e - s]  # block + masked suffix in, block out
             else:
-                logits = model.forward(x[:, s:e], start=s, cache=kv).logits  # in-place span write into kv
+                logits = _cached_forward(model, x, s, e, cache, kv)
             x0, chosen = select(logits, masked, index)
             chosen = chosen & masked
             assert bool(chosen.any()), "a selection rule must commit at least one masked position"
@@ -252,4 +281,15 @@ def block_loop(
                 step[:, s:e] = chosen
                 report_step(on_step, len(commits), x, step)
             index += 1
+        if index == 1 and cache != "none" and refresh_every != 1 and not skip_idle_forward:
+            _cached_forward(model, x, s, e, cache, kv)  # the reference's idle forward: the block has no mask left, it commits nothing
+            commits.append(0)
+            report_step(on_step, len(commits), x, torch.zeros_like(x, dtype=torch.bool))
     return generations(x, P, [commits])[0]
+
+
+def _cached_forward(model: Model, x: torch.Tensor, s: int, e: int, cache: str, kv: KVCache | None) -> torch.Tensor:
+    """The block's logits (1, B, V) from a forward against the block-start cache `kv`."""
+    if cache == "prefix":
+        return model.forward(x[:, s:], start=s, cache=kv).logits[:, : e - s]  # block + masked suffix in, block out
+    return model.forward(x[:, s:e], start=s, cache=kv).logits  # in-place span write into kv

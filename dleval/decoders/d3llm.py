@@ -82,8 +82,8 @@ class Config:
             raise ValueError(f"cache must be one of {', '.join(CACHES)}, not {self.cache!r}")
         if self.cache_delay_iter < 0 or self.refresh_interval < 1:
             raise ValueError("cache_delay_iter must be >= 0 and refresh_interval >= 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        _parts.check_number("threshold", self.threshold, why="an entropy bound tau_H in nats")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
 
 
 @dataclass

@@ -11,8 +11,9 @@ decoded and NFE >= number of blocks.
 
 The reported numbers use no cache (README), so `cache` defaults to "none". The reference also has
 prefix- and dual-cache loops with the entropy rule; `cache` and `refresh_every` select them, with
-the same loops and the same one deviation as `fastdllm` (no extra forward when the block-start
-forward completes the block; [MASK] never proposed). Ties break by (entropy, then position) instead of `torch.topk`'s
+the same loops as `fastdllm`, including the reference's idle cached forward after a block that its
+block-start forward completed (counted; `skip_idle_forward=True` is ours and leaves it out), and
+the same deviation ([MASK] never proposed). Ties break by (entropy, then position) instead of `torch.topk`'s
 order. Batch-size-1 algorithm: prompts are decoded one at a time.
 """
 
@@ -41,13 +42,14 @@ class Config:
     threshold: float = 0.5  # eval.sh: entropy threshold 0.5 (0.45 for MBPP)
     cache: Literal["none", "prefix", "dual"] = "none"  # README: results obtained without caching
     refresh_every: int | None = None  # ours, as in fastdllm: extra full forward every N forwards in a block
+    skip_idle_forward: bool = False  # ours: skip the reference's idle cached forward (see block_loop): same tokens, fewer NFE
     temperature: float = 0.0  # eval_llada.py passes temperature=0
 
     def __post_init__(self) -> None:
         _parts.check_blocks(self.gen_length, self.block_length)
         _parts.check_cache(self.cache, self.refresh_every)
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        _parts.check_number("threshold", self.threshold, why="an entropy bound tau_H in nats")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
 
 
 @torch.inference_mode()
@@ -58,7 +60,15 @@ def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(
 
     return [
         _parts.block_loop(
-            model, prompt, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every, on_step=on_step
+            model,
+            prompt,
+            cfg.gen_length,
+            cfg.block_length,
+            select,
+            cache=cfg.cache,
+            refresh_every=cfg.refresh_every,
+            skip_idle_forward=cfg.skip_idle_forward,
+            on_step=on_step,
         )
         for prompt in prompts
     ]

@@ -71,12 +71,16 @@ class Config:
             raise ValueError(f"alg must be one of {', '.join(ALGS)}, not {self.alg!r}")
         if self.gen_length <= 0 or self.total_steps <= 0:
             raise ValueError("gen_length and steps must be positive")
-        if self.temperature < 0 or (self.alg_temp is not None and self.alg_temp < 0):
-            raise ValueError("temperature and alg_temp must be >= 0")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+        _parts.check_number("temperature", self.temperature)
+        if self.top_p is not None:
+            _parts.check_number("top_p", self.top_p, 0.0, 1.0, why="a nucleus mass")
+            if self.top_p == 0:
+                raise ValueError("top_p must be in (0, 1] (None: no nucleus filter)")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError("top_k must be >= 1")
+        if self.alg_temp is not None:
+            _parts.check_number("alg_temp", self.alg_temp)
+        _parts.check_number("eps", self.eps, 0.0, 1.0, why="the last timestep")
         if not 0 < self.eps < 1:
             raise ValueError("eps must be in (0, 1)")
 

@@ -13,10 +13,13 @@ match the code). `prefix` keeps the K/V of [0, block_start) and forwards x[block
 
 Deviations, all from the harness conventions (§0.3) or its contract:
 - ties break by (confidence, then position) instead of `torch.topk`'s unspecified order;
-- **[quirk]** with a cache, the reference always makes at least one cached forward per block, so
-  when the block-start forward already completes the block (typical for EOS-padding blocks at
-  tau = 0.9) it spends one more forward that commits nothing, and counts it. We skip that forward:
-  our NFE is the reference's minus one per such block (checked against the reference code);
+- **[quirk, kept]** with a cache, the reference always makes at least one cached forward per
+  block, so when the block-start forward already completes the block (typical for EOS-padding
+  blocks at tau = 0.9) it spends one more forward that commits nothing, and counts it. So do we,
+  by default (an entry 0 in committed_per_step): NFE is what the method spends. `skip_idle_forward=True`
+  (ours) leaves that forward out: the same tokens, NFE the reference's minus one per such block.
+  With no threshold and steps = number of blocks the reference fails on that forward (its quota
+  has no second entry); we make it and count it;
 - [MASK] is never proposed (`_parts.propose`): the same tokens for a trained model, and loops
   that cannot spin forever on a random one that ranks [MASK] first;
 - `refresh_every` is ours: a full refresh forward every N forwards within a block (1 = every
@@ -62,6 +65,7 @@ class Config:
     steps: int | None = None  # used only when threshold is None; None = gen_length (one token per forward)
     cache: Literal["none", "prefix", "dual"] = "prefix"  # paper §4.1 default PrefixCache (decoders.md §2.5)
     refresh_every: int | None = None  # ours: extra full forward every N forwards in a block; None = block start only
+    skip_idle_forward: bool = False  # ours: skip the reference's idle cached forward (see block_loop): same tokens, fewer NFE
     temperature: float = 0.0  # eval_llada.py passes temperature=0
     remasking: str = "low_confidence"  # generate.py: "low_confidence" | "random"
 
@@ -72,8 +76,9 @@ class Config:
         _parts.check_cache(self.cache, self.refresh_every)
         if self.remasking not in ("low_confidence", "random"):
             raise ValueError(f"remasking must be 'low_confidence' or 'random', not {self.remasking!r}")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        if self.threshold is not None:
+            _parts.check_number("threshold", self.threshold, 0.0, 1.0, why="a confidence: a probability, None for the fixed quota")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
 
     @property
     def total_steps(self) -> int:
@@ -107,7 +112,15 @@ def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(
 
     return [
         _parts.block_loop(
-            model, prompt, cfg.gen_length, cfg.block_length, select, cache=cfg.cache, refresh_every=cfg.refresh_every, on_step=on_step
+            model,
+            prompt,
+            cfg.gen_length,
+            cfg.block_length,
+            select,
+            cache=cfg.cache,
+            refresh_every=cfg.refresh_every,
+            skip_idle_forward=cfg.skip_idle_forward,
+            on_step=on_step,
         )
         for prompt in prompts
     ]

@@ -23,13 +23,15 @@ model-side state, so the decoder loads it itself: `filter=""` takes the one in t
 was loaded from (`model.folder`, set by `dleval.models.load`); `filter=PATH` names a file, or a
 folder holding one.
 
+Confidences (filter input and EoTP) come from a softmax in the logits' dtype, as the reference's
+`F.softmax(logits)`: in bf16 that often ties many tail EOS positions at 1.0, and the "first of
+equal maxima" rule then cuts right after the answer. `score_dtype="float64"` (ours) takes them in
+float64, where such ties are rare.
+
 Differences from the reference, and why:
 - After a cut inside the current block, that block is shorter than the filter's input; the
   reference then feeds the filter a shorter vector, which a Linear(32, .) layer cannot take. Here
   the vector is padded with zeros (the unknown class presumably pads too; it cannot be checked).
-- Confidences (filter input and EoTP) come from a float64 softmax (harness convention §0.3; the
-  reference uses the logits' dtype, where bf16 often ties many tail EOS positions at 1.0 and the
-  "first of equal maxima" rule then cuts right after the answer; at float64 ties are rare).
 - `committed_per_step` counts, for each forward, its commits that survive the final cut, so the
   entries sum to len(tokens); an entry can be 0 when a later cut drops everything a forward
   committed. Ties break by position, and the argmax skips [MASK] (`_parts.propose`; on a random
@@ -67,6 +69,7 @@ class Config:
     eotp: bool = True  # End-of-Text Prediction: method=L2P+EoT (generate_l2p_eot); False: method=L2P
     filter: str = ""  # filter file or folder; "" = <model folder>/learn2pd_filter_b{block_length}.safetensors
     temperature: float = 0.0  # eval_llada.py default
+    score_dtype: str = "logits"  # generate.py: F.softmax(logits) in the logits' dtype; "float64" is ours
 
     def __post_init__(self) -> None:
         blocks = _parts.check_blocks(self.gen_length, self.block_length)
@@ -74,8 +77,8 @@ class Config:
             raise ValueError(f"steps ({self.total_steps}) must be a positive multiple of the number of blocks ({blocks})")
         if not 0.0 <= self.accept_threshold <= 1.0:
             raise ValueError("accept_threshold must be between 0 and 1 (a sigmoid output)")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
+        _parts.check_score_dtype(self.score_dtype)
 
     @property
     def total_steps(self) -> int:
@@ -165,7 +168,7 @@ def _decode_one(model: Model, prompt: Sequence[int], params: dict[str, torch.Ten
             T = x.shape[1]
             logits = model.forward(x).logits  # (1, T, V)
             x0 = _parts.propose(logits, cfg.temperature, mask_id)  # (1, T)
-            conf = _parts.confidence(logits, x0)  # (1, T) float64
+            conf = _parts.confidence(logits, x0, _parts.SCORE_DTYPES[cfg.score_dtype])  # (1, T)
             masked = x == mask_id
             block_conf = conf[:, s:e].to(torch.float32)  # (1, n), n < B after a cut inside the block
             block_conf = F.pad(block_conf, (0, B - block_conf.shape[1]))

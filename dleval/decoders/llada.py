@@ -8,9 +8,11 @@ current block. No EOS stop: the forward count is exactly `steps`.
 
 Matches the reference code, including its quirk in `confidence_eos_eot_inf`: at temperature 0
 the perturbed and raw logits are one tensor, so EOS *and* EoT get confidence 0; at T>0 only
-EoT does (decoders.md §1.1 step 5). Deviations, per the harness conventions (§0.3): the
-confidence softmax is taken in float64 (the reference uses the logits' dtype), and ties break
-by position instead of `torch.topk`'s unspecified order. Batches are left-padded.
+EoT does (decoders.md §1.1 step 5), and in taking the confidence softmax in the logits' dtype
+(`F.softmax(logits)`: bf16 on a bf16 model, where rounded confidences tie often);
+`score_dtype="float64"` (ours) takes it in float64 instead. Deviation, per the harness
+conventions (§0.3): ties break by position instead of `torch.topk`'s unspecified order. Batches
+are left-padded.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Config:
     remasking: str = "low_confidence"  # generate.py: "low_confidence" | "random"
     logits_eos_inf: bool = False  # generate.py flag: EOS can never be produced
     confidence_eos_eot_inf: bool = False  # generate.py flag: EOS/EoT get confidence 0 (see quirk above)
+    score_dtype: str = "logits"  # generate.py: F.softmax(logits) in the logits' dtype; "float64" is ours
 
     def __post_init__(self) -> None:
         blocks = _parts.check_blocks(self.gen_length, self.block_length)
@@ -45,8 +48,9 @@ class Config:
             raise ValueError(f"steps ({self.total_steps}) must be a positive multiple of the number of blocks ({blocks})")
         if self.remasking not in ("low_confidence", "random"):
             raise ValueError(f"remasking must be 'low_confidence' or 'random', not {self.remasking!r}")
-        if self.temperature < 0 or self.cfg_scale < 0:
-            raise ValueError("temperature and cfg_scale must be >= 0")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
+        _parts.check_number("cfg_scale", self.cfg_scale, why="classifier-free guidance weight; 0 = off")
+        _parts.check_score_dtype(self.score_dtype)
 
     @property
     def total_steps(self) -> int:
@@ -78,7 +82,7 @@ def decode(model: Model, prompts: Sequence[Sequence[int]], cfg: Config = Config(
                 if model.eot_id is not None:
                     logits[:, :, model.eot_id] = _parts.NEG_INF
             if cfg.remasking == "low_confidence":
-                score = _parts.confidence(logits, x0)
+                score = _parts.confidence(logits, x0, _parts.SCORE_DTYPES[cfg.score_dtype])
             else:
                 score = torch.rand(x0.shape, dtype=torch.float64, device=x0.device)
             masked = x[:, s:e] == model.mask_id

@@ -22,9 +22,11 @@ gen_length, Prophet is plain LLaDA (such offsets need no tokenizer). Tasks can s
 `answer_prefix=""` is exactly `llada`.
 
 Also as the reference: a block holding constraint positions has fewer masks than steps, so some
-of its forwards have a quota of 0 and commit nothing (they still count). Deviations, per the
-harness conventions (§0.3): the confidence softmax and the gaps are taken in float64 (the
-reference uses the logits' dtype), and ties break by position. No CFG (the eval runs cfg 0).
+of its forwards have a quota of 0 and commit nothing (they still count). The confidence softmax
+and the top-1 minus top-2 gaps are taken in the logits' dtype, as the reference does (bf16 on a
+bf16 model), and the gaps averaged in float64 (Python floats); `score_dtype="float64"` (ours)
+takes both in float64. Deviation, per the harness conventions (§0.3): ties break by position.
+No CFG (the eval runs cfg 0).
 """
 
 from __future__ import annotations
@@ -53,13 +55,18 @@ class Config:
     early_threshold: float = 7.5  # eval_llada.py early_threshold: gap needed while progress < 0.33
     mid_threshold: float = 5.0  # mid_threshold: while progress < 0.67
     late_threshold: float = 2.5  # late_threshold: afterwards
+    score_dtype: str = "logits"  # generate_earlyexit.py: softmax and gaps in the logits' dtype; "float64" is ours
 
     def __post_init__(self) -> None:
         blocks = _parts.check_blocks(self.gen_length, self.block_length)
         if self.total_steps <= 0 or self.total_steps % blocks:
             raise ValueError(f"steps ({self.total_steps}) must be a positive multiple of the number of blocks ({blocks})")
-        if self.answer_length < 1 or self.temperature < 0:
-            raise ValueError("answer_length must be >= 1 and temperature >= 0")
+        if self.answer_length < 1:
+            raise ValueError("answer_length must be >= 1")
+        _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
+        for name in ("early_threshold", "mid_threshold", "late_threshold"):  # inf: never exit in that phase
+            _parts.check_number(name, getattr(self, name), finite=False, why="a top-1 minus top-2 raw-logit gap")
+        _parts.check_score_dtype(self.score_dtype)
         self.prefix_words()  # validates the syntax
 
     @property
@@ -116,6 +123,7 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
     answer = [P + w for w in window]
     B, steps = cfg.block_length, cfg.total_steps
     per_block = steps // (cfg.gen_length // B)
+    dtype = _parts.SCORE_DTYPES[cfg.score_dtype]
     commits: list[int] = []
     nfe = 0
     for s in range(P, P + cfg.gen_length, B):
@@ -126,12 +134,12 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
             logits = model.forward(x).logits  # (1, P+L, V)
             x0 = _parts.gumbel_argmax(logits, cfg.temperature)  # (1, P+L)
             masked = x == model.mask_id
-            if answer and float(_parts.margin(logits[0, answer]).mean()) >= cfg.threshold_at(nfe / steps):
+            if answer and _mean(_parts.margin(logits[0, answer], dtype)) >= cfg.threshold_at(nfe / steps):
                 x = torch.where(masked, x0, x)
                 commits.append(int(masked.sum()))
                 _parts.report_step(on_step, nfe, x, masked)
                 return _parts.generations(x, P, [commits], "early_exit")[0]
-            score = _parts.confidence(logits[:, s:e], x0[:, s:e])  # (1, B) float64
+            score = _parts.confidence(logits[:, s:e], x0[:, s:e], dtype)  # (1, B)
             score = torch.where(masked[:, s:e], score, torch.full_like(score, _parts.NEG_INF))
             chosen = torch.zeros_like(masked)
             chosen[:, s:e] = _parts.top_k_mask(score, [k[i]]) & masked[:, s:e]
@@ -139,6 +147,12 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
             commits.append(int(chosen.sum()))
             _parts.report_step(on_step, nfe, x, chosen)
     return _parts.generations(x, P, [commits])[0]
+
+
+def _mean(gaps: torch.Tensor) -> float:
+    """The reference's average of the window's gaps: Python floats, summed in order."""
+    values = gaps.tolist()
+    return sum(values) / len(values)
 
 
 def check(model: Model, cfg: Config) -> None:

@@ -12,20 +12,25 @@ its memory; on CUDA they are cast to bfloat16 as they load. The loaded model als
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dleval import hub
 from dleval.errors import UserError, did_you_mean
 from dleval.models.base import Counted, ForwardOutput, KVCache, Model
 from dleval.models.dream import Dream, DreamConfig, is_dream
 from dleval.models.llada import LLaDA, LLaDAConfig
 
-__all__ = ["Counted", "ForwardOutput", "KVCache", "Loaded", "Model", "REGISTRY", "load", "resolve"]
+__all__ = [
+    "CheckpointSettings", "Counted", "ForwardOutput", "KVCache", "Loaded", "Model", "REGISTRY",
+    "checkpoint_settings", "load", "resolve", "resolve_device",
+]  # fmt: skip
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -70,6 +75,41 @@ class Loaded:
     dtype: str
 
 
+SETTINGS_FILE = "dleval.json"
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """What a checkpoint folder's `dleval.json` says about the checkpoint (like a
+    `generation_config.json`): the decoder settings it was made for, per decoder, applied
+    between the paper defaults and the task's hints; and the tasks it was trained for, when it
+    is a toy trained for a few (a run on another task says so). Example:
+
+        {"trained_for": ["synth_gsm"], "decoders": {"dparallel": {"threshold": 0.04}}}
+    """
+
+    path: Path | None = None
+    decoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trained_for: tuple[str, ...] = ()
+
+
+def checkpoint_settings(folder: Path | None) -> CheckpointSettings:
+    path = folder / SETTINGS_FILE if folder is not None else None
+    if path is None or not path.is_file():
+        return CheckpointSettings()
+    try:
+        raw = json.loads(path.read_text())
+        per_decoder = raw.get("decoders", {})
+        trained_for = raw.get("trained_for", [])
+        if not isinstance(per_decoder, dict) or not all(isinstance(v, dict) for v in per_decoder.values()):
+            raise ValueError("'decoders' must map decoder names to objects of settings")
+        if not isinstance(trained_for, list) or not all(isinstance(t, str) for t in trained_for):
+            raise ValueError("'trained_for' must be a list of task names")
+    except (ValueError, AttributeError) as exc:
+        raise UserError(f"{path} is not a valid checkpoint settings file: {exc}") from None
+    return CheckpointSettings(path, {k: dict(v) for k, v in per_decoder.items()}, tuple(trained_for))
+
+
 def resolve(name: str) -> tuple[str, Path | None]:
     """(display name, local folder or None when it must come from the hub)."""
     if name in REGISTRY:
@@ -94,14 +134,20 @@ def resolve(name: str) -> tuple[str, Path | None]:
 
 
 def _download(hub_id: str) -> Path:
+    """The hub snapshot's folder; from the local cache only when the hub is evidently out of reach
+    (`dleval.hub`: no ~25 s of retries before the error)."""
+    offline = hub.offline_reason()
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]))
+        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]
+        with hub.offline() if offline else contextlib.nullcontext():
+            return Path(snapshot_download(hub_id, allow_patterns=patterns, local_files_only=bool(offline)))
     except Exception as exc:  # offline, gated, or unknown repo: all user-facing
+        why = f"offline: {offline}, and it is not in the hub cache" if offline else type(exc).__name__
         raise UserError(
             f"'{hub_id}' is not a local folder and could not be downloaded from the Hugging Face hub "
-            f"({type(exc).__name__}); download it elsewhere and pass its folder with --model"
+            f"({why}); download it elsewhere and pass its folder with --model"
         ) from None
 
 
@@ -136,17 +182,49 @@ def _fingerprint(folder: Path, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device for `--device` (default: cuda when available, else cpu), or a UserError
+    when the name is not a device or the machine does not have it."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"unknown device '{device}'{did_you_mean(str(device), DEVICE_TYPES)}: use cpu, cuda, cuda:N, mps or xpu") from None
+    if dev.type not in DEVICE_TYPES:
+        raise UserError(f"dleval does not run on device '{device}': use cpu, cuda, cuda:N, mps or xpu")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+            raise UserError(
+                f"device '{device}' was asked for but this machine has no CUDA device (torch {torch.__version__}: {build}); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"device '{device}' does not exist: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device '{device}' was asked for but Apple's MPS backend is not available here; use --device cpu")
+    elif dev.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise UserError(f"device '{device}' was asked for but no Intel XPU is available here; use --device cpu")
+    return dev
+
+
 def load(name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Loaded:
     """Load model + tokenizer. Defaults: CUDA if available (bfloat16), else CPU (float32)."""
     display, folder = resolve(name)
     if folder is None:
         folder = _download(display)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     try:
         raw = json.loads((folder / "config.json").read_text())
     except ValueError as exc:
         raise UserError(f"corrupt config.json in {folder}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config.json in {folder} is not a JSON object (it holds a {type(raw).__name__})")
     cfg = _config(folder, raw)
     files = _weight_files(folder)
     tokenizer = _tokenizer(folder)
@@ -171,7 +249,7 @@ def _config(folder: Path, raw: dict) -> LLaDAConfig | DreamConfig:
         if raw.get("model_type") == "llada" or "LLaDAModelLM" in raw.get("architectures", []):
             return LLaDAConfig.from_dict(raw)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"unsupported config.json in {folder}: {exc}") from None
+        raise UserError(f"invalid config.json in {folder}: {exc}") from None
     raise UserError(
         f"{folder} holds a '{raw.get('model_type') or 'unknown'}' model; dleval's native loader reads LLaDA- and Dream-format checkpoints"
     )
@@ -232,6 +310,13 @@ def _load_weights(model: LLaDA | Dream, files: list[Path], device: torch.device,
         unexpected = [k for k in shard if k not in expected]
         if unexpected:
             raise UserError(f"{f} has parameters the {type(model).__name__} architecture does not know, e.g. '{unexpected[0]}'")
+        wrong = [k for k, v in shard.items() if tuple(v.shape) != tuple(expected[k].shape)]
+        if wrong:
+            k = wrong[0]
+            raise UserError(
+                f"the weights in {f} do not match its config.json: '{k}' has shape {list(shard[k].shape)} but the config "
+                f"implies {list(expected[k].shape)} ({len(wrong)} mismatched parameters)"
+            )
         shard = {k: v.to(dtype) for k, v in shard.items()}
         model.load_state_dict(shard, strict=False, assign=True)
         seen.update(shard)

@@ -50,6 +50,35 @@ class LLaDAConfig:
     weight_tying: bool = False
     include_qkv_bias: bool = False
 
+    def __post_init__(self) -> None:
+        """Impossible values fail here, naming the key, instead of deep inside torch."""
+        for name in (
+            "d_model",
+            "n_heads",
+            "n_kv_heads",
+            "n_layers",
+            "mlp_hidden_size",
+            "vocab_size",
+            "embedding_size",
+            "max_sequence_length",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number, not {value!r}")
+        if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads}), "
+                f"and n_heads a multiple of n_kv_heads ({self.n_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"the head size d_model / n_heads ({self.head_dim}) must be even for rotary embeddings")
+        if self.embedding_size < self.vocab_size:
+            raise ValueError(f"embedding_size ({self.embedding_size}) must be >= vocab_size ({self.vocab_size})")
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LLaDAConfig:
         unsupported = {
@@ -69,7 +98,12 @@ class LLaDAConfig:
             values["n_kv_heads"] = values["n_heads"]
         if "embedding_size" not in values and "vocab_size" in values:
             values["embedding_size"] = values["vocab_size"]
-        return cls(**values)
+        cfg = cls(**values)
+        for name in ("mask_token_id", "eos_token_id", "pad_token_id"):  # a checkpoint's ids index its embedding
+            value = getattr(cfg, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < cfg.embedding_size:
+                raise ValueError(f"{name} must be a token id below embedding_size ({cfg.embedding_size}), not {value!r}")
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         """A config.json in LLaDA's own format, readable by its remote code too."""

