@@ -9,7 +9,8 @@ The **invocation** id names one dleval command invocation: every rank of one lau
 point of one sweep share it, so that ranks agree on a new run folder without talking and a
 report can tell numbers measured side by side from numbers measured hours apart. It is the
 launcher's id when there is one (TORCHELASTIC_RUN_ID, which `torchrun --standalone` and
-`--rdzv-id` set; SLURM_JOB_ID.SLURM_STEP_ID), else `--run-id`, else a uuid4 made once per
+`--rdzv-id` set, with the MASTER_PORT its rendezvous picked, so relaunching with the same
+`--rdzv-id` is a new invocation; SLURM_JOB_ID.SLURM_STEP_ID), else `--run-id`, else a uuid4 made once per
 process (only valid for a single process: ranks of a launch without an id cannot agree).
 """
 
@@ -57,8 +58,14 @@ def detect(env: Mapping[str, str] | None = None, run_id: str | None = None) -> R
         launcher = "torchrun"
         launch_id = env.get("TORCHELASTIC_RUN_ID", "")
         launch_id = "" if launch_id in ("", "none") else launch_id  # torchrun's default without --standalone/--rdzv-id
+        if launch_id and env.get("MASTER_PORT"):  # a relaunch with the same --rdzv-id gets a new port from its rendezvous
+            launch_id = f"{launch_id}.{env['MASTER_PORT']}"
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
-        rank, world, local = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"), _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
+        rank, world, local = (
+            _int(env, "SLURM_PROCID"),
+            _int(env, "SLURM_NTASKS"),
+            _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+        )
         launcher = "slurm"
         step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", ""))
         launch_id = f"slurm-{env['SLURM_JOB_ID']}.{step}" if env.get("SLURM_JOB_ID") else ""

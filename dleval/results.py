@@ -37,6 +37,7 @@ import json
 import os
 import re
 import socket
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -77,7 +78,8 @@ def is_run_dir(path: Path) -> bool:
 
 
 def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """A temporary name beside `path`, unique per writer (process, thread and call)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def write_atomic(path: Path, text: str) -> None:

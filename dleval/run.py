@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from dleval import __version__, decoders, models, options, prompts, results, tasks
+from dleval import __version__, decoders, executor, models, options, prompts, results, tasks
 from dleval.errors import UserError
 from dleval.metrics import Summary, summarize
 from dleval.ranks import Ranks, detect
@@ -237,7 +237,7 @@ def _length_check(
     longest = max(too, key=lambda s: len(rendered[s.id].ids))
     what = (
         f"{len(too)} of {len(samples)} prompts plus the {canvas}-token canvas exceed the {limit} positions of model '{model}' "
-        f"(longest: {longest.id}, {len(rendered[longest.id].ids)} prompt tokens)"
+        f"(the longest: sample {longest.id}, {len(rendered[longest.id].ids)} prompt tokens)"
     )
     if how == "error":
         raise UserError(f"{what}; pass a model with a longer context, a smaller gen_length, or --too-long record to run the rest")
@@ -263,7 +263,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", text)[:40].strip("-") or "run"
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text)[:64].strip("-") or "run"
 
 
 @dataclass(frozen=True)
@@ -410,6 +410,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
         ranks=where, device=device_name(loaded.model.device), too_long=frozenset(too_long),
         takes_seeds="seeds" in inspect.signature(decoder.decode).parameters,
     )  # fmt: skip
+    (run_dir / results.done_name(where.rank, where.world_size)).unlink(missing_ok=True)  # a stale flag of an earlier launch
     interrupted = False
     written: list[Record] = []
     with _sigterm_as_interrupt():
@@ -417,7 +418,15 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
             with results.ShardWriter(run_dir, where.rank, where.world_size) as shard:
                 for note in shard.notes:
                     log(f"note: {note}")
-                _loop(pipe, mine, batch_size, shard.write, written, label=f"{spec.name} · {info.name}", progress=req.progress)
+                _loop(
+                    pipe,
+                    mine,
+                    batch_size,
+                    shard.write,
+                    written,
+                    label=f"{spec.name} · {info.name}",
+                    progress=req.progress and where.rank == 0,
+                )
         except KeyboardInterrupt:
             interrupted = True
         if not interrupted:
@@ -441,8 +450,11 @@ def _finish(run_dir: Path, config: dict[str, Any], where: Ranks, req: RunRequest
     world = where.world_size
     if where.rank == 0:
         deadline = time.monotonic() + (0 if interrupted else req.merge_timeout)
-        while world > 1 and len(results.done_ranks(run_dir, world, where.invocation)) < world and time.monotonic() < deadline:
-            time.sleep(0.2)
+        try:
+            while world > 1 and len(results.done_ranks(run_dir, world, where.invocation)) < world and time.monotonic() < deadline:
+                time.sleep(0.2)
+        except KeyboardInterrupt:  # stopped while waiting for the others: merge what is there now
+            interrupted = True
         waiting = sorted(set(range(world)) - results.done_ranks(run_dir, world, where.invocation))
         if waiting and not interrupted:
             log(f"rank(s) {', '.join(map(str, waiting))} not done after {req.merge_timeout:.0f} s: merging what is there; "
@@ -457,20 +469,64 @@ def _finish(run_dir: Path, config: dict[str, Any], where: Ranks, req: RunRequest
     return RunResult(run_dir, summarize(records), records, config, complete, where.rank == 0, results.devices(records))
 
 
-def _loop(pipe: Pipeline, pending: list[Sample], batch_size: int, write: Callable[[Record], None], out: list[Record], label: str, progress: bool) -> None:
+@dataclass(frozen=True)
+class Decoded:
+    """A generation waiting to be scored, with its timing (scoring may run in another thread)."""
+
+    sample: Sample
+    gen: Generation
+    nfe: int
+    rows: int  # rows forwarded per sample of the batch
+    seconds: float
+    batch: int
+    warmup: bool
+
+
+def _loop(
+    pipe: Pipeline, pending: list[Sample], batch_size: int, write: Callable[[Record], None], out: list[Record], label: str, progress: bool
+) -> None:
+    """Decode batch after batch; score each generation into a Record and append it at once.
+
+    Code tasks run programs to score (up to the task's timeout each), so their scoring goes to a
+    thread pool (each thread waits on its sandboxed subprocess) while the next batch decodes:
+    the model never waits for a verdict. A Record is written the moment its scoring ends. On
+    Ctrl-C / SIGTERM the samples already decoded are still scored and written before the run
+    stops; after a kill -9, a decoded but unscored sample has no Record (generations are not
+    kept apart) and is decoded again on resume.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from tqdm import tqdm
 
     bar = tqdm(total=len(pending), unit="sample", desc=label, disable=not progress, dynamic_ncols=True)
-    correct = 0.0
-    for start in range(0, len(pending), batch_size):
-        batch = pending[start : start + batch_size]
-        for record in _decode_batch(pipe, batch, warmup=start == 0):
+    lock = threading.Lock()
+    correct = [0.0]
+
+    def emit(record: Record) -> None:
+        with lock:
             write(record)
             out.append(record)
-            correct += record.correct
-        bar.update(len(batch))
-        bar.set_postfix(acc=f"{100 * correct / len(out):.1f}%")
-    bar.close()
+            correct[0] += record.correct
+            bar.update(1)
+            bar.set_postfix(acc=f"{100 * correct[0] / len(out):.1f}%")
+
+    pool = ThreadPoolExecutor(max_workers=executor.default_workers()) if pipe.spec.scoring.scorer == "code" else None
+    futures: list[Future] = []
+    try:
+        for start in range(0, len(pending), batch_size):
+            for item in _decode_batch(pipe, pending[start : start + batch_size], warmup=start == 0):
+                if isinstance(item, Record):
+                    emit(item)
+                elif pool is not None:
+                    futures.append(pool.submit(lambda d=item: emit(_record(pipe, d))))
+                else:
+                    emit(_record(pipe, item))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)  # what was decoded is scored and written, also when stopped
+        bar.close()
+    for f in futures:
+        f.result()  # a write that failed (disk full) is raised here, in the main thread
 
 
 def _sync(device: torch.device) -> None:
@@ -478,8 +534,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _decode_batch(pipe: Pipeline, batch: list[Sample], warmup: bool) -> list[Record]:
-    """Decode one batch; on failure retry its samples one by one so only a bad one is an error."""
+def _decode_batch(pipe: Pipeline, batch: list[Sample], warmup: bool) -> list[Record | Decoded]:
+    """Decode one batch; on failure retry its samples one by one so only a bad one is an error
+    (an error Record; a decoded sample is a Decoded, scored by the caller)."""
     skipped = [_error_record(pipe, s, "too long: prompt + canvas exceed the model's positions") for s in batch if s.id in pipe.too_long]
     batch = [s for s in batch if s.id not in pipe.too_long]
     if not batch:
@@ -501,12 +558,17 @@ def _decode_batch(pipe: Pipeline, batch: list[Sample], warmup: bool) -> list[Rec
         if len(batch) > 1:
             return skipped + [r for s in batch for r in _decode_batch(pipe, [s], warmup)]
         return skipped + [_error_record(pipe, batch[0], f"decode failed: {type(exc).__name__}: {exc}")]
-    nfe, rows = counted.nfe, counted.rows
-    return skipped + [_record(pipe, s, g, nfe, rows // len(batch), seconds, len(batch), warmup) for s, g in zip(batch, gens)]
+    n = len(batch)
+    if hasattr(counted, "row_nfe"):  # per sample: the forwards that computed its row (batched threshold decoders)
+        nfes, rows = counted.row_nfe(n), counted.row_rows(n)
+    else:
+        nfes, rows = [counted.nfe] * n, [counted.rows // n] * n
+    return skipped + [Decoded(s, g, nfe, r, seconds, n, warmup) for s, g, nfe, r in zip(batch, gens, nfes, rows)]
 
 
-def _record(pipe: Pipeline, sample: Sample, gen: Generation, nfe: int, rows: int, seconds: float, batch: int, warmup: bool) -> Record:
+def _record(pipe: Pipeline, d: Decoded) -> Record:
     """Score one generation into its Record (a scorer failure is recorded, never raised)."""
+    sample, gen = d.sample, d.gen
     raw, completion, answer_tokens = completion_of(gen.tokens, pipe.tokenizer, pipe.spec.prompt.stop, set(pipe.eos_ids))
     error = ""
     try:
@@ -521,16 +583,16 @@ def _record(pipe: Pipeline, sample: Sample, gen: Generation, nfe: int, rows: int
         answer=score.answer if score else "",
         correct=score.correct if score else 0.0,
         metrics=score.metrics if score else {},
-        nfe=nfe,
-        rows_forwarded=rows,
+        nfe=d.nfe,
+        rows_forwarded=d.rows,
         gen_tokens=sum(gen.committed_per_step),
         answer_tokens=answer_tokens,
         prompt_tokens=len(pipe.rendered[sample.id].ids),
-        seconds=seconds,
+        seconds=d.seconds,
         committed_per_step=gen.committed_per_step,
         finish=gen.finish,
-        batch_size=batch,
-        warmup=warmup,
+        batch_size=d.batch,
+        warmup=d.warmup,
         error=error,
         target=sample.target,
         **_where(pipe),

@@ -37,9 +37,9 @@ def decode(module, cfg, prompt, model=None):
 
 @pytest.mark.parametrize("cache,refresh", [("none", None), ("dual", 1), ("prefix", 1)])
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_threshold_above_one_equals_llada_one_token_per_step(cache, refresh, prompt):
+def test_threshold_one_equals_llada_one_token_per_step(cache, refresh, prompt):
     ours, nfe, _ = decode(
-        fastdllm, fastdllm.Config(gen_length=16, block_length=8, threshold=1.5, cache=cache, refresh_every=refresh), prompt
+        fastdllm, fastdllm.Config(gen_length=16, block_length=8, threshold=1.0, cache=cache, refresh_every=refresh), prompt
     )
     base, base_nfe, _ = decode(llada, llada.Config(gen_length=16, block_length=8), prompt)
     assert ours == base and nfe == base_nfe == 16

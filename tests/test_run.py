@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import time
 
 import pytest
 
@@ -58,7 +59,9 @@ def test_interrupted_run_resumes_without_redoing_finished_samples(tmp_path, monk
     assert len(first.records) == 4 and not first.complete
     monkeypatch.setattr(run_mod, "_decode_batch", real)
     seen = []
-    monkeypatch.setattr(run_mod, "_decode_batch", lambda pipe, batch, *a, **k: seen.extend(s.id for s in batch) or real(pipe, batch, *a, **k))
+    monkeypatch.setattr(
+        run_mod, "_decode_batch", lambda pipe, batch, *a, **k: seen.extend(s.id for s in batch) or real(pipe, batch, *a, **k)
+    )
     second = run(request(tmp_path, limit=12, batch_size=4, resume=True), log=lambda m: None)
     assert second.run_dir == first.run_dir and second.complete
     assert seen == [f"test/{i}" for i in range(4, 12)]  # only the unfinished ones
@@ -203,7 +206,9 @@ def test_the_checkpoint_carries_its_decoder_settings(tmp_path):
     assert result.config["decoder"]["config"]["threshold"] == 0.04
     assert result.config["decoder_sources"]["threshold"] == "checkpoint"
     assert "threshold=0.04" in format_summary(result) and "dleval.json" in format_summary(result)
-    mine = run(request(tmp_path, decoder="dparallel", model="tiny-dparallel", limit=3, decoder_args={"threshold": "0.5"}), log=lambda m: None)
+    mine = run(
+        request(tmp_path, decoder="dparallel", model="tiny-dparallel", limit=3, decoder_args={"threshold": "0.5"}), log=lambda m: None
+    )
     assert mine.config["decoder"]["config"]["threshold"] == 0.5 and mine.config["decoder_sources"]["threshold"] == "-D"
 
 
@@ -223,3 +228,64 @@ def test_too_long_prompts_are_refused_or_recorded_and_the_toy_model_says_what_it
     assert any("trained only for synth_gsm" in m and "--model" in m for m in logs)
     result = run(request(tmp_path, task="gsm8k", limit=2, data_dir=data_dir, too_long="record"), log=lambda m: None)
     assert result.complete and all(r.finish == "error" and "too long" in r.error for r in result.records)
+
+
+def _slow_code_scoring(monkeypatch, seconds, spans=None):
+    """synth_gsm scored as a code task would be: through the pool, each verdict taking `seconds`
+    (its (start, end) appended to `spans`)."""
+    from dleval import tasks
+
+    real_load, real_score = tasks.load_task, tasks.score
+
+    def as_code(name, args=None):
+        spec = real_load(name, args)
+        return dataclasses.replace(spec, scoring=dataclasses.replace(spec.scoring, scorer="code"))
+
+    def slow(spec, sample, completion):
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        score = real_score(dataclasses.replace(spec, scoring=dataclasses.replace(spec.scoring, scorer="gsm8k")), sample, completion)
+        if spans is not None:
+            spans.append((t0, time.perf_counter()))
+        return score
+
+    monkeypatch.setattr(tasks, "load_task", as_code)
+    monkeypatch.setattr(tasks, "score", slow)
+
+
+def test_code_scoring_runs_while_the_next_batch_decodes(tmp_path, monkeypatch):
+    straight = run(request(tmp_path / "a", limit=8, batch_size=2), log=lambda m: None)
+    scoring, decoding = [], []
+    _slow_code_scoring(monkeypatch, 0.5, scoring)
+    real = run_mod._decode_batch
+
+    def timed(pipe, batch, *a, **k):
+        t0 = time.perf_counter()
+        out = real(pipe, batch, *a, **k)
+        decoding.append((t0, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(run_mod, "_decode_batch", timed)
+    result = run(request(tmp_path / "b", limit=8, batch_size=2), log=lambda m: None)
+    assert [(r.sample_id, r.raw, r.correct) for r in result.records] == [(r.sample_id, r.raw, r.correct) for r in straight.records]
+    assert len(scoring) == 8 and len(decoding) == 4
+    overlapping = [d for d in decoding[1:] if any(s0 < d[1] and d[0] < s1 for s0, s1 in scoring)]
+    assert overlapping  # a batch decoded while earlier samples were being scored
+
+
+def test_ctrl_c_scores_and_keeps_what_was_decoded(tmp_path, monkeypatch):
+    _slow_code_scoring(monkeypatch, 0.3)
+    real = run_mod._decode_batch
+    calls = {"n": 0}
+
+    def stop_at_third(pipe, batch, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(pipe, batch, *a, **k)
+
+    monkeypatch.setattr(run_mod, "_decode_batch", stop_at_third)
+    with pytest.raises(Interrupted) as stop:
+        run(request(tmp_path, limit=8, batch_size=2), log=lambda m: None)
+    kept = read_records(stop.value.result.run_dir / "samples.jsonl")
+    assert [r.sample_id for r in kept] == [f"test/{i}" for i in range(4)]  # both decoded batches, scored after Ctrl-C

@@ -27,7 +27,11 @@ LIMIT = 8
 
 
 def env(**extra: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    out = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
     out.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **extra)
     return out
 
@@ -40,7 +44,10 @@ def torchrun(n: int, *args: str, **kw) -> list[str]:
 def reference(tmp_path_factory):
     """The one-process run the sharded runs must equal (T = 0, batch 1)."""
     out = tmp_path_factory.mktemp("one")
-    result = run(RunRequest(decoder="llada", task="synth_gsm", model="tiny", limit=LIMIT, batch_size=1, out_dir=out, progress=False), log=lambda m: None)
+    result = run(
+        RunRequest(decoder="llada", task="synth_gsm", model="tiny", limit=LIMIT, batch_size=1, out_dir=out, progress=False),
+        log=lambda m: None,
+    )
     return {r.sample_id: (r.completion, r.raw, r.nfe, r.committed_per_step) for r in result.records}
 
 
@@ -62,7 +69,9 @@ def same_as_reference(run_dir: Path, reference) -> None:
 
 
 def test_torchrun_two_processes_equal_one_process(tmp_path, reference):
-    proc = subprocess.run(torchrun(2, "run", *ARGS, "--limit", str(LIMIT), "--out", str(tmp_path)), env=env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        torchrun(2, "run", *ARGS, "--limit", str(LIMIT), "--out", str(tmp_path)), env=env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = the_run(tmp_path)
     same_as_reference(run_dir, reference)
@@ -107,7 +116,11 @@ def test_kill_9_of_one_rank_then_resume_under_three_processes(tmp_path, referenc
     before = every_shard_record(run_dir)
     assert 0 < sum(before.values()) < LIMIT and max(before.values()) == 1
     again = subprocess.run(
-        torchrun(3, "run", *ARGS, "--limit", str(LIMIT), "--out", str(tmp_path), "--resume"), env=env(), capture_output=True, text=True, timeout=300
+        torchrun(3, "run", *ARGS, "--limit", str(LIMIT), "--out", str(tmp_path), "--resume"),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert the_run(tmp_path) == run_dir
@@ -123,7 +136,9 @@ def test_a_slurm_step_is_two_ranks(tmp_path, reference):
         subprocess.Popen(
             [sys.executable, "-m", "dleval", "run", *ARGS, "--limit", str(LIMIT), "--out", str(tmp_path)],
             env=env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r), SLURM_JOB_ID="4242", SLURM_STEP_ID="0"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for r in range(2)
     ]
@@ -176,7 +191,11 @@ def test_sigterm_leaves_a_summary_of_exactly_the_records_present(tmp_path):
 
 def test_two_concurrent_resumes_write_no_duplicate(tmp_path):
     first = subprocess.run(
-        [sys.executable, "-m", "dleval", "run", *ARGS, "--limit", "6", "--out", str(tmp_path)], env=env(), capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "dleval", "run", *ARGS, "--limit", "6", "--out", str(tmp_path)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert first.returncode == 0
     run_dir = the_run(tmp_path)
@@ -185,8 +204,11 @@ def test_two_concurrent_resumes_write_no_duplicate(tmp_path):
     (run_dir / "summary.json").unlink()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "dleval", "run", *ARGS, "--limit", "6", "--out", str(tmp_path), "--resume"], env=env(),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "dleval", "run", *ARGS, "--limit", "6", "--out", str(tmp_path), "--resume"],
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for _ in range(2)
     ]
