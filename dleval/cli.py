@@ -50,6 +50,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--merge-timeout", type=float, default=3600.0, help="seconds rank 0 waits for the other ranks before merging (default 3600)"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: $OMP_NUM_THREADS, else the usable cores / ranks on this node, at most 8)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -122,6 +127,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command in ("run", "sweep", "check"):
+            from dleval import launch
+
+            launch.configure_threads(args.threads)  # once, before torch loads (see dleval.launch)
         if args.command == "run":
             return _run(args)
         if args.command == "sweep":
@@ -308,14 +317,16 @@ def _list(what: str) -> int:
 
         from dleval import decoders
 
+        width = max(len(n) for n in decoders.names())
         for name in decoders.names():
             d = decoders.info(name)
             alias = f" (alias: {', '.join(d.aliases)})" if d.aliases else ""
-            print(f"{name:<12} {d.summary}{alias}")
+            print(f"{name:<{width}}  {d.summary}{alias}")
             defaults = [f"{f.name}={f.default if f.default != '' else repr('')}" for f in dataclasses.fields(decoders.load(name).Config)]
             text = f"defaults: {' '.join(defaults)}"
-            print(textwrap.fill(text, width=110, initial_indent=" " * 13, subsequent_indent=" " * 23, break_on_hyphens=False))
-            print(f"{'':13}models:   {d.paper_model} (paper), {d.cpu_model} (without CUDA)")
+            indent, more = " " * (width + 2), " " * (width + 12)
+            print(textwrap.fill(text, width=110, initial_indent=indent, subsequent_indent=more, break_on_hyphens=False))
+            print(f"{'':{width + 2}}models:   {d.paper_model} (paper), {d.cpu_model} (without CUDA)")
     elif what == "tasks":
         from dleval import tasks
 
@@ -434,7 +445,7 @@ def _report(args: argparse.Namespace) -> int:
         cells = "  ".join(f"{t} {e.cells[t].aup:.1f}" for t in built.tasks if t in e.cells)
         mean = "–" if e.mean_aup is None else f"{e.mean_aup:.1f}"
         missing = f"   missing: {', '.join(e.missing)} (not ranked)" if e.missing else ""
-        print(f"  {e.rank or '–':>2}  {e.model} · {e.decoder:<12} mean AUP {mean:>7}   {cells}{missing}")
+        print(f"  {e.rank or '–':>2}  {e.model} · {e.decoder:<16} mean AUP {mean:>7}   {cells}{missing}")
     for p in paths:
         print(f"wrote {p}")
     return 0

@@ -4,47 +4,104 @@
     python -m dleval.harness --model dleval \\
         --model_args decoder=dparallel,model=GSAI-ML/LLaDA-8B-Instruct,threshold=0.5,speed_log=speed.jsonl \\
         --tasks gsm8k --apply_chat_template
+    torchrun --nproc-per-node 8 -m dleval.harness --model dleval ...     # or: accelerate launch -m dleval.harness ...
 
 `python -m dleval.harness` is lm-eval's own command line with the `dleval` model registered: the
-pattern of the dLLM repos' `eval_llada.py` scripts, without copying them. `--model_args` takes
-`decoder`, `model` (registry name, folder or hub id), `speed_log` and any of the decoder's
-`Config` fields (the repos' names `gen_length`, `steps`, `block_length`, `threshold` and the
-aliases of `dleval.options`). Each request is decoded alone, as in those scripts; the text after
-the prompt is cut at the request's `until` strings and stripped of special tokens. lm-eval's
-results have no place for speed, so NFE, answer tokens and synced seconds of every request go to
-the sidecar JSONL `speed_log`, keyed by a hash of the prompt. `max_gen_toks` is ignored: a dLLM's
-canvas is the decoder's `gen_length`. Generation tasks only: log-likelihood requests raise.
+pattern of the dLLM repos' `eval_llada.py` scripts, without copying them (`lm_eval --model dleval`
+cannot work: lm-eval does not discover models from other packages). `--model_args` takes `decoder`,
+`model` (registry name, folder or hub id), `speed_log`, `threads` and any of the decoder's `Config`
+fields (the repos' names `gen_length`, `steps`, `block_length`, `threshold` and the aliases of
+`dleval.options`). Each request is decoded alone, as in those scripts; the text after the prompt is
+cut at the request's `until` strings and stripped of special tokens. lm-eval's results have no
+place for speed, so NFE, answer tokens and synced seconds of every request go to the sidecar JSONL
+`speed_log`, keyed by a hash of the prompt (one file per rank under a launcher:
+`speed.rank-<r>-of-<w>.jsonl`). `max_gen_toks` is ignored: a dLLM's canvas is the decoder's
+`gen_length`. Generation tasks only: log-likelihood requests raise.
+
+Chat templates: a task that pre-fills the assistant's turn (lm-eval's `gen_prefix`, e.g.
+`mbpp_instruct` opens the answer with ```` ```python ````) hands a history whose last message is
+the assistant's; it is rendered with `continue_final_message`, so the prompt ends in the prefix,
+not in a closed turn.
+
+Ranks (`dleval.ranks`): under `torchrun` / `accelerate launch` each process is one lm-eval rank (`rank`,
+`world_size`); lm-eval deals requests out by rank and gathers the per-sample metrics on rank 0 at
+the end through `all_gather` / `gather_object` / `barrier` (and `accelerator.gather` /
+`wait_for_everyone` in lm-eval <= 0.4.9), which use the launcher's `torch.distributed` process
+group (NCCL on CUDA, gloo on CPU). Each rank decodes on `cuda:LOCAL_RANK`, or the CPU.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import torch
+from dleval import launch
+from dleval.errors import UserError, did_you_mean
+from dleval.ranks import Ranks, detect
 
-from dleval import decoders, models, options
-from dleval.run import completion_of
+OWN_ARGS = ("decoder", "model", "speed_log", "device", "threads")
+
+
+def rank_file(path: Path, rank: Ranks) -> Path:
+    """`speed.jsonl` alone; `speed.rank-1-of-2.jsonl` for rank 1 of 2."""
+    if rank.world_size <= 1:
+        return path
+    return path.with_name(f"{path.stem}.rank-{rank.rank}-of-{rank.world_size}{path.suffix or '.jsonl'}")
 
 
 class Generator:
     """Decode one lm-eval context with a dleval decoder; the lm-eval-independent core."""
 
     def __init__(
-        self, decoder: str = "llada", model: str | None = None, speed_log: str | None = None, device: str | None = None, **decoder_args: Any
+        self,
+        decoder: str = "llada",
+        model: str | None = None,
+        speed_log: str | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+        rank: Ranks | None = None,
+        log=None,
+        **decoder_args: Any,
     ):
+        import torch
+
+        from dleval import decoders, models, options
+
         info = decoders.info(decoder)
         self.decoder = decoders.load(info.name)
+        names = options.field_names(self.decoder.Config)
+        for key in decoder_args:
+            if key not in names and key not in options.ALIASES:
+                raise UserError(
+                    f"--model_args has no key '{key}'{did_you_mean(key, [*OWN_ARGS, *names])}; it takes "
+                    f"{', '.join(OWN_ARGS)} and the decoder '{info.name}' parameters {', '.join(names)}"
+                )
         self.cfg = options.build(self.decoder.Config, decoder_args, f"decoder '{info.name}'")
-        self.loaded = models.load(model or (info.paper_model if torch.cuda.is_available() else info.cpu_model), device=device)
+        if threads is not None:
+            if not isinstance(threads, int) or threads <= 0:
+                raise UserError(f"--model_args threads must be a positive integer, got {threads!r}")
+            torch.set_num_threads(threads)
+        self.rank = rank or detect(run_id="lm-eval")
+        self.device = launch.device_for(None if device is None else str(device), self.rank, log)
+        self.loaded = models.load(model or (info.paper_model if self.device.type == "cuda" else info.cpu_model), device=self.device)
         self.counted = models.Counted(self.loaded.model)
-        self.speed_log = Path(speed_log) if speed_log else None
+        self.speed_log = rank_file(Path(speed_log), self.rank) if speed_log else None
+        if self.speed_log is not None:  # fail before decoding, not after the first request
+            self.speed_log.parent.mkdir(parents=True, exist_ok=True)
+            self.speed_log.touch()
         self.eos_ids = {self.loaded.model.eos_id} | ({self.loaded.model.eot_id} if self.loaded.model.eot_id is not None else set())
 
-    def generate(self, context: str, until: list[str] | None = None) -> str:
+    def generate(self, context: str, until: list[str] | None = None) -> tuple[str, int]:
+        """The cut completion of `context` and the NFE it took."""
+        import torch
+
+        from dleval.run import completion_of
+
         tokenizer = self.loaded.tokenizer
         ids = tokenizer(context)["input_ids"]
         device = self.loaded.model.device
@@ -65,13 +122,53 @@ class Generator:
                 "gen_tokens": sum(gen.committed_per_step),
                 "seconds": seconds,
                 "finish": gen.finish,
+                "rank": self.rank.rank,
+                "device": str(device),
             }
             with self.speed_log.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-        return text
+        return text, self.counted.nfe
 
     def chat(self, history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.loaded.tokenizer.apply_chat_template(history, add_generation_prompt=add_generation_prompt, tokenize=False)
+        """Render a chat; a history ending in the assistant's (pre-filled) message is continued, not closed."""
+        continue_final = bool(history) and history[-1].get("role") == "assistant"
+        return self.loaded.tokenizer.apply_chat_template(
+            history,
+            add_generation_prompt=add_generation_prompt and not continue_final,
+            continue_final_message=continue_final,
+            tokenize=False,
+        )
+
+
+class _Accelerator:
+    """The two `accelerate.Accelerator` methods lm-eval <= 0.4.9 calls on `lm.accelerator`."""
+
+    def __init__(self, lm) -> None:
+        self._lm = lm
+
+    def gather(self, tensor):
+        return self._lm.all_gather(tensor)
+
+    def wait_for_everyone(self) -> None:
+        self._lm.barrier()
+
+
+def _init_process_group(rank: Ranks, device) -> None:
+    """Join the launcher's process group (lm-eval gathers its results through it)."""
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if not os.environ.get("MASTER_ADDR"):
+        raise UserError(
+            f"rank {rank.rank} of {rank.world_size} has no MASTER_ADDR: lm-eval gathers results through torch.distributed, "
+            "so launch with torchrun or accelerate launch (under SLURM: srun torchrun ...)"
+        )
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    # Generation is long and uneven across ranks; lm-eval's first collective comes only at the end.
+    dist.init_process_group(backend, timeout=timedelta(weeks=52), rank=rank.rank, world_size=rank.world_size)
 
 
 def register() -> type:
@@ -83,14 +180,37 @@ def register() -> type:
     class DlevalLM(LM):
         def __init__(self, batch_size: Any = None, max_batch_size: Any = None, **kwargs: Any) -> None:
             super().__init__()
-            self.generator = Generator(**kwargs)
+            rank = detect(run_id="lm-eval")  # lm-eval needs no shared invocation id
+            self.generator = Generator(rank=rank, log=lambda m: print(f"dleval: {m}", file=sys.stderr), **kwargs)
+            self._rank, self._world_size = rank.rank, rank.world_size
+            self._device = self.generator.device
+            if rank.world_size > 1:
+                if self._device.type == "cuda":
+                    import torch
+
+                    torch.cuda.set_device(self._device)  # NCCL's object collectives use the current device
+                _init_process_group(rank, self._device)
+                self.accelerator = _Accelerator(self)
 
         def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-            out = []
-            for request in requests:
+            from tqdm import tqdm
+
+            where = f" · rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""
+            bar = tqdm(
+                requests,
+                desc=f"dleval · {self.generator.decoder.__name__.rsplit('.', 1)[-1]}{where}",
+                unit="request",
+                disable=disable_tqdm or self.rank != 0,
+                dynamic_ncols=True,
+            )
+            out, nfe = [], 0
+            for request in bar:
                 context, gen_kwargs = request.args
                 until = gen_kwargs.get("until", [])
-                out.append(self.generator.generate(context, [until] if isinstance(until, str) else list(until)))
+                text, n = self.generator.generate(context, [until] if isinstance(until, str) else list(until))
+                out.append(text)
+                nfe += n
+                bar.set_postfix(nfe=f"{nfe / len(out):.1f}")
             return out
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
@@ -106,19 +226,69 @@ def register() -> type:
         def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
             return self.generator.chat(chat_history, add_generation_prompt)
 
+        def chat_template(self, chat_template: bool | str = False) -> str | None:
+            return self.generator.loaded.tokenizer.chat_template or ""
+
         @property
         def tokenizer_name(self) -> str:
             return str(self.generator.loaded.folder).replace("/", "__")
 
+        # Collectives lm-eval's evaluator calls when world_size > 1 (lm-eval >= 0.4.10; see _Accelerator for older).
+        def all_gather(self, tensor):
+            if self.world_size <= 1:
+                return tensor
+            import torch
+            import torch.distributed as dist
+
+            tensor = tensor.reshape(1) if tensor.dim() == 0 else tensor
+            parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+            dist.all_gather(parts, tensor)
+            return torch.cat(parts)
+
+        def gather_object(self, obj, dst: int = 0):
+            if self.world_size <= 1:
+                return [obj]
+            import torch.distributed as dist
+
+            result = [None] * self.world_size if self.rank == dst else None
+            dist.gather_object(obj, result, dst=dst)
+            return result
+
+        def barrier(self) -> None:
+            if self.world_size > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+
     return DlevalLM
 
 
-def main() -> None:
-    register()
-    from lm_eval.__main__ import cli_evaluate
+def main() -> int:
+    try:
+        launch.configure_threads()  # before torch loads: OMP_WAIT_POLICY is read then
+        register()
+        from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+        cli_evaluate()
+    except UserError as exc:
+        print(f"dleval.harness: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable speed_log or output folder
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"dleval.harness: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "lm_eval":
+            raise
+        print("dleval.harness: error: lm-eval is not installed; pip install -e '.[lm-eval]'", file=sys.stderr)
+        return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

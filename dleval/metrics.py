@@ -7,8 +7,17 @@
 - canvas TPF = positions committed / NFE; answer TPF = answer tokens (up to the first EOS or
   stop string) / NFE, the definition AUP uses. Aggregates are ratios of sums; `*_mean` fields
   are means of per-sample ratios;
+- edits, for decoders that revoke committed tokens (WINO): per sample, `committed` counts every
+  mask -> token write (sum of `committed_per_step`), `revoked` every token -> mask write and
+  `rewritten` every commit that put a token different from one committed there earlier (so
+  rewritten <= revoked). NFE still counts every forward; canvas TPF counts net commits,
+  (committed - revoked) / NFE = `gen_tokens` / NFE; answer TPF stays final answer tokens / NFE.
+  A decoder that never revokes has committed = gen_tokens and revoked = rewritten = 0;
 - latency: synced seconds per sample, warm-up samples excluded; TPS = answer tokens / seconds;
 - speedup: against an explicitly named baseline, by latency and by NFE;
+- PBx (ParallelBench, furiosa-ai/ParallelBench): the largest TPF at which a curve keeps at
+  least x % of its own best accuracy, reading the curve as straight lines between its sweep
+  points sorted by TPF (no extrapolation past the last point); x = 80 and 90 on the board;
 - AUP, Accuracy Under Parallelism: exactly hao-ai-lab/d3LLM `AUP_leaderboard/aup_utils.py`
   @e5bfcac (decoders.md §4.5), except that points below the floor are dropped with a warning
   instead of failing the reference's assert (`strict=True` keeps the assert).
@@ -53,6 +62,9 @@ class Summary:
     nfe_counts: dict[int, int] = field(default_factory=dict)  # NFE value -> samples, the distribution
     gen_tokens_mean: float = 0.0  # canvas positions committed per sample
     pass_at_k: dict[int, float] = field(default_factory=dict)  # percent, only the k every problem supports
+    committed_mean: float = 0.0  # mask -> token writes per sample, revoked ones included
+    revoked_mean: float = 0.0  # token -> mask writes per sample
+    rewritten_mean: float = 0.0  # commits per sample that changed an earlier token
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -143,6 +155,9 @@ def summarize(records: Sequence[Record]) -> Summary:
         nfe_counts=dict(sorted(Counter(nfes).items())),
         gen_tokens_mean=ratio(sum(r.gen_tokens for r in ok), len(ok)),
         pass_at_k={k: 100.0 * v for k, v in passes.items() if v is not None},
+        committed_mean=ratio(sum(r.committed for r in ok), len(ok)),
+        revoked_mean=ratio(sum(r.revoked for r in ok), len(ok)),
+        rewritten_mean=ratio(sum(r.rewritten for r in ok), len(ok)),
     )
 
 
@@ -248,3 +263,34 @@ def mean_aup(aups: Mapping[str, float], tasks: Sequence[str]) -> float | None:
     if any(t not in aups for t in tasks):
         return None
     return sum(aups[t] for t in tasks) / len(tasks)
+
+
+# --- PBx (ParallelBench) ----------------------------------------------------------------------
+
+PB_LEVELS = (80, 90)  # the x of the PBx columns on the board
+
+
+def pbx(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """PBx of (TPF, accuracy) points: the largest TPF whose linearly interpolated accuracy is at
+    least x % of the best accuracy among the points.
+
+    The points are sorted by TPF (equal TPFs keep their given order); every point at or above the
+    bar is a candidate, and so is every crossing of the bar by a segment between neighbours
+    (t = t_i + (y_i - bar) (t_j - t_i) / (y_i - y_j) where the segment goes from above to below
+    the bar). No extrapolation: the answer is at most the largest sweep TPF. None when the best
+    accuracy is <= 0 (x % of nothing says nothing).
+    """
+    if not points:
+        raise ValueError("PBx needs at least one (TPF, accuracy) point")
+    if not 0 < x <= 100:  # NaN fails too
+        raise ValueError(f"x must be a percentage in (0, 100], not {x}")
+    pts = sorted(((float(t), float(y)) for t, y in points), key=lambda p: p[0])
+    best = max(y for _, y in pts)
+    if not best > 0:
+        return None
+    bar = best * x / 100.0
+    found = [t for t, y in pts if y >= bar]
+    for (t0, y0), (t1, y1) in zip(pts, pts[1:]):
+        if y0 >= bar > y1:
+            found.append(t0 + (y0 - bar) * (t1 - t0) / (y0 - y1))
+    return max(found)

@@ -13,6 +13,8 @@ depends on the code version that produced a summary. Conventions (ecosystem.md Â
   measured answer TPF (d3LLM's board uses a nominal 1.0 for the full-steps point);
 - **AUP** per curve against `y_max` = the best accuracy of any row of that task in the report,
   unless pinned; points below the 5-point floor are dropped with a note that names them;
+- **PB80 / PB90** per curve (ParallelBench's PBx, `metrics.pbx`): the largest answer TPF that
+  keeps 80 / 90 % of the curve's own best accuracy, over all its points (dropped ones too);
 - **speedup** of each row against an explicitly named baseline run (`baselines`), else the
   curve's baseline point; the baseline's run id is written next to the ratio.
 """
@@ -36,7 +38,7 @@ from typing import Any
 
 from dleval import __version__, results
 from dleval.errors import UserError
-from dleval.metrics import AUP, AUPWarning, Summary, aup_detail, mean_aup, speedup, summarize
+from dleval.metrics import AUP, PB_LEVELS, AUPWarning, Summary, aup_detail, mean_aup, pbx, speedup, summarize
 from dleval.types import Record
 
 BASELINE_DECODER = "llada"
@@ -227,7 +229,9 @@ class Row:
     avg_nfe: float
     nfe_p50: float
     nfe_max: int
-    avg_gen_tokens: float  # canvas positions committed
+    avg_gen_tokens: float  # canvas positions committed (net of revocations)
+    avg_revoked: float  # committed tokens a decoder revoked per sample (WINO); metrics.py defines the edit counts
+    avg_rewritten: float  # commits per sample that replaced an earlier, different token
     avg_answer_tokens: float
     tpf: float  # answer TPF, sum of answer tokens / sum of NFE (the AUP definition)
     tpf_mean: float  # mean of per-sample answer TPF
@@ -246,6 +250,8 @@ class Row:
     backend: str
     warmup: int  # samples excluded from timing
     aup: float | None  # of the curve this row belongs to
+    pb80: float | None  # PBx of the curve: largest answer TPF keeping 80 % of its best accuracy
+    pb90: float | None
     y_max: float | None
     aup_alpha: float | None
     aup_point: str  # kept | dropped (below the floor)
@@ -274,6 +280,7 @@ class Curve:
     baseline: Row | None  # the one-token-per-step point added to the curve, if not one of its rows
     aup: AUP | None
     samples: int
+    pb: dict[int, float | None] = field(default_factory=dict)  # x -> PBx over every point of the curve
 
 
 @dataclass(frozen=True)
@@ -281,6 +288,7 @@ class BoardCell:
     aup: float
     tpf: float  # of the curve's fastest kept point, shown under the AUP
     accuracy: float
+    pb: dict[int, float | None] = field(default_factory=dict)  # x -> PBx of the curve
 
 
 @dataclass(frozen=True)
@@ -360,6 +368,8 @@ def _row(runs: list[Run], summary: Summary) -> Row:
         nfe_p50=summary.nfe_p50,
         nfe_max=summary.nfe_max,
         avg_gen_tokens=summary.gen_tokens_mean,
+        avg_revoked=summary.revoked_mean,
+        avg_rewritten=summary.rewritten_mean,
         avg_answer_tokens=summary.answer_tokens_mean,
         tpf=summary.answer_tpf,
         tpf_mean=summary.answer_tpf_mean,
@@ -378,6 +388,8 @@ def _row(runs: list[Run], summary: Summary) -> Row:
         backend="native",
         warmup=sum(1 for r in runs for rec in r.records if rec.warmup),
         aup=None,
+        pb80=None,
+        pb90=None,
         y_max=None,
         aup_alpha=None,
         aup_point="",
@@ -603,10 +615,13 @@ def _curve(ck, decoder, keys, rows, extra, has_base, ymax, alpha, y_min_offset, 
                 f"the floor {floor:.2f}% and was dropped from the AUP"
             )
     dropped = {used[i].run_id for i in result.dropped} if result else set()
+    pb = {x: pbx(points, x) for x in PB_LEVELS} if all(t > 0 for t, _ in points) else {x: None for x in PB_LEVELS}
     final = tuple(
         dataclasses.replace(
             r,
             aup=result.value if result else None,
+            pb80=pb.get(80),
+            pb90=pb.get(90),
             y_max=ymax[first.task] if result else None,
             aup_alpha=alpha if result else None,
             aup_point=("dropped" if r.run_id in dropped else "kept") if result else "",
@@ -614,7 +629,8 @@ def _curve(ck, decoder, keys, rows, extra, has_base, ymax, alpha, y_min_offset, 
         for r in own
     )
     baseline = rows[extra] if extra else None
-    return Curve(ck, first.model, decoder, first.task, label, final, points, point_names, baseline, result, max(r.n_samples for r in own))
+    samples = max(r.n_samples for r in own)
+    return Curve(ck, first.model, decoder, first.task, label, final, points, point_names, baseline, result, samples, pb)
 
 
 def _board(curves: list[Curve], mean_over: tuple[str, ...], notes: list[str]) -> tuple[BoardEntry, ...]:
@@ -636,7 +652,7 @@ def _board(curves: list[Curve], mean_over: tuple[str, ...], notes: list[str]) ->
         for task, c in per_task.items():
             assert c.aup is not None
             fastest = max(c.aup.kept, key=lambda i: c.points[i][0])
-            cells[task] = BoardCell(c.aup.value, c.points[fastest][0], c.points[fastest][1])
+            cells[task] = BoardCell(c.aup.value, c.points[fastest][0], c.points[fastest][1], dict(c.pb))
         missing = tuple(t for t in mean_over if t not in cells)
         entries.append(BoardEntry(None, model, decoder, cells, mean_aup({t: cell.aup for t, cell in cells.items()}, mean_over), missing))
     # Complete entries are ranked by mean AUP; an entry missing a task of the list is never
@@ -682,7 +698,7 @@ def write_board(report: Report, path: Path) -> None:
                 "model",
                 "decoder",
                 "model_decoder",
-                *[f"{t}_{m}" for t in report.tasks for m in ("aup", "tpf", "acc")],
+                *[f"{t}_{m}" for t in report.tasks for m in ("aup", *(f"pb{x}" for x in PB_LEVELS), "tpf", "acc")],
                 "avg_aup",
                 "avg_tasks",
                 "missing_tasks",
@@ -692,7 +708,8 @@ def write_board(report: Report, path: Path) -> None:
             cells = []
             for t in report.tasks:
                 c = e.cells.get(t)
-                cells += [_cell(c.aup), _cell(c.tpf), _cell(c.accuracy)] if c else ["", "", ""]
+                pbs = [_cell(c.pb.get(x)) for x in PB_LEVELS] if c else [""] * len(PB_LEVELS)
+                cells += [_cell(c.aup), *pbs, _cell(c.tpf), _cell(c.accuracy)] if c else ["", *pbs, "", ""]
             out.writerow(
                 [
                     _cell(e.rank),

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from dleval import __version__, decoders, executor, models, options, prompts, results, tasks
+from dleval import __version__, decoders, executor, launch, models, options, prompts, results, tasks
 from dleval.errors import UserError
 from dleval.metrics import Summary, summarize
 from dleval.ranks import Ranks, detect
@@ -178,6 +178,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": device_name(device),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "thread_settings": launch.current_threads(),  # intra-op count, its source, cores, OMP_WAIT_POLICY
     }
 
 
@@ -585,7 +586,7 @@ def _record(pipe: Pipeline, d: Decoded) -> Record:
         metrics=score.metrics if score else {},
         nfe=d.nfe,
         rows_forwarded=d.rows,
-        gen_tokens=sum(gen.committed_per_step),
+        gen_tokens=sum(gen.committed_per_step) - gen.revoked,  # net commits (metrics.py)
         answer_tokens=answer_tokens,
         prompt_tokens=len(pipe.rendered[sample.id].ids),
         seconds=d.seconds,
@@ -595,6 +596,9 @@ def _record(pipe: Pipeline, d: Decoded) -> Record:
         warmup=d.warmup,
         error=error,
         target=sample.target,
+        committed=sum(gen.committed_per_step),
+        revoked=gen.revoked,
+        rewritten=gen.rewritten,
         **_where(pipe),
     )
 

@@ -58,13 +58,17 @@ class Generation:
 
     `tokens` is the generated region (gen_length ids, or fewer when a decoder truncates the
     canvas, e.g. Learn2PD's end-of-text prediction); `committed_per_step` is how many positions
-    were committed by each forward, the distribution behind TPF. NFE is deliberately absent:
+    were committed (mask -> token) by each forward, the distribution behind TPF; commits a
+    decoder later revoked are included, so sum(committed_per_step) - revoked is the net count of
+    committed positions (metrics.py defines the edit counts). NFE is deliberately absent:
     the run loop reads it from the counting wrapper around the model.
     """
 
     tokens: tuple[int, ...]
     committed_per_step: tuple[int, ...]
     finish: str = "length"  # "length" | "eos" | "early_exit"
+    revoked: int = 0  # committed tokens a decoder turned back into masks (WINO); metrics.py defines it
+    rewritten: int = 0  # commits that replaced an earlier, different token at the same position
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ class Score:
 class Record:
     """One finished sample: one line of `samples.jsonl`.
 
-    Token counts follow ARCHITECTURE §5: `gen_tokens` are canvas positions committed,
+    Token counts follow ARCHITECTURE §5: `gen_tokens` are canvas positions committed (net of
+    revocations: `committed - revoked`; the edit counts are defined in dleval/metrics.py),
     `answer_tokens` the answer's tokens up to the first EOS or stop string. `seconds` is the
     synced wall time of the decode (shared equally by the rows of a batch).
 
@@ -121,6 +126,9 @@ class Record:
     device: str = ""
     invocation: str = ""
     format: int = RECORD_FORMAT
+    committed: int = 0  # mask -> token writes, revoked ones included: sum(committed_per_step)
+    revoked: int = 0  # token -> mask writes (WINO); gen_tokens = committed - revoked
+    rewritten: int = 0  # commits that replaced an earlier, different token at that position
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
@@ -131,4 +139,6 @@ class Record:
         names = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in names}
         data["committed_per_step"] = tuple(data.get("committed_per_step", ()))
+        if "committed" not in data:  # records written before the edit counts: nothing was revoked
+            data["committed"] = sum(data["committed_per_step"])
         return cls(**data)

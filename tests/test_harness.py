@@ -1,4 +1,5 @@
-"""The lm-eval adapter: `dleval` registered as an lm-eval model, tested against a fake lm_eval.
+"""The lm-eval adapter: `dleval` registered as an lm-eval model, tested against a fake lm_eval
+(fast, no lm-eval install needed; tests/test_lm_eval.py runs the real package).
 
 Run: pytest tests/test_harness.py
 """
@@ -25,6 +26,9 @@ def fake_lm_eval(monkeypatch):
     class LM:
         def __init__(self) -> None:
             self._rank, self._world_size = 0, 1
+
+        rank = property(lambda self: self._rank)
+        world_size = property(lambda self: self._world_size)
 
     def register_model(*names):
         def decorate(cls):
@@ -66,5 +70,37 @@ def test_registered_model_generates_until_and_logs_speed(fake_lm_eval, tmp_path)
 def test_bad_decoder_argument_is_a_user_error():
     from dleval.errors import UserError
 
-    with pytest.raises(UserError, match="did you mean 'threshold'|has no parameter"):
-        harness.Generator(decoder="llada", model="tiny", device="cpu", treshold=0.5)
+    with pytest.raises(UserError, match=r"no key 'treshold' \(did you mean 'threshold'\?\)"):
+        harness.Generator(decoder="dparallel", model="tiny", device="cpu", treshold=0.5)
+    with pytest.raises(UserError, match="steps='many' is not a valid int"):
+        harness.Generator(decoder="llada", model="tiny", device="cpu", steps="many")
+
+
+def test_bad_model_args_key_suggests_the_adapters_own_keys():
+    from dleval.errors import UserError
+
+    with pytest.raises(UserError, match=r"no key 'modle' \(did you mean 'model'\?\)"):
+        harness.Generator(decoder="llada", modle="tiny", device="cpu")
+
+
+def test_pre_filled_assistant_turn_is_continued_on_the_real_chat_template(bundled):
+    """lm-eval hands a history ending in the assistant's gen_prefix (mbpp_instruct: ```python);
+    the bundled model's tokenizer carries a real Llama-3-style chat template."""
+    gen = harness.Generator.__new__(harness.Generator)
+    gen.loaded = bundled
+    history = [{"role": "user", "content": "Write a function."}, {"role": "assistant", "content": "```python\n"}]
+    closed = bundled.tokenizer.apply_chat_template(history, add_generation_prompt=False, tokenize=False)
+    assert closed.endswith("```python\n<|eot_id|>")  # what the adapter rendered before: a closed turn
+    rendered = gen.chat(history, add_generation_prompt=False)
+    assert rendered == closed.removesuffix("<|eot_id|>")
+    assert rendered.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n```python\n")
+    # No pre-filled turn: the generation prompt opens the assistant's turn, as before.
+    question = [{"role": "user", "content": "2+2?"}]
+    assert gen.chat(question) == chat_prompt("2+2?")
+
+
+def test_speed_log_gets_one_file_per_rank(tmp_path):
+    from dleval.ranks import Ranks
+
+    assert harness.rank_file(tmp_path / "speed.jsonl", Ranks()) == tmp_path / "speed.jsonl"
+    assert harness.rank_file(tmp_path / "speed.jsonl", Ranks(1, 2, 1, "torchrun")) == tmp_path / "speed.rank-1-of-2.jsonl"

@@ -129,11 +129,11 @@ def test_synth_gsm_hint_reaches_prophet_and_fits_the_bundled_tokenizer(bundled):
     spec = tasks.load_task("synth_gsm")
     cfg = run.decoder_config(prophet, spec.generation, {}, "prophet")
     assert cfg.answer_prefix == spec.generation.answer_prefix and cfg.gen_length == spec.generation.gen_length
+    assert (cfg.answer_start, cfg.answer_length) == (spec.generation.answer_start, spec.generation.answer_length) == (27, 1)
     [(offset, word)] = cfg.prefix_words()
     marker = bundled.model.encode(" " + word)
     forced, window = prophet.constraints(bundled.model, cfg)
-    start = offset + len(marker) + 1
-    assert forced == {offset + i: t for i, t in enumerate(marker)} and window == list(range(start, min(cfg.gen_length, start + 5)))
+    assert forced == {offset + i: t for i, t in enumerate(marker)} and window == [offset + len(marker)]  # right after the marker
     samples = tasks.load_samples(spec)[:50]
     gen = prophet.decode(bundled.model, [prompts.render(samples[0], spec.prompt, bundled.tokenizer).ids], cfg)[0]
     assert list(gen.tokens[offset : offset + len(marker)]) == marker and bundled.model.mask_id not in gen.tokens
@@ -141,3 +141,21 @@ def test_synth_gsm_hint_reaches_prophet_and_fits_the_bundled_tokenizer(bundled):
     if len({len(a) for a in answers}) > 1:
         pytest.skip("the provisional bundled tokenizer gives synth_gsm answers no fixed layout; the hint's offset cannot be checked")
     assert all(a[offset : offset + len(marker)] == marker for a in answers)  # the marker sits where the hint forces it
+    assert all(len(a) == window[0] + 1 for a in answers)  # the window is the answer's last token: the number itself
+
+
+def test_synth_gsm_hint_makes_the_exit_a_real_test(bundled):
+    """Without the hint the reference window (offsets 28-32) lies on EOS padding and every problem
+    exits at the first forward; with it the exit waits for the answer digit's margin."""
+    from dleval import prompts, run, tasks
+
+    spec = tasks.load_task("synth_gsm")
+    ids = [prompts.render(s, spec.prompt, bundled.tokenizer).ids for s in tasks.load_samples(spec)[:4]]
+    hinted = run.decoder_config(prophet, spec.generation, {}, "prophet")
+    reference_window = run.decoder_config(prophet, spec.generation, {"answer_start": None, "answer_length": 5}, "prophet")
+    for p in ids:
+        plain = Counted(bundled.model)
+        prophet.decode(plain, [p], reference_window)
+        real = Counted(bundled.model)
+        prophet.decode(real, [p], hinted)
+        assert plain.nfe == 1 and real.nfe > 1

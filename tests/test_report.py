@@ -22,7 +22,7 @@ import torch
 from dleval import report, tasks
 from dleval.cli import main
 from dleval.errors import UserError
-from dleval.metrics import AUPWarning, aup
+from dleval.metrics import AUPWarning, aup, pbx
 from dleval.types import Record
 from tests.browser import Chromium, find_chromium
 
@@ -105,6 +105,11 @@ def test_board_has_one_entry_per_model_and_decoder(written):
     rows = read_csv(written / "leaderboard.csv")
     fastest = max((r for r in rows if r["aup_point"] == "kept"), key=lambda r: float(r["tpf"]))
     assert (row["synth_gsm_tpf"], row["synth_gsm_acc"]) == (fastest["tpf"], fastest["accuracy_pct"])
+    # PB80/PB90 next to the AUP: the curve's own, recomputed from the rows' (TPF, accuracy)
+    points = [(float(r["tpf"]), float(r["accuracy_pct"])) for r in rows]
+    for x in (80, 90):
+        assert float(row[f"synth_gsm_pb{x}"]) == pytest.approx(pbx(points, x), rel=1e-3)
+        assert all(float(r[f"pb{x}"]) == pytest.approx(pbx(points, x), rel=1e-3) for r in rows)
 
 
 class _Page(HTMLParser):
@@ -257,7 +262,7 @@ def test_mean_aup_over_an_explicit_task_list(tmp_path):
     out = tmp_path / "out"
     report.write(built, out)
     header = (out / "board.csv").read_text().splitlines()[0]
-    assert header.startswith("rank,model,decoder,model_decoder,t1_aup,t1_tpf,t1_acc,t2_aup") and header.endswith("avg_aup,avg_tasks,missing_tasks")
+    assert header.startswith("rank,model,decoder,model_decoder,t1_aup,t1_pb80,t1_pb90,t1_tpf,t1_acc,t2_aup") and header.endswith("avg_aup,avg_tasks,missing_tasks")
 
 
 def test_reading_is_read_only_and_tolerates_a_run_in_progress(tmp_path):

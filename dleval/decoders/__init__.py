@@ -5,7 +5,7 @@ A decoder module exports a frozen `Config` dataclass (paper defaults) and
 `ALIASES` (other CLI names), `BATCHED` (False: the run loop decodes one prompt at a time),
 `PAPER_MODEL` (the checkpoint its paper used, the default on a GPU) and `CPU_MODEL` (the bundled
 model used by default without one), `DREAM_PAPER_MODEL` / `DREAM_CPU_MODEL` (the same for
-`--model-family dream`: the Dream checkpoint its paper used, and the bundled tiny-dream), `IDLE_STEPS` (True: a fixed-step schedule may commit
+`--model-family dream`: the Dream checkpoint its paper used, and the bundled tiny-dream), `IDLE_FORWARDS` (True: a fixed-step schedule may commit
 nothing in a forward, as its reference does). An optional `check(model, cfg)` raises ValueError when the
 config cannot run with that model (e.g. a missing learned filter); the run loop calls it once
 before decoding. Files starting with "_" are shared parts, not decoders.

@@ -293,3 +293,31 @@ def _cached_forward(model: Model, x: torch.Tensor, s: int, e: int, cache: str, k
     if cache == "prefix":
         return model.forward(x[:, s:], start=s, cache=kv).logits[:, : e - s]  # block + masked suffix in, block out
     return model.forward(x[:, s:e], start=s, cache=kv).logits  # in-place span write into kv
+
+
+# ---------------------------------------------------------------------------- edit accounting
+# Added for issue 15 (wino revokes committed tokens). Definitions in dleval/metrics.py.
+
+
+class Edits:
+    """Counts the revocations and rewrites of one canvas row span.
+
+    `last` (1, T) holds the last token ever committed at each position (the mask id where none
+    was); a commit whose token differs from an earlier, since-revoked one is a rewrite.
+    """
+
+    def __init__(self, span: torch.Tensor, mask_id: int) -> None:
+        self.last = span.clone()  # (1, T)
+        self.mask_id = mask_id
+        self.revoked = 0
+        self.rewritten = 0
+
+    def commit(self, chosen: torch.Tensor, tokens: torch.Tensor) -> None:
+        """chosen (1, T) bool positions that go from mask to `tokens` (1, T)."""
+        before = self.last != self.mask_id
+        self.rewritten += int((chosen & before & (self.last != tokens)).sum())
+        self.last = torch.where(chosen, tokens, self.last)
+
+    def revoke(self, revoked: torch.Tensor) -> None:
+        """revoked (1, T) bool positions that go from a committed token back to the mask."""
+        self.revoked += int(revoked.sum())

@@ -31,11 +31,16 @@ Where this differs from the reference, and why:
   reference does it at the top of the next iteration, on the same canvas), so the filled
   positions count as that forward's commits. As in the reference, there is no fill when that
   forward left no mask: tokens it committed after the EOS stay.
-- The reference takes its candidate mask before that EOS fill, so in the iteration after an EOS
-  appears, positions just filled with EOS still count as masked: one can take the forced
-  lowest-entropy slot or satisfy the progress guarantee, and its argmax overwrites the EOS (the
-  next fill restores it, except after the last forward). Here the mask is taken after the fill, so
-  every forward commits at least one real mask.
+- The reference takes its candidate mask at the top of an iteration, before that iteration's EOS
+  fill, so in the forward after an EOS appears every position the fill just turned into EOS (up
+  to the end of the canvas: the blocks after the EOS are all marked active) is still a candidate:
+  each of them with H <= tau is committed, as is the forced lowest-entropy one, and its argmax
+  overwrites the EOS, not just one position. The next iteration's fill restores them, but when
+  that forward left no mask the loop ends before any fill, so the reference's output keeps
+  non-EOS tokens after its first EOS. Here the mask is taken after the fill, so every forward
+  commits at least one real mask and everything after the first EOS is EOS. Hence tokens up to
+  and including the first EOS match the reference while later ones can differ, and NFE can too
+  (the reference can spend a forward on filled positions alone).
 - Ties break by (entropy, position) instead of `torch.topk`'s unspecified order (§0.3), and the
   argmax skips [MASK] (`_parts.propose`: a trained model never ranks it first; a random one
   could, and the until-no-mask loop would never end).

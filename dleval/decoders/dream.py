@@ -47,7 +47,7 @@ from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
 BATCHED = True
-IDLE_STEPS = True  # int(n (1 - s/t)) is 0 early on (e.g. 16 masks, 16 steps: 0.999 -> 0); the last step catches up
+IDLE_FORWARDS = True  # int(n (1 - s/t)) is 0 early on (e.g. 16 masks, 16 steps: 0.999 -> 0); the last step catches up
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 PAPER_MODEL = "Dream-org/Dream-v0-Instruct-7B"  # eval_instruct/eval.sh
 # CPU default: the bundled tiny (any model runs this sampler); `--model-family dream` picks tiny-dream.

@@ -29,6 +29,13 @@ equal maxima" rule then cuts right after the answer. `score_dtype="float64"` (ou
 float64, where such ties are rare.
 
 Differences from the reference, and why:
+- Every commit stays inside the current block. In the reference, when the filter has already
+  accepted some of the block's masks, LLaDA's quota for the step can exceed the masks left in the
+  block (with steps < gen_length, where the quota is above 1): `torch.topk` then also picks
+  positions scored -inf, and since the reference reverts x0 only at unmasked positions, masks
+  after the block are committed with their argmax. That is an indexing accident, not the method
+  (the paper decodes block by block), so the quota here is capped by the block's masks. With
+  the paper's steps = gen_length (quota 1) it never happens.
 - After a cut inside the current block, that block is shorter than the filter's input; the
   reference then feeds the filter a shorter vector, which a Linear(32, .) layer cannot take. Here
   the vector is padded with zeros (the unknown class presumably pads too; it cannot be checked).

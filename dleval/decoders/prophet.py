@@ -21,6 +21,12 @@ gen_length, Prophet is plain LLaDA (such offsets need no tokenizer). Tasks can s
 (`answer_prefix` in a task's [generation] hints; synth_gsm forces " ####"). No prefix, no test:
 `answer_prefix=""` is exactly `llada`.
 
+The window starting two after the last constraint token skips the position right after it, which
+is where a one-token answer goes: on synth_gsm (" ####" at offset 26, the digit at 27, EOS after)
+the reference's window would lie on EOS padding only and exit at the first forward whatever the
+model knows. `answer_start` (ours) sets the window's first offset; the task hints it (with
+`answer_length`) so that the test reads the answer itself.
+
 Also as the reference: a block holding constraint positions has fewer masks than steps, so some
 of its forwards have a quota of 0 and commit nothing (they still count). The confidence softmax
 and the top-1 minus top-2 gaps are taken in the logits' dtype, as the reference does (bf16 on a
@@ -52,6 +58,7 @@ class Config:
     temperature: float = 0.0  # eval_llada.py always passes temperature=0
     answer_prefix: str = "200:The|201:answer|202:is"  # eval.sh constraints_text
     answer_length: int = 5  # eval.sh answer_length=5
+    answer_start: int | None = None  # ours: the window's first generation offset; None = last constraint token + 2 (eval_llada.py)
     early_threshold: float = 7.5  # eval_llada.py early_threshold: gap needed while progress < 0.33
     mid_threshold: float = 5.0  # mid_threshold: while progress < 0.67
     late_threshold: float = 2.5  # late_threshold: afterwards
@@ -66,6 +73,8 @@ class Config:
         _parts.check_number("temperature", self.temperature, why="Gumbel noise scale; 0 = greedy")
         for name in ("early_threshold", "mid_threshold", "late_threshold"):  # inf: never exit in that phase
             _parts.check_number(name, getattr(self, name), finite=False, why="a top-1 minus top-2 raw-logit gap")
+        if self.answer_start is not None and self.answer_start < 0:
+            raise ValueError("answer_start must be a generation offset >= 0 (or None: two after the last constraint token)")
         _parts.check_score_dtype(self.score_dtype)
         self.prefix_words()  # validates the syntax
 
@@ -105,9 +114,10 @@ def constraints(model: Model, cfg: Config) -> tuple[dict[int, int], list[int]]:
             if pos + i < cfg.gen_length:
                 forced[pos + i] = int(tid)
             last = max(last, pos + i)
-    start = last + 2  # eval_llada.py: max(constraints) + 2
-    window = list(range(start, min(cfg.gen_length, start + cfg.answer_length))) if last >= 0 else []
-    return forced, window
+    if last < 0:  # no prefix, no test (also with answer_start: the method needs its constraint)
+        return forced, []
+    start = last + 2 if cfg.answer_start is None else cfg.answer_start  # eval_llada.py: max(constraints) + 2
+    return forced, list(range(start, min(cfg.gen_length, start + cfg.answer_length)))
 
 
 @torch.inference_mode()

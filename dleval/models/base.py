@@ -66,6 +66,12 @@ class Model(Protocol):
     - `start < cache.length`: the span [s, s+T) lies inside the cache, its fresh K/V overwrite the
       cached ones in place, and attention runs over the whole cache (Fast-dLLM dual cache).
     `attention_mask` is (B, total_len) over key positions (False = left padding).
+
+    Optional capability, announced by `custom_attention = True` (read it with getattr and a
+    default): `positions` (T,) gives the absolute RoPE positions of the ids instead of
+    [start, start+T), and `attention_mask` may be a per-query (B, T, total_len) bool mask. WINO's
+    shadow block needs both (a copy of the current block at the block's positions, seeing the
+    canvas but not its own position); `Counted` passes `positions` on only when it is given.
     `logit_shift` is True for Dream-style models whose logit at i-1 predicts token i; the
     implementation already undoes the shift, so logits[:, i] always predicts token i.
 
@@ -87,6 +93,7 @@ class Model(Protocol):
         start: int = 0,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> ForwardOutput: ...
 
 
@@ -116,8 +123,11 @@ class Counted:
         start: int = 0,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> ForwardOutput:
         self.nfe += 1
         self.rows += int(ids.shape[0])
         self.positions += int(ids.numel())
-        return self.inner.forward(ids, start=start, cache=cache, attention_mask=attention_mask)
+        if positions is None:  # models without the custom_attention capability lack the keyword
+            return self.inner.forward(ids, start=start, cache=cache, attention_mask=attention_mask)
+        return self.inner.forward(ids, start=start, cache=cache, attention_mask=attention_mask, positions=positions)

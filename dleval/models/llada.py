@@ -199,7 +199,12 @@ class Block(nn.Module):
         if cfg.n_kv_heads != cfg.n_heads:
             rep = cfg.n_heads // cfg.n_kv_heads
             keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        mask = None if key_mask is None else key_mask[:, None, None, : keys.shape[2]]  # (B, 1, 1, Tk)
+        if key_mask is None:
+            mask = None
+        elif key_mask.dim() == 3:  # per-query mask (B, T, Tk), e.g. WINO's shadow block
+            mask = key_mask[:, None, :, : keys.shape[2]]  # (B, 1, T, Tk)
+        else:
+            mask = key_mask[:, None, None, : keys.shape[2]]  # (B, 1, 1, Tk)
         att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         x = x + self.attn_out(att.transpose(1, 2).reshape(B, T, cfg.d_model))
         h = self.ff_norm(x)
@@ -224,6 +229,7 @@ class LLaDA(nn.Module):
     """The denoiser. Implements `dleval.models.base.Model`; `model.*` keys match LLaDA's."""
 
     logit_shift = False
+    custom_attention = True  # forward accepts `positions` and a per-query (B, T, Tk) attention_mask
 
     def __init__(self, cfg: LLaDAConfig, *, eot_id: int | None = None) -> None:
         super().__init__()
@@ -260,8 +266,10 @@ class LLaDA(nn.Module):
         start: int = 0,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> ForwardOutput:
-        """ids: (B, T) at positions [start, start+T). See `Model` for the cache modes."""
+        """ids: (B, T) at positions [start, start+T), or at `positions` (T,) when given (RoPE
+        only; the cache bookkeeping still uses `start`). See `Model` for the cache modes."""
         T = ids.shape[1]
         if cache is None and start != 0:
             raise ValueError("a forward without a cache must start at position 0")
@@ -271,7 +279,10 @@ class LLaDA(nn.Module):
             raise ValueError("an in-place span must lie inside the cache")
         tr = self.model.transformer
         x = tr["wte"](ids)
-        positions = torch.arange(start, start + T, device=ids.device)
+        if positions is None:
+            positions = torch.arange(start, start + T, device=ids.device)
+        elif positions.shape != (T,):
+            raise ValueError(f"positions must have shape ({T},), not {tuple(positions.shape)}")
         rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
         key_mask = None if attention_mask is None else attention_mask.to(device=ids.device, dtype=torch.bool)
         keys, values = [], []

@@ -100,6 +100,8 @@ class GenerationHints:
     gen_length: int | None = None
     block_length: int | None = None
     answer_prefix: str | None = None  # Prophet's forced answer prefix ("offset:word|..."), where the answer format is fixed
+    answer_start: int | None = None  # Prophet's exit window: first generation offset (where the answer itself sits)
+    answer_length: int | None = None  # Prophet's exit window: how many positions
 
 
 @dataclass(frozen=True)

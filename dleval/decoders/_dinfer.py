@@ -1,0 +1,127 @@
+"""dInfer's block loop and selection rules, shared by the `dinfer`, `dinfer_credit` and `dinfer_hierarchy` decoders.
+
+Source: inclusionAI/dInfer @fce4e32, `python/dinfer/decoding/generate_uniform.py`
+(`BlockWiseDiffusionLLM`, `BlockRunner`, `BaseDiffusionIteration`) with
+`BlockIteratorFactory(start_block_align=True)` and `early_stop=True`, and
+`python/dinfer/decoding/parallel_strategy.py` (`get_transfer_index_threshold`,
+`CreditThresholdParallelDecoder._apply_credit_fusion`, `HierarchyDecoder.get_transfer_index`).
+The decoders' docstrings describe the loop, the rules and every difference from the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dleval.decoders import _parts
+from dleval.models.base import Model
+from dleval.types import Generation, OnStep
+
+THRESHOLD_MARGIN = 1e-5  # get_transfer_index_threshold: max confidence - 1e-5
+
+# select(block logits (1, b, V), masked (1, b), block start) -> (x0 (1, b), chosen (1, b))
+Select = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def check_config(cfg: Any, probabilities: Sequence[str]) -> None:
+    """The checks every dInfer Config shares; `probabilities` names its fields that live in [0, 1]."""
+    if cfg.gen_length <= 0 or cfg.block_length <= 0:
+        raise ValueError("gen_length and block_length must be positive")
+    for name in probabilities:
+        value = getattr(cfg, name)
+        if not 0.0 <= value <= 1.0:  # NaN fails too
+            raise ValueError(f"{name} must be in [0, 1], not {value}")
+    if cfg.maximum_unroll < 1 or cfg.expected_tpf < 1:
+        raise ValueError("maximum_unroll and expected_tpf must be >= 1")
+    if not cfg.temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, not {cfg.temperature}")
+
+
+def decode(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    cfg: Any,
+    make_select: Callable[[], Select],
+    on_step: OnStep | None,
+    seeds: Sequence[int] | None,
+) -> list[Generation]:
+    """One prompt at a time; `make_select` gives each prompt a fresh rule (the credit matrix is state)."""
+    out = []
+    for i, prompt in enumerate(prompts):
+        if seeds is not None:
+            torch.manual_seed(int(seeds[i]))  # the Gumbel noise draws from the global RNG
+        out.append(decode_one(model, prompt, cfg, make_select(), on_step))
+    return out
+
+
+def decode_one(model: Model, prompt: Sequence[int], cfg: Any, select: Select, on_step: OnStep | None) -> Generation:
+    x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, N)
+    N = x.shape[1]
+    commits: list[int] = []
+    finish = "length"
+    for s in range((P // cfg.block_length) * cfg.block_length, N, cfg.block_length):  # start_block_align=True
+        e = min(s + cfg.block_length, N)
+        while (left := int((x[:, s:e] == model.mask_id).sum())) > 0:
+            for _ in range(max(min(left // cfg.expected_tpf, cfg.maximum_unroll), 1)):
+                logits = model.forward(x).logits[:, s:e]  # (1, b, V)
+                masked = x[:, s:e] == model.mask_id
+                x0, chosen = select(logits, masked, s)
+                chosen &= masked
+                x[:, s:e] = torch.where(chosen, x0, x[:, s:e])
+                commits.append(int(chosen.sum()))
+                if on_step is not None:
+                    full = torch.zeros_like(x, dtype=torch.bool)
+                    full[:, s:e] = chosen
+                    _parts.report_step(on_step, len(commits), x, full)
+        if bool((x[:, s:e] == model.eos_id).any()):  # BlockRunner early_stop, then generate()'s break
+            filled = int((x[:, e:] == model.mask_id).sum())
+            x[:, e:] = model.eos_id
+            commits[-1] += filled
+            finish = "eos"
+            break
+    return _parts.generations(x, P, [commits], finish)[0]
+
+
+def credit_update(
+    logits: torch.Tensor, masked: torch.Tensor, credit: torch.Tensor | None, decay_beta: float, boost_gamma: float
+) -> torch.Tensor:
+    """CreditThresholdParallelDecoder._apply_credit_fusion's matrix update, float32. logits (1, b, V)."""
+    if credit is None:
+        credit = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+    else:
+        credit = credit * decay_beta
+    top1, idx = torch.softmax(logits.to(torch.float32), dim=-1).max(dim=-1)  # (1, b)
+    boost = top1.pow(boost_gamma) * masked.to(torch.float32)
+    return credit.scatter_add(2, idx.unsqueeze(-1), boost.unsqueeze(-1))
+
+
+def threshold_rule(
+    logits: torch.Tensor, masked: torch.Tensor, threshold: float, temperature: float, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """get_transfer_index_threshold: commit p(x0) >= min(threshold, max p - 1e-5), float32 (use_float64=False)."""
+    x0 = _parts.propose(logits, temperature, mask_id)
+    p = torch.softmax(logits.to(torch.float32), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    conf = torch.where(masked, p, torch.full_like(p, _parts.NEG_INF))
+    bar = (conf.max(dim=1, keepdim=True).values - THRESHOLD_MARGIN).clamp(-1000, threshold)
+    return x0, (conf >= bar) & masked
+
+
+def hierarchy_rule(
+    logits: torch.Tensor, masked: torch.Tensor, threshold: float, low_threshold: float, temperature: float, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """HierarchyDecoder.get_transfer_index: each run of adjacent masks' best if > low_threshold,
+    every mask > threshold, and the block's best; p from log_softmax in the logits' dtype."""
+    x0 = _parts.propose(logits, temperature, mask_id)
+    p = F.log_softmax(logits, dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1).exp()
+    floor = torch.finfo(p.dtype).min
+    conf = torch.where(masked, p, torch.full_like(p, floor))
+    starts = masked & ~torch.cat([torch.zeros_like(masked[:, :1]), masked[:, :-1]], dim=1)
+    run = torch.where(masked, torch.cumsum(starts.long(), dim=1) - 1, torch.zeros_like(x0))  # run id per mask
+    run_max = torch.full_like(conf, floor).scatter_reduce(1, run, conf, reduce="amax", include_self=True)
+    chosen = (conf == run_max.gather(1, run)) & (conf > low_threshold)
+    chosen |= conf > threshold
+    chosen |= _parts.top_k_mask(conf, [1])
+    return x0, chosen & masked

@@ -1,0 +1,151 @@
+"""WINO, Wide-In Narrow-Out: draft every confident mask, verify through a shadow block, revoke what fails.
+
+Source: Hong et al., "Wide-In, Narrow-Out: Revokable Decoding for Efficient and Effective DLLMs"
+(arXiv 2507.18578, ICLR 2026); Feng-Hong/WINO-DLLM `LLaDA/decoding.py` @9549a1d
+(`decoding_wino`), defaults from `LLaDA/configs/gsm8k.yaml`.
+
+The canvas is [prompt | generation | shadow], the shadow a copy of the current block made of
+[MASK] tokens at the block's RoPE positions. One forward per step (one NFE) with an attention
+mask such that no real position sees the shadow, and shadow position i sees the whole canvas
+except block position i, plus the other shadow positions: its prediction at i is a
+leave-one-out verification of the token committed at i. Per step, within the current block:
+- wide in: commit every mask whose confidence > `threshold` (tau1), at most
+  max_accept = min(max(int(0.7 * masks), 5), 20) (the most confident ones), at least the
+  single most confident mask;
+- narrow out: only when this step committed more than one token, revoke (back to [MASK]) every
+  previously committed block token whose shadow confidence < `threshold_back` (tau2); when that
+  is at least as many as the previous step committed (30 before the first step), revoke only the
+  (previous count - 1) least confident ones.
+A block repeats until it has no mask; no EOS stop, so the forward count varies per prompt.
+
+Revoked tokens are commits undone: `committed_per_step` counts every mask -> token write,
+`Generation.revoked` the token -> mask writes and `Generation.rewritten` the commits that put a
+different token where a revoked one stood (definitions in dleval/metrics.py).
+
+Where this differs from the reference, and why:
+- The method's summary ("re-mask committed tokens whose verified confidence falls below tau2";
+  the paper itself was not read for this port) omits two rules of the code, which is followed:
+  revocations are capped by the previous step's accept count, and happen only on steps that
+  accepted more than one token.
+- The draft argmax skips [MASK] (`_parts.propose`): a trained model never ranks it first, a
+  random one could, and the reference would then "commit" a mask and leave it in the output.
+- Confidences are float64 as in the reference; ties break by position instead of
+  `torch.topk`'s unspecified order (decoders.md §0.3).
+Needs a model with `custom_attention` (RoPE positions and a per-query attention mask; the native
+LLaDA has it). One prompt at a time (BATCHED = False), as the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dleval.decoders import _parts
+from dleval.models.base import Model
+from dleval.types import Generation, OnStep
+
+BATCHED = False
+FIRST_LAST_ACCEPT = 30  # decoding_wino: `last_accept = 30` before a block's first step
+ACCEPT_FRACTION, ACCEPT_MIN, ACCEPT_MAX = 0.7, 5, 20  # decoding_wino: min(max(int(masks * 0.7), 5), 20)
+
+
+@dataclass(frozen=True)
+class Config:
+    gen_length: int = 256  # LLaDA/configs/gsm8k.yaml generation_args.gen_length
+    block_length: int = 128  # LLaDA/configs/gsm8k.yaml generation_args.block_length
+    threshold: float = 0.6  # tau1, gsm8k.yaml method_args.wino.threshold (0.7 for math500)
+    threshold_back: float = 0.9  # tau2, gsm8k.yaml method_args.wino.threshold_back
+    temperature: float = 0.0  # gsm8k.yaml generation_args.temperature
+
+    def __post_init__(self) -> None:
+        _parts.check_blocks(self.gen_length, self.block_length)
+        for name in ("threshold", "threshold_back"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:  # NaN fails too
+                raise ValueError(f"{name} must be a probability in [0, 1], not {value}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, not {self.temperature}")
+
+
+def check(model: Model, cfg: Config) -> None:
+    if not getattr(model, "custom_attention", False):
+        raise ValueError(
+            "wino needs a model with custom_attention (RoPE positions and a per-query attention mask), such as the native LLaDA"
+        )
+
+
+@torch.inference_mode()
+def decode(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    cfg: Config = Config(),
+    *,
+    on_step: OnStep | None = None,
+    seeds: Sequence[int] | None = None,
+) -> list[Generation]:
+    check(model, cfg)
+    out = []
+    for i, prompt in enumerate(prompts):
+        if seeds is not None:
+            torch.manual_seed(int(seeds[i]))  # the Gumbel noise draws from the global RNG
+        out.append(_decode_one(model, prompt, cfg, on_step))
+    return out
+
+
+def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None) -> Generation:
+    canvas, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)
+    B, N = cfg.block_length, P + cfg.gen_length
+    x = torch.cat([canvas, torch.full((1, B), model.mask_id, dtype=torch.long, device=canvas.device)], dim=1)  # (1, N+B)
+    edits = _parts.Edits(x[:, P:N], model.mask_id)
+    commits: list[int] = []
+    eye = torch.eye(B, dtype=torch.bool, device=x.device)
+    for s in range(P, N, B):
+        e = s + B
+        positions = torch.cat([torch.arange(N, device=x.device), torch.arange(s, e, device=x.device)])  # (N+B,)
+        attention = torch.ones(1, N + B, N + B, dtype=torch.bool, device=x.device)
+        attention[:, :, N:] = False  # nobody sees the shadow...
+        attention[:, N:, N:] = True  # ...but the shadow itself
+        attention[:, N:, s:e] = ~eye  # shadow i sees the block except its own position
+        masked = x[:, s:e] == model.mask_id  # (1, B)
+        last_accept = FIRST_LAST_ACCEPT
+        while bool(masked.any()):
+            max_accept = min(max(int(int(masked.sum()) * ACCEPT_FRACTION), ACCEPT_MIN), ACCEPT_MAX)
+            logits = model.forward(x, attention_mask=attention, positions=positions).logits  # (1, N+B, V)
+            x0 = _parts.propose(logits[:, s:e], cfg.temperature, model.mask_id)  # (1, B) drafts
+            conf = torch.where(masked, _parts.confidence(logits[:, s:e], x0), torch.full_like(x0, _parts.NEG_INF, dtype=torch.float64))
+            back = _parts.confidence(logits[:, N:], x[:, s:e])  # (1, B): shadow's belief in each current token
+            back = torch.where(~masked, back, torch.full_like(back, float("inf")))
+            accept = conf > cfg.threshold
+            if int(accept.sum()) > max_accept:
+                accept = _parts.top_k_mask(conf, [max_accept])
+            elif not bool(accept.any()):
+                accept = _parts.top_k_mask(conf, [1])
+            accept &= masked
+            n = int(accept.sum())
+            if n > 1:
+                revoke = back < cfg.threshold_back
+                if int(revoke.sum()) >= last_accept:
+                    revoke = _parts.top_k_mask(-back, [last_accept - 1]) & ~masked
+            else:
+                revoke = torch.zeros_like(accept)
+            x[:, s:e] = torch.where(accept, x0, x[:, s:e])
+            edits.commit(_shift(accept, s - P, N - P), _shift(x0, s - P, N - P, model.mask_id))
+            x[:, s:e] = torch.where(revoke, torch.full_like(x0, model.mask_id), x[:, s:e])
+            edits.revoke(revoke)
+            masked = (masked & ~accept) | revoke
+            last_accept = n
+            commits.append(n)
+            if on_step is not None:
+                step = torch.zeros_like(canvas, dtype=torch.bool)
+                step[:, s:e] = accept & ~revoke
+                _parts.report_step(on_step, len(commits), x[:, :N], step)
+    return Generation(tuple(x[0, P:N].tolist()), tuple(commits), "length", revoked=edits.revoked, rewritten=edits.rewritten)
+
+
+def _shift(t: torch.Tensor, offset: int, length: int, fill: int | bool = False) -> torch.Tensor:
+    """Place a (1, B) block tensor at `offset` in a (1, length) generation-region tensor."""
+    out = torch.full((1, length), fill, dtype=t.dtype, device=t.device)
+    out[:, offset : offset + t.shape[1]] = t
+    return out
