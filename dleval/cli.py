@@ -18,6 +18,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", required=True, help="decoder name (see `dleval list decoders`)")
     p.add_argument("--task", required=True, help="task name (see `dleval list tasks`)")
     p.add_argument("--model", help="registry name, local folder or hub id (default: tiny on CPU, the paper's checkpoint on CUDA)")
+    p.add_argument(
+        "--model-family",
+        choices=["llada", "dream"],
+        default="llada",
+        help="without --model: the family whose checkpoint the decoder's paper used (dream: tiny-dream on CPU; default llada)",
+    )
     p.add_argument("--limit", type=int, help="run only the first N samples")
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together where the decoder allows (default 8)")
     p.add_argument("-D", dest="decoder_args", action="append", default=[], metavar="KEY=VALUE", help="decoder parameter (repeatable)")
@@ -108,6 +114,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out", type=Path, help="output folder (default: tiny/distill: the package's bundled folder; filter: the model's folder)"
     )
+    train.add_argument(
+        "--arch", choices=["llada", "dream"], default="llada", help="tiny: the architecture to train (dream: tiny-dream; default llada: tiny)"
+    )
     train.add_argument("--method", choices=["dparallel", "d3llm"], default="dparallel", help="distill: which recipe (default dparallel)")
     train.add_argument("--teacher", default="tiny", help="distill: teacher model (default tiny)")
     train.add_argument("--model", default="tiny", help="filter: the model to trace and train for (default tiny)")
@@ -175,6 +184,7 @@ def _run(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         task=args.task,
         model=args.model,
+        model_family=args.model_family,
         limit=args.limit,
         batch_size=args.batch_size,
         decoder_args=options.parse_pairs(args.decoder_args, "-D"),
@@ -344,8 +354,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.recipe == "tiny":
         from dleval.train import tiny
 
-        cfg = options.build(tiny.TinyConfig, overrides, "recipe 'tiny'")
-        out = args.out or CHECKPOINTS / "tiny"
+        cfg = options.build(tiny.TinyConfig, {"arch": args.arch, **overrides}, "recipe 'tiny'")
+        out = args.out or CHECKPOINTS / ("tiny-dream" if cfg.arch == "dream" else "tiny")
         meta = tiny.train(cfg, out, log=log)
         print(f"trained {meta['parameters']:,} parameters in {meta['train_seconds']:.0f} s -> {out}")
         return 0
@@ -386,6 +396,7 @@ def _sweep(args: argparse.Namespace) -> int:
         task=args.task,
         axes=split_axes(args.decoder, options.parse_pairs(args.decoder_args, "-D")),
         model=args.model,
+        model_family=args.model_family,
         limit=args.limit,
         batch_size=args.batch_size,
         task_args=options.parse_pairs(args.task_args, "-T"),

@@ -5,7 +5,8 @@ Three styles, the ones the dLLM papers mix (tasks.md §0.2, decoders.md §9.2):
 - `chat`: that same text as one user turn in the tokenizer's chat template (Fast-dLLM,
   dParallel, lm-eval `--apply_chat_template` without `--fewshot_as_multiturn`);
 - `chat_multiturn`: each exemplar a user/assistant pair (LLaDA's OpenCompass evaluation).
-The spec's `gen_prefix` is appended after the generation prompt. The style and a hash of
+The spec's `gen_prefix` is appended after the generation prompt; `bos` prepends the tokenizer's
+BOS id (Dream Base's `add_bos_token=true`; Qwen2-style tokenizers never add one themselves). The style and a hash of
 everything that shaped the text (chat template included) are recorded with every score.
 """
 
@@ -43,7 +44,19 @@ def messages(sample: Sample, style: str, target_delimiter: str, fewshot_delimite
 
 
 def render(sample: Sample, prompt: Any, tokenizer: Any) -> Rendered:
-    """`prompt` is a tasks.PromptSpec (duck-typed: style, delimiters, system)."""
+    """`prompt` is a tasks.PromptSpec (duck-typed: style, delimiters, system, bos)."""
+    rendered = _render(sample, prompt, tokenizer)
+    if not getattr(prompt, "bos", False):
+        return rendered
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        raise ValueError("bos=true, but this tokenizer has no BOS token")
+    if rendered.ids[:1] == [bos]:  # a tokenizer that adds BOS itself: not twice
+        return rendered
+    return Rendered(str(tokenizer.bos_token) + rendered.text, [bos, *rendered.ids])
+
+
+def _render(sample: Sample, prompt: Any, tokenizer: Any) -> Rendered:
     if prompt.style == "raw":
         text = fewshot_text(sample, prompt.target_delimiter, prompt.fewshot_delimiter) + sample.question + sample.gen_prefix
         return Rendered(text, list(tokenizer(text)["input_ids"]))

@@ -63,6 +63,7 @@ class RunRequest:
     decoder: str
     task: str
     model: str | None = None
+    model_family: str = "llada"  # without `model`: whose paper checkpoint / bundled model (decoders.info)
     limit: int | None = None
     batch_size: int = 1
     decoder_args: dict[str, Any] = field(default_factory=dict)
@@ -289,7 +290,7 @@ class Pipeline:
 
 def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
     where = req.ranks or detect()
-    info = decoders.info(req.decoder)
+    info = decoders.info(req.decoder, req.model_family)
     decoder = decoders.load(info.name)
     spec = tasks.load_task(req.task, req.task_args)
     if req.too_long not in TOO_LONG:

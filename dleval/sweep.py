@@ -40,6 +40,7 @@ class SweepRequest:
     task: str
     axes: dict[str, tuple[str, ...]]  # -D key -> the values to sweep (one value = fixed)
     model: str | None = None
+    model_family: str = "llada"  # as RunRequest.model_family
     limit: int | None = None
     batch_size: int = 8
     task_args: dict[str, Any] = field(default_factory=dict)
@@ -141,7 +142,7 @@ def run_sweep(req: SweepRequest, log: Log = print) -> SweepResult:
     id for all points); rank 0 merges each point after the others' done flags and alone
     writes sweep.json, which lists the merged run folders."""
     where = req.ranks or detect()
-    info = decoders.info(req.decoder)
+    info = decoders.info(req.decoder, req.model_family)
     module = decoders.load(info.name)
     spec = tasks.load_task(req.task, req.task_args)
     points = grid(req.axes) or [{}]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dleval.models.dream import Dream, DreamConfig
 from dleval.models.llada import LLaDA, LLaDAConfig
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,6 +25,24 @@ def random_llada(seed: int = 0, vocab: int = 64, layers: int = 2, kv_heads: int 
     )  # fmt: skip
     model = LLaDA(cfg, eot_id=2)
     model.init_weights(seed, std=0.3)  # large init: peaked, varied logits so decoders make real choices
+    return model.eval()
+
+
+def random_dream(seed: int = 0, vocab: int = 64, layers: int = 2, kv_heads: int = 2) -> Dream:
+    """The Dream architecture (logit-shifted, q/k/v biases, GQA) at random_llada's size and token ids."""
+    cfg = DreamConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=kv_heads,
+        vocab_size=vocab, max_position_embeddings=256, rope_theta=10000.0, mask_token_id=1, bos_token_id=3, eos_token_id=0,
+        pad_token_id=0,
+    )  # fmt: skip
+    model = Dream(cfg, eot_id=2)
+    model.init_weights(seed, std=0.3)
+    with torch.no_grad():  # init_weights zeroes biases; random ones exercise the q/k/v bias path
+        gen = torch.Generator().manual_seed(seed + 1)
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        model.lm_head.weight[cfg.mask_token_id] = 0  # logit 0 for [MASK], below the best of 63 random ones: never proposed, as in a trained model
     return model.eval()
 
 

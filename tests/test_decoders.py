@@ -1,6 +1,7 @@
 """Conformance: every decoder module in dleval/decoders/ obeys the decoder contract.
 
-New decoder files join automatically. Run: pytest tests/test_decoders.py
+New decoder files join automatically, and each runs on both native architectures: LLaDA and
+the logit-shifted Dream. Run: pytest tests/test_decoders.py
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from dleval import decoders
 from dleval.models.base import Counted
 from dleval.types import Step
-from tests.conftest import random_llada
+from tests.conftest import random_dream, random_llada
 
 PROMPTS = [[5, 9, 12, 7, 30], [8, 3, 44], [6, 6, 6, 6, 6, 6, 21]]
 EIGHT = [*PROMPTS, [40, 41], [7] * 9, [3, 33, 13, 31], [50], [12, 24, 36, 48, 60, 11]]  # varied lengths: varied padding
@@ -34,17 +35,31 @@ def decoder(request):
     return request.param
 
 
-def run(module, cfg, prompts, model=None, seeds=None):
-    counted = Counted(model or random_llada())
+ARCHS = {"llada": random_llada, "dream": random_dream}
+
+
+@pytest.fixture(params=sorted(ARCHS))
+def arch(request):
+    return request.param
+
+
+def run(module, cfg, prompts, model=None, seeds=None, arch="llada"):
+    model = model or ARCHS[arch]()
+    if arch != "llada" and hasattr(module, "check"):
+        try:
+            module.check(model, cfg)
+        except ValueError as exc:  # a decoder that declares it cannot run on this architecture (WINO on Dream)
+            pytest.skip(str(exc))
+    counted = Counted(model)
     steps: list[Step] = []
     gens = module.decode(counted, prompts, cfg, on_step=steps.append, seeds=seeds)
     return gens, counted, steps
 
 
-def test_output_is_complete_and_counted(decoder, model_files):
+def test_output_is_complete_and_counted(decoder, model_files, arch):
     module, cfg = small_config(decoder, model_files)
     prompts = PROMPTS if getattr(module, "BATCHED", False) else PROMPTS[:1]
-    gens, counted, steps = run(module, cfg, prompts)
+    gens, counted, steps = run(module, cfg, prompts, arch=arch)
     assert len(gens) == len(prompts)
     for g, nfe in zip(gens, counted.row_nfe(len(prompts))):
         assert 0 < len(g.tokens) <= cfg.gen_length
@@ -53,7 +68,7 @@ def test_output_is_complete_and_counted(decoder, model_files):
         # Progress on every forward. A decoder that cuts the canvas (Learn2PD's end-of-text
         # prediction) counts only the commits that survive the cut, which can leave a forward with 0;
         # so does the reference's idle cached forward after a block done by its first forward, and a
-        # decoder that declares IDLE_FORWARDS (dInfer's unrolled groups) spends forwards that commit nothing.
+        # decoder that declares IDLE_FORWARDS (dInfer's unrolled groups, Dream's fixed schedule) spends forwards that commit nothing.
         idle_ok = (getattr(cfg, "cache", "none") != "none" and not getattr(cfg, "skip_idle_forward", True)) or getattr(
             module, "IDLE_FORWARDS", False
         )
@@ -64,19 +79,19 @@ def test_output_is_complete_and_counted(decoder, model_files):
     assert len(steps) == counted.nfe  # on_step sees every forward
 
 
-def test_deterministic_at_temperature_zero(decoder, model_files):
+def test_deterministic_at_temperature_zero(decoder, model_files, arch):
     module, cfg = small_config(decoder, model_files)
-    a, na, _ = run(module, cfg, PROMPTS[:1])
-    b, nb, _ = run(module, cfg, PROMPTS[:1])
+    a, na, _ = run(module, cfg, PROMPTS[:1], arch=arch)
+    b, nb, _ = run(module, cfg, PROMPTS[:1], arch=arch)
     assert a == b and na.nfe == nb.nfe
 
 
-def test_batch_equals_one_by_one(decoder, model_files):
+def test_batch_equals_one_by_one(decoder, model_files, arch):
     module, cfg = small_config(decoder, model_files)
     if not getattr(module, "BATCHED", False):
         pytest.skip(f"{decoder} decodes one prompt at a time")
-    together, counted, _ = run(module, cfg, EIGHT)
-    alone = [run(module, cfg, [p]) for p in EIGHT]
+    together, counted, _ = run(module, cfg, EIGHT, arch=arch)
+    alone = [run(module, cfg, [p], arch=arch) for p in EIGHT]
     assert together == [gens[0] for gens, _, _ in alone]
     assert counted.row_nfe(len(EIGHT)) == [c.nfe for _, c, _ in alone]  # NFE per sample, as at batch 1
     assert counted.nfe <= sum(c.nfe for _, c, _ in alone)

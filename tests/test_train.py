@@ -58,3 +58,30 @@ def test_loss_is_finite_and_positive():
     ids = torch.randint(2, 20, (8, 12))
     loss = tiny.diffusion_loss(model, ids, P=4, gen=torch.Generator().manual_seed(0), eps=0.05)
     assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_dream_recipe_is_deterministic_and_writes_a_dream_format_folder(tmp_path):
+    """`dleval train tiny --arch dream`: Dream's config.json keys, parameter names, chat template and shifted objective."""
+    import dataclasses
+    import json
+
+    from safetensors import safe_open
+
+    from dleval.models.dream import Dream
+
+    cfg = dataclasses.replace(SMALL, arch="dream")
+    a, b = tmp_path / "a", tmp_path / "b"
+    meta = tiny.train(cfg, a, log=lambda m: None)
+    tiny.train(cfg, b, log=lambda m: None)
+    assert digest(a) == digest(b) and meta["recipe"] == "dleval train tiny --arch dream"
+    raw = json.loads((a / "config.json").read_text())
+    assert raw["model_type"] == "Dream" and raw["architectures"] == ["DreamModel"]
+    assert {"hidden_size", "num_hidden_layers", "num_key_value_heads", "rope_theta", "mask_token_id"} <= set(raw)
+    with safe_open(str(a / "model.safetensors"), "pt") as f:
+        assert {"model.layers.0.self_attn.q_proj.bias", "lm_head.weight", "model.embed_tokens.weight"} <= set(f.keys())
+    loaded = models.load(str(a), device="cpu")
+    assert isinstance(loaded.model, Dream) and loaded.model.mask_id == tiny.MASK_ID
+    question = "The dial shows 3. Turns: +1, -1. Where does it stop?"
+    rendered = loaded.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    assert rendered == tiny.chat_prompt(question, "dream")
+    assert loaded.model.eot_id == loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")

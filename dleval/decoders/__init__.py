@@ -6,7 +6,9 @@ is one int per prompt: its noise (Gumbel at T > 0, random remasking) comes from 
 (`_parts.Noise`), or from the global torch RNG when None. Optional module constants:
 `ALIASES` (other CLI names), `BATCHED` (False: the run loop decodes one prompt at a time),
 `PAPER_MODEL` (the checkpoint its paper used, the default on a GPU) and `CPU_MODEL` (the bundled
-model used by default without one). An optional `check(model, cfg)` raises ValueError when the
+model used by default without one), `DREAM_PAPER_MODEL` / `DREAM_CPU_MODEL` (the same for
+`--model-family dream`: the Dream checkpoint its paper used, and the bundled tiny-dream), `IDLE_FORWARDS` (True: a fixed-step schedule may commit
+nothing in a forward, as its reference does). An optional `check(model, cfg)` raises ValueError when the
 config cannot run with that model (e.g. a missing learned filter); the run loop calls it once
 before decoding. Files starting with "_" are shared parts, not decoders.
 """
@@ -58,7 +60,13 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(f"dleval.decoders.{canonical(name)}")
 
 
-def info(name: str) -> DecoderInfo:
+FAMILIES = ("llada", "dream")
+
+
+def info(name: str, family: str = "llada") -> DecoderInfo:
+    """The decoder's summary and default models; `family` picks LLaDA- or Dream-family checkpoints."""
+    if family not in FAMILIES:
+        raise unknown("model family", family, list(FAMILIES))
     module = load(name)
     doc = (module.__doc__ or "").strip().splitlines()
     return DecoderInfo(
@@ -66,6 +74,8 @@ def info(name: str) -> DecoderInfo:
         summary=doc[0] if doc else "",
         aliases=tuple(getattr(module, "ALIASES", ())),
         batched=bool(getattr(module, "BATCHED", False)),
-        paper_model=getattr(module, "PAPER_MODEL", "GSAI-ML/LLaDA-8B-Instruct"),
-        cpu_model=getattr(module, "CPU_MODEL", "tiny"),
+        paper_model=getattr(module, "PAPER_MODEL", "GSAI-ML/LLaDA-8B-Instruct")
+        if family == "llada"
+        else getattr(module, "DREAM_PAPER_MODEL", "Dream-org/Dream-v0-Instruct-7B"),
+        cpu_model=getattr(module, "CPU_MODEL", "tiny") if family == "llada" else getattr(module, "DREAM_CPU_MODEL", "tiny-dream"),
     )

@@ -60,6 +60,7 @@ from dleval.types import Generation, OnStep
 
 BATCHED = False
 PAPER_MODEL = "d3LLM/d3LLM_LLaDA"
+DREAM_PAPER_MODEL = "d3LLM/d3LLM_Dream"  # d3LLM's Dream student (hao-ai-lab/d3LLM README)
 CPU_MODEL = "tiny-d3llm"  # the bundled student of `dleval train distill --method d3llm`
 CACHES = ("none", "delayed")
 

@@ -32,6 +32,7 @@ from dleval.types import Generation, OnStep
 
 BATCHED = True
 PAPER_MODEL = "Zigeng/dParallel-LLaDA-8B-instruct"
+DREAM_PAPER_MODEL = "Zigeng/dParallel_Dream_7B_Instruct"  # dParallel's Dream student (czg1225/dParallel README)
 CPU_MODEL = "tiny-dparallel"  # the bundled student of `dleval train distill --method dparallel`
 
 

@@ -27,6 +27,19 @@ Deviations, all from the harness conventions (§0.3) or its contract:
 The reference builds a canvas of batch 1; here prompts are batched, each row advancing on its
 own and leaving the forward once done, so every row gets its batch-1 tokens and NFE
 (`_parts.block_loop`).
+
+**Dream models** (`model.logit_shift`): Fast-dLLM's `dream/` folder decodes differently, and we
+follow it (NVlabs/Fast-dLLM `dream/model/generation_utils_block.py` and `generation_utils.py`,
+`alg="confidence_threshold"`, @24cc59e):
+- with a cache, the block-start full forward commits exactly one token, the block's first
+  position (its argmax, unconditionally), and only the cached forwards apply the threshold rule;
+- without a cache there are no blocks: `dream/eval_gsm8k.sh` runs `generation_utils.py` with
+  diffusion_steps = gen_length / block_length, so each full-canvas forward may commit up to
+  gen_length / steps (= block_length) of the most confident masked positions of the whole
+  canvas, the top-1 always and the others at conf >= tau; the shortfall carries over to the next
+  forward, and past the last step the loop goes on one forward at a time until no mask is left.
+  (Only with `threshold` set; with `threshold=None` the LLaDA blocks and quota are used.)
+- confidences are taken in the logits' dtype, as that code (the LLaDA path uses float64).
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
 BATCHED = True
+DREAM_PAPER_MODEL = "Dream-org/Dream-v0-Base-7B"  # Fast-dLLM's Dream tables (dream/eval_gsm8k.sh @24cc59e)
 
 
 @dataclass(frozen=True)
@@ -86,16 +100,26 @@ def decode(
     # Blocks start fully masked, so the quota (k_0..k_{s-1}) is the same for every block.
     k = _parts.quota(torch.tensor([cfg.block_length]), per_block)[0].tolist()
 
+    dream = bool(getattr(model, "logit_shift", False)) and cfg.threshold is not None
+    if dream and cfg.cache == "none":
+        return [_dream_no_cache(model, prompt, cfg, on_step, noise, row) for row, prompt in enumerate(prompts)]
+
     def select(logits: torch.Tensor, masked: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         x0 = _parts.propose(logits, cfg.temperature, model.mask_id, noise, rows)  # (R, B)
         if cfg.remasking == "low_confidence":
-            conf = _parts.confidence(logits, x0)
+            conf = _dream_confidence(logits, x0) if dream else _parts.confidence(logits, x0)
         else:
             conf = noise.uniform(x0.shape[1:], rows)
         if cfg.threshold is None:
             scores = torch.where(masked, conf, torch.full_like(conf, _parts.NEG_INF))
             return x0, _parts.top_k_mask(scores, [k[i] for i in index]) & masked
-        return x0, _parts.threshold_mask(conf, masked, conf >= cfg.threshold)
+        chosen = _parts.threshold_mask(conf, masked, conf >= cfg.threshold)
+        if dream:  # Fast-dLLM dream/: a block-start forward commits the block's first position only
+            first = torch.zeros_like(masked)
+            first[:, 0] = True
+            starts = torch.tensor([i == 0 for i in index], device=masked.device).unsqueeze(1)  # (R, 1)
+            chosen = torch.where(starts, first, chosen)
+        return x0, chosen
 
     return _parts.block_loop(
         model,
@@ -107,5 +131,44 @@ def decode(
         refresh_every=cfg.refresh_every,
         skip_idle_forward=cfg.skip_idle_forward,
         on_step=on_step,
-        compact=cfg.temperature == 0 and cfg.remasking == "low_confidence",  # noise: full blocks
+        compact=cfg.temperature == 0 and cfg.remasking == "low_confidence" and not dream,  # noise, Dream's block start: full blocks
     )
+
+
+def _dream_confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)[tokens] in the logits' dtype, as Fast-dLLM's Dream `sample_tokens` (the
+    LLaDA loops take it in float64): masked positions of a Dream canvas can differ in confidence
+    by less than float32 resolves, and the ranking must be the reference's."""
+    return torch.gather(torch.softmax(logits, dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _dream_no_cache(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, noise: _parts.Noise, row: int) -> Generation:
+    """Fast-dLLM's Dream loop without a cache (`generation_utils.py`, alg confidence_threshold)."""
+    x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
+    steps = cfg.gen_length // cfg.block_length  # dream/eval_gsm8k.sh: diffusion_steps = length / block_length
+    per_step = cfg.gen_length // steps
+    carried = 0
+    commits: list[int] = []
+    i = 0
+    while i < steps:
+        masked = x == model.mask_id
+        logits = _parts.forward(model, x, [row]).logits  # (1, T, V)
+        x0 = _parts.propose(logits, cfg.temperature, model.mask_id, noise, [row])
+        conf = _dream_confidence(logits, x0)
+        conf = torch.where(masked, conf, torch.full_like(conf, _parts.NEG_INF))
+        want = per_step + carried
+        carried = 0
+        order = _parts.rank(conf)[0, :want]  # the `want` most confident masked positions, ties by position
+        accept = conf[0, order] >= cfg.threshold
+        accept[0] = True  # the top-1 always
+        carried = int((~accept).sum())
+        if carried and i == steps - 1:  # past the last step: one more forward, no new quota
+            per_step = 0
+            steps += 1
+        chosen = torch.zeros_like(masked)
+        chosen[0, order[accept]] = True
+        x = torch.where(chosen, x0, x)
+        commits.append(int(chosen.sum()))
+        _parts.report_step(on_step, len(commits), x, chosen)
+        i += 1
+    return _parts.generations(x, P, [commits])[0]

@@ -1,7 +1,9 @@
 """Load a denoiser and its tokenizer by registry name, local folder or Hugging Face hub id.
 
 `load("tiny")` gives the bundled CPU model; `load("GSAI-ML/LLaDA-8B-Instruct")` or a folder with
-a LLaDA-format `config.json` + safetensors gives the native transformer. Weights are loaded
+a LLaDA-format `config.json` + safetensors gives the native LLaDA transformer, and a Dream-format
+one (`model_type` "Dream" / `DreamModel`: Dream, DiffuCoder, Dream-Coder, their dParallel and
+d3LLM students) the native Dream transformer (`models/dream.py`, logit shift undone). Weights are loaded
 onto the meta device and then assigned shard by shard, so an 8B checkpoint never needs twice
 its memory; on CUDA they are cast to bfloat16 as they load. The loaded model also carries
 `folder` (where its files are: model-side state such as a Learn2PD filter lives there) and
@@ -22,6 +24,7 @@ import torch
 from dleval import hub
 from dleval.errors import UserError, did_you_mean
 from dleval.models.base import Counted, ForwardOutput, KVCache, Model
+from dleval.models.dream import Dream, DreamConfig, is_dream
 from dleval.models.llada import LLaDA, LLaDAConfig
 
 __all__ = [
@@ -48,7 +51,16 @@ REGISTRY: dict[str, Entry] = {
     "llada-1.5": Entry("GSAI-ML/LLaDA-1.5", "LLaDA-1.5 (VRPO-aligned LLaDA-8B)"),
     "dparallel-llada-8b": Entry("Zigeng/dParallel-LLaDA-8B-instruct", "dParallel-distilled LLaDA-8B-Instruct"),
     "d3llm-llada": Entry("d3LLM/d3LLM_LLaDA", "d3LLM-distilled LLaDA-8B-Instruct"),
+    "tiny-dream": Entry("tiny-dream", "bundled CPU model in the Dream architecture (logit-shifted), trained like tiny", bundled=True),
+    "dream-7b-instruct": Entry("Dream-org/Dream-v0-Instruct-7B", "Dream-v0-Instruct-7B (Ye et al. 2025, arXiv 2508.15487)"),
+    "dream-7b-base": Entry("Dream-org/Dream-v0-Base-7B", "Dream-v0-Base-7B"),
+    "diffucoder-7b-instruct": Entry("apple/DiffuCoder-7B-Instruct", "DiffuCoder-7B-Instruct (Gong et al. 2025, arXiv 2506.20639)"),
+    "dream-coder-7b-instruct": Entry("Dream-org/Dream-Coder-v0-Instruct-7B", "Dream-Coder-v0-Instruct-7B (Xie et al. 2025, arXiv 2509.01142)"),
+    "dparallel-dream-7b": Entry("Zigeng/dParallel_Dream_7B_Instruct", "dParallel-distilled Dream-v0-Instruct-7B"),
+    "d3llm-dream": Entry("d3LLM/d3LLM_Dream", "d3LLM-distilled Dream-v0-Instruct-7B"),
 }
+# The Dream checkpoint each decoder's paper used (`--model-family dream` on a GPU without --model).
+DREAM_PAPER_MODEL = "Dream-org/Dream-v0-Instruct-7B"
 
 
 @dataclass
@@ -213,24 +225,42 @@ def load(name: str, device: str | torch.device | None = None, dtype: torch.dtype
         raise UserError(f"corrupt config.json in {folder}: {exc}") from None
     if not isinstance(raw, dict):
         raise UserError(f"config.json in {folder} is not a JSON object (it holds a {type(raw).__name__})")
-    model_type = raw.get("model_type", "")
-    if model_type != "llada" and "LLaDAModelLM" not in raw.get("architectures", []):
-        raise UserError(f"{folder} holds a '{model_type or 'unknown'}' model; dleval's native loader reads LLaDA-format checkpoints")
-    try:
-        cfg = LLaDAConfig.from_dict(raw)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"invalid config.json in {folder}: {exc}") from None
+    cfg = _config(folder, raw)
     files = _weight_files(folder)
     tokenizer = _tokenizer(folder)
-    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    eot_id = eot if isinstance(eot, int) and eot != tokenizer.unk_token_id else None
-    with torch.device("meta"):
-        model = LLaDA(cfg, eot_id=eot_id)
+    model = _build(cfg, tokenizer)
     _load_weights(model, files, device, dtype)
     model.eval()
     model.folder = folder
     model.encode = _encoder(tokenizer)
     return Loaded(model, tokenizer, display, folder, _fingerprint(folder, files), str(dtype).replace("torch.", ""))
+
+
+def _special_id(tokenizer, token: str) -> int | None:
+    found = tokenizer.convert_tokens_to_ids(token)
+    return found if isinstance(found, int) and found != tokenizer.unk_token_id else None
+
+
+def _config(folder: Path, raw: dict) -> LLaDAConfig | DreamConfig:
+    """The native architecture's config named by config.json (`model_type` / `architectures`)."""
+    try:
+        if is_dream(raw):
+            return DreamConfig.from_dict(raw)
+        if raw.get("model_type") == "llada" or "LLaDAModelLM" in raw.get("architectures", []):
+            return LLaDAConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"invalid config.json in {folder}: {exc}") from None
+    raise UserError(
+        f"{folder} holds a '{raw.get('model_type') or 'unknown'}' model; dleval's native loader reads LLaDA- and Dream-format checkpoints"
+    )
+
+
+def _build(cfg: LLaDAConfig | DreamConfig, tokenizer) -> LLaDA | Dream:
+    """The network on the meta device (no weights allocated), with the tokenizer's special ids."""
+    with torch.device("meta"):
+        if isinstance(cfg, DreamConfig):  # BOS from the checkpoint's tokenizer: Dream-Coder's differs from Dream's
+            return Dream(cfg, eot_id=_special_id(tokenizer, "<|im_end|>"), bos_id=tokenizer.bos_token_id)
+        return LLaDA(cfg, eot_id=_special_id(tokenizer, "<|eot_id|>"))
 
 
 def _encoder(tokenizer):
@@ -248,14 +278,25 @@ def _tokenizer(folder: Path):
 
     hf_logging.set_verbosity_error()
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder))
+        # Never the checkpoint's own code (Dream's config.json names remote classes): without
+        # trust_remote_code=False, transformers would stop and ask on stdin.
+        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
-        raise UserError(f"could not load the tokenizer in {folder}: {exc}") from None
+        # Dream's hub folders name a remote DreamTokenizer class; it is Qwen2's byte-level BPE
+        # (vocab.json + merges.txt), which transformers reads natively.
+        if not (folder / "vocab.json").is_file():
+            raise UserError(f"could not load the tokenizer in {folder}: {exc}") from None
+        from transformers import Qwen2TokenizerFast
+
+        try:
+            tok = Qwen2TokenizerFast.from_pretrained(str(folder), trust_remote_code=False)
+        except Exception as exc2:
+            raise UserError(f"could not load the tokenizer in {folder}: {exc2}") from None
     tok.padding_side = "left"
     return tok
 
 
-def _load_weights(model: LLaDA, files: list[Path], device: torch.device, dtype: torch.dtype) -> None:
+def _load_weights(model: LLaDA | Dream, files: list[Path], device: torch.device, dtype: torch.dtype) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -268,7 +309,7 @@ def _load_weights(model: LLaDA, files: list[Path], device: torch.device, dtype: 
             raise UserError(f"corrupt checkpoint {f}: {exc}") from None
         unexpected = [k for k in shard if k not in expected]
         if unexpected:
-            raise UserError(f"{f} has parameters the LLaDA architecture does not know, e.g. '{unexpected[0]}'")
+            raise UserError(f"{f} has parameters the {type(model).__name__} architecture does not know, e.g. '{unexpected[0]}'")
         wrong = [k for k, v in shard.items() if tuple(v.shape) != tuple(expected[k].shape)]
         if wrong:
             k = wrong[0]

@@ -54,6 +54,10 @@ class PromptSpec:
     fewshot_seed: int = 1234  # lm-eval fewshot_random_seed
     stop: tuple[str, ...] = ()  # cut after decoding (lm-eval `until`)
     system: str = ""  # optional system message for chat styles
+    # Prepend the tokenizer's BOS to the prompt ids: Dream Base evaluations (DreamLM/Dream
+    # eval/eval_dream_gen.sh, Fast-dLLM dream/eval_gsm8k.sh: add_bos_token=true; -T bos=true).
+    # Dream's escape_until=true (no stop-string cut) is -T stop= (empty).
+    bos: bool = False
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:

@@ -8,6 +8,13 @@ architecture at a few million parameters, trained on `synth_gsm` problems from t
 stream, and written as an HF-format folder (config.json, model.safetensors, tokenizer.json with
 a chat template) that `--model` loads like any LLaDA checkpoint.
 
+`--arch dream` (TinyConfig.arch) trains the same recipe on dleval's native Dream architecture
+(`tiny-dream`: Qwen2 block with q/k/v biases and grouped-query attention, Dream's config.json and
+parameter names, Dream's chat template and special tokens). The objective is Dream's shifted
+one: `Dream.forward` returns logits[:, i] = the network's output at i-1, so the same masked
+cross entropy trains position i-1 to predict the masked token i (Dream-org/Dream, arXiv
+2508.15487 §2; Dream keeps the 1/t weight of LLaDA's loss).
+
 Deterministic: a fixed seed, data drawn by index from the problem stream, a fixed thread count.
 """
 
@@ -24,10 +31,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from dleval.models.dream import Dream, DreamConfig
 from dleval.models.llada import LLaDA, LLaDAConfig
 from dleval.tasks import synth_gsm
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|mdm_mask|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+# Dream's special tokens (Dream-v0-Instruct-7B tokenizer_config.json), at the same ids 0 and 1.
+DREAM_SPECIAL_TOKENS = ("<|endoftext|>", "<|mask|>", "<|beginoftext|>", "<|im_start|>", "<|im_end|>")
 EOS_ID, MASK_ID = 0, 1
 # Words, signed digits and "=digit" are single pieces; digits are never merged with each other.
 PRETOKEN_PATTERN = r" ?[A-Za-z]+| ?[+\-=]?\d| ?#+| ?[^\sA-Za-z\d]|\s+"
@@ -36,6 +46,13 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] }}<|eot_id|>"
     "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+# Dream-v0-Instruct-7B's chat template (Qwen2.5's, default system prompt), verbatim.
+DREAM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 
@@ -61,9 +78,14 @@ class TinyConfig:
     gen_lengths: tuple[int, ...] = (32, 40, 48)
     problem_steps: int = synth_gsm.Config.steps
     problem_turns: tuple[str, ...] = synth_gsm.Config.turns
+    arch: str = "llada"  # "llada" (tiny) or "dream" (tiny-dream): the native architecture trained
     seed: int = 0
     threads: int = 1  # the bundled checkpoint was trained with 1 thread; the same count reproduces it bit for bit
     eval_problems: int = 500  # held-out synth_gsm test problems measured after training
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("llada", "dream"):
+            raise ValueError(f"arch must be 'llada' or 'dream', not {self.arch!r}")
 
 
 def eta(started: float, done: int, total: int) -> str:
@@ -80,8 +102,10 @@ def task_gen_length() -> int:
     return load_task("synth_gsm").generation.gen_length
 
 
-def chat_prompt(question: str) -> str:
+def chat_prompt(question: str, arch: str = "llada") -> str:
     """The tiny model's chat template rendered for one user turn, as a string."""
+    if arch == "dream":
+        return f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
     return (
         f"<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     )
@@ -100,10 +124,13 @@ def build_tokenizer(cfg: TinyConfig):
     corpus = []
     for _ in range(4000):
         p = synth_gsm.make_problem(rng, cfg.problem_steps, cfg.problem_turns)
-        corpus.append(f"user\n\n{p.question}assistant\n\n{p.answer}")
+        if cfg.arch == "dream":
+            corpus.append(f"system\nYou are a helpful assistant.\nuser\n{p.question}\nassistant\n{p.answer}")
+        else:
+            corpus.append(f"user\n\n{p.question}assistant\n\n{p.answer}")
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(DREAM_SPECIAL_TOKENS if cfg.arch == "dream" else SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -111,22 +138,23 @@ def build_tokenizer(cfg: TinyConfig):
     return tok
 
 
-def save_folder(out: Path, model: LLaDA, tokenizer, meta: dict) -> None:
+def save_folder(out: Path, model: LLaDA | Dream, tokenizer, meta: dict) -> None:
     """Write an HF-format model folder that `dleval.models.load` and AutoTokenizer read."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save(str(out / "tokenizer.json"))
+    dream = isinstance(model, Dream)
     tok_cfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<|startoftext|>",
+        "bos_token": "<|beginoftext|>" if dream else "<|startoftext|>",
         "eos_token": "<|endoftext|>",
         "pad_token": "<|endoftext|>",
-        "mask_token": "<|mdm_mask|>",
+        "mask_token": "<|mask|>" if dream else "<|mdm_mask|>",
         "padding_side": "left",
-        "model_max_length": model.cfg.max_sequence_length,
-        "chat_template": CHAT_TEMPLATE,
+        "model_max_length": model.cfg.max_position_embeddings if dream else model.cfg.max_sequence_length,
+        "chat_template": DREAM_CHAT_TEMPLATE if dream else CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
@@ -142,7 +170,7 @@ def make_batch(tokenizer, start_index: int, cfg: TinyConfig, gen_length: int) ->
     rows, P = [], None
     for i in range(start_index, start_index + cfg.batch_size):
         p = synth_gsm.problem("train", i, synth_gsm.Config(steps=cfg.problem_steps, turns=cfg.problem_turns))
-        prompt = tokenizer.encode(chat_prompt(p.question)).ids
+        prompt = tokenizer.encode(chat_prompt(p.question, cfg.arch)).ids
         answer = tokenizer.encode(p.answer).ids
         if P is None:
             P = len(prompt)
@@ -164,8 +192,11 @@ def forward_process(ids: torch.Tensor, P: int, gen: torch.Generator, eps: float)
     return torch.where(masked, torch.full_like(ids, MASK_ID), ids), masked, p_mask
 
 
-def diffusion_loss(model: LLaDA, ids: torch.Tensor, P: int, gen: torch.Generator, eps: float) -> torch.Tensor:
-    """LLaDA SFT loss: masked-token CE weighted by 1/p, normalised by the answer length."""
+def diffusion_loss(model: LLaDA | Dream, ids: torch.Tensor, P: int, gen: torch.Generator, eps: float) -> torch.Tensor:
+    """LLaDA SFT loss: masked-token CE weighted by 1/p, normalised by the answer length.
+
+    For a Dream model logits[:, i] is the network's output at i-1 (the shift undone in
+    `Dream.forward`), so this is Dream's shifted objective."""
     B, T = ids.shape
     noisy, masked, p_mask = forward_process(ids, P, gen, eps)
     logits = model.forward(noisy).logits
@@ -173,7 +204,7 @@ def diffusion_loss(model: LLaDA, ids: torch.Tensor, P: int, gen: torch.Generator
     return ce.sum() / (B * (T - P))
 
 
-def evaluate(model: LLaDA, tokenizer, cfg: TinyConfig, tokens_per_step=(1, 2, 4, 8)) -> dict[str, float]:
+def evaluate(model: LLaDA | Dream, tokenizer, cfg: TinyConfig, tokens_per_step=(1, 2, 4, 8)) -> dict[str, float]:
     """Accuracy (%) of the LLaDA baseline at k tokens per forward on held-out synth_gsm test problems."""
     from dleval.decoders import llada
     from dleval.models.base import Counted
@@ -181,13 +212,50 @@ def evaluate(model: LLaDA, tokenizer, cfg: TinyConfig, tokens_per_step=(1, 2, 4,
     gen_length = task_gen_length()
     task = synth_gsm.Config(steps=cfg.problem_steps, turns=cfg.problem_turns)
     problems = [synth_gsm.problem("test", i, task) for i in range(cfg.eval_problems)]
-    prompts = [tokenizer.encode(chat_prompt(p.question)).ids for p in problems]
+    prompts = [tokenizer.encode(chat_prompt(p.question, cfg.arch)).ids for p in problems]
     out = {}
     for k in tokens_per_step:
         decoded = llada.decode(Counted(model), prompts, llada.Config(gen_length=gen_length, block_length=gen_length, steps=gen_length // k))
         right = sum(tokenizer.decode(g.tokens).strip().endswith(f"#### {p.value}") for g, p in zip(decoded, problems))
         out[f"{k}_tokens_per_step"] = round(100.0 * right / len(problems), 2)
     return out
+
+
+def build_model(cfg: TinyConfig, tokenizer) -> LLaDA | Dream:
+    """The untrained network of `cfg.arch` at the tiny size, with the tokenizer's special ids."""
+    vocab = tokenizer.get_vocab_size()
+    if cfg.arch == "dream":
+        dcfg = DreamConfig(
+            hidden_size=cfg.d_model,
+            intermediate_size=cfg.mlp_hidden_size,
+            num_hidden_layers=cfg.n_layers,
+            num_attention_heads=cfg.n_heads,
+            num_key_value_heads=max(1, cfg.n_heads // 2),  # grouped-query attention, as Dream-7B (28 q / 4 kv heads)
+            vocab_size=vocab,
+            max_position_embeddings=512,
+            rope_theta=10000.0,
+            rms_norm_eps=1e-6,
+            mask_token_id=MASK_ID,
+            bos_token_id=tokenizer.token_to_id("<|beginoftext|>"),
+            eos_token_id=EOS_ID,
+            pad_token_id=EOS_ID,
+        )
+        return Dream(dcfg, eot_id=tokenizer.token_to_id("<|im_end|>"))
+    mcfg = LLaDAConfig(
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        n_kv_heads=cfg.n_heads,
+        n_layers=cfg.n_layers,
+        mlp_hidden_size=cfg.mlp_hidden_size,
+        vocab_size=vocab,
+        embedding_size=vocab,
+        max_sequence_length=512,
+        rope_theta=10000.0,
+        mask_token_id=MASK_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+    )
+    return LLaDA(mcfg, eot_id=tokenizer.token_to_id("<|eot_id|>"))
 
 
 def train(cfg: TinyConfig, out: Path, log=print, eval_every: int = 0, monitor=None) -> dict:
@@ -198,21 +266,7 @@ def train(cfg: TinyConfig, out: Path, log=print, eval_every: int = 0, monitor=No
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg)
-    mcfg = LLaDAConfig(
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        n_kv_heads=cfg.n_heads,
-        n_layers=cfg.n_layers,
-        mlp_hidden_size=cfg.mlp_hidden_size,
-        vocab_size=tokenizer.get_vocab_size(),
-        embedding_size=tokenizer.get_vocab_size(),
-        max_sequence_length=512,
-        rope_theta=10000.0,
-        mask_token_id=MASK_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=EOS_ID,
-    )
-    model = LLaDA(mcfg, eot_id=tokenizer.token_to_id("<|eot_id|>"))
+    model = build_model(cfg, tokenizer)
     model.init_weights(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -246,7 +300,7 @@ def train(cfg: TinyConfig, out: Path, log=print, eval_every: int = 0, monitor=No
             history.append({"step": step + 1, "seconds": round(time.time() - t0, 1), **result})
             log(f"eval {history[-1]}")
     meta = {
-        "recipe": "dleval train tiny",
+        "recipe": "dleval train tiny" + (" --arch dream" if cfg.arch == "dream" else ""),
         "config": asdict(cfg),
         "train_seconds": round(time.time() - t0, 1),
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -1,0 +1,182 @@
+"""Dream's own sampler: `diffusion_generate` with alg origin, maskgit_plus, topk_margin or entropy.
+
+Source: Ye et al., "Dream 7B: Diffusion Large Language Models" (arXiv 2508.15487); the
+`generation_utils.py` that ships with Dream-org/Dream-v0-Instruct-7B (`DreamGenerationMixin._sample`),
+read in the copy NVlabs/Fast-dLLM keeps at `dream/model/generation_utils.py` @24cc59e (its
+`alg="confidence_threshold"` branch is Fast-dLLM's addition, not Dream's; the `fastdllm`
+decoder covers it). One full-canvas forward per step, `steps` forwards exactly (no EOS stop);
+timesteps t_i = linspace(1, eps, steps + 1):
+- `origin`: each masked position is revealed with probability 1 - t_{i+1}/t_i (all at the last
+  step), its token sampled from the filtered distribution;
+- `maskgit_plus` / `topk_margin` / `entropy`: a confidence per masked position (the sampled
+  token's probability, top-1 minus top-2 probability, or the negative entropy sum p log(p+1e-10));
+  the k = int(n_masked (1 - t_{i+1}/t_i)) most confident are committed (all at the last step),
+  or, with `alg_temp` > 0, k drawn without replacement from softmax(confidence / alg_temp).
+Tokens: temperature scaling, then top_p, then top_k filtering; a categorical draw at T > 0,
+argmax at T = 0.
+
+The official evaluation settings (DreamLM/Dream `eval_instruct/eval.sh`, `eval/eval_dream_gen.sh`):
+Instruct models T 0.1, top_p 0.9, alg entropy, steps = max_new_tokens (256 for GSM8K, 768 for
+HumanEval), chat template applied; Base models T 0 (0.2 for MBPP/HumanEval), top_p 0.95, alg
+origin (the default), steps = max_new_tokens, with `add_bos_token=true` (BOS prepended to the
+prompt: the task's prompt style, not a decoder setting). The defaults below are the Instruct
+ones, except temperature 0 (see the field).
+
+Ties: the k positions are `torch.topk` of the row's full confidence vector (the prompt and
+committed positions at -inf), exactly as the reference, not the harness's position order: at the
+official T 0.1 / top_p 0.9 most distributions are one-hot after filtering, so equal entropies
+are the rule and the tie order decides the output (position order decoded 0/20 prompts like the
+reference in our parity check; topk's order is deterministic for a given device).
+Deviations, none of which change the tokens of one prompt decoded alone: scores are taken in
+the logits' dtype, as the reference; a batch row's k comes from its own mask count (the reference takes the batch mean,
+which is the same number whenever every row holds gen_length masks, the only case it is fed);
+random draws are made row by row, from a per-prompt generator when `seeds` is given (else the
+global RNG, drawn in the reference's order for one prompt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dleval.decoders import _parts
+from dleval.models.base import Model
+from dleval.types import Generation, OnStep
+
+BATCHED = True
+IDLE_FORWARDS = True  # int(n (1 - s/t)) is 0 early on (e.g. 16 masks, 16 steps: 0.999 -> 0); the last step catches up
+ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+PAPER_MODEL = "Dream-org/Dream-v0-Instruct-7B"  # eval_instruct/eval.sh
+# CPU default: the bundled tiny (any model runs this sampler); `--model-family dream` picks tiny-dream.
+
+
+@dataclass(frozen=True)
+class Config:
+    gen_length: int = 256  # eval_instruct/eval.sh gsm8k_cot: max_new_tokens=256
+    steps: int | None = None  # None = gen_length (eval.sh: diffusion_steps = max_new_tokens)
+    alg: str = "entropy"  # eval.sh (Instruct); generation_utils default "origin" (Base eval)
+    # eval.sh (Instruct) samples at 0.1 (Base eval: 0, 0.2 for code); the harness default is 0 so
+    # that a run is deterministic (§0.3). Reproduce the paper's sampling with -D temperature=0.1.
+    temperature: float = 0.0
+    top_p: float | None = 0.9  # eval.sh (Instruct); Base eval: 0.95
+    top_k: int | None = None  # generation_utils default
+    alg_temp: float | None = None  # generation_utils default: deterministic top-k selection
+    eps: float = 1e-3  # generation_utils default: the last timestep
+
+    def __post_init__(self) -> None:
+        if self.alg not in ALGS:
+            raise ValueError(f"alg must be one of {', '.join(ALGS)}, not {self.alg!r}")
+        if self.gen_length <= 0 or self.total_steps <= 0:
+            raise ValueError("gen_length and steps must be positive")
+        _parts.check_number("temperature", self.temperature)
+        if self.top_p is not None:
+            _parts.check_number("top_p", self.top_p, 0.0, 1.0, why="a nucleus mass")
+            if self.top_p == 0:
+                raise ValueError("top_p must be in (0, 1] (None: no nucleus filter)")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError("top_k must be >= 1")
+        if self.alg_temp is not None:
+            _parts.check_number("alg_temp", self.alg_temp)
+        _parts.check_number("eps", self.eps, 0.0, 1.0, why="the last timestep")
+        if not 0 < self.eps < 1:
+            raise ValueError("eps must be in (0, 1)")
+
+    @property
+    def total_steps(self) -> int:
+        return self.gen_length if self.steps is None else self.steps
+
+
+def filter_logits(logits: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Temperature, then nucleus (top_p), then top_k, as the reference's `sample_tokens`. (N, V)."""
+    if cfg.temperature > 0:
+        logits = logits / cfg.temperature
+    if cfg.top_p is not None and cfg.top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        drop = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1) > cfg.top_p
+        drop[..., 1:] = drop[..., :-1].clone()  # keep the first token above the threshold
+        drop[..., 0] = False
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter_(-1, order, drop), torch.finfo(logits.dtype).min)
+    if cfg.top_k is not None:
+        k = min(cfg.top_k, logits.shape[-1])
+        logits = logits.masked_fill(logits < torch.topk(logits, k)[0][..., -1, None], torch.finfo(logits.dtype).min)
+    return logits
+
+
+def sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(confidence (N,), tokens (N,)) for the masked positions' logits (N, V), per `cfg.alg`.
+
+    The token is never [MASK]: the argmax skips it and a drawn [MASK] is replaced by that
+    argmax (the draw itself is the reference's, so the random stream is the same). A trained
+    model never proposes [MASK], so this equals the reference, where a sampled [MASK] would
+    leave its position masked; on a random model the canvas still fills."""
+    probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
+    proposal = probs.clone()
+    proposal[:, mask_id] = 0
+    x0 = proposal.argmax(dim=-1)
+    if cfg.temperature > 0 and len(probs):
+        # torch.distributions.Categorical(probs).sample(): normalise, one multinomial draw per row
+        drawn = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, True, generator=gen).squeeze(-1)
+        x0 = torch.where(drawn == mask_id, x0, drawn)  # a drawn [MASK] becomes the best other token
+    conf = torch.gather(probs, -1, x0[:, None]).squeeze(-1)
+    if cfg.alg == "topk_margin":
+        top = torch.sort(probs, dim=-1, descending=True).values
+        conf = top[:, 0] - top[:, 1]
+    elif cfg.alg == "entropy":
+        conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return conf, x0
+
+
+@torch.inference_mode()
+def decode(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    cfg: Config = Config(),
+    *,
+    on_step: OnStep | None = None,
+    seeds: Sequence[int] | None = None,
+) -> list[Generation]:
+    x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts (one seed per prompt)")
+    gens = [None] * len(prompts) if seeds is None else [torch.Generator(device=x.device).manual_seed(int(s)) for s in seeds]
+    steps = cfg.total_steps
+    timesteps = torch.linspace(1, cfg.eps, steps + 1, device=x.device)
+    commits: list[list[int]] = [[] for _ in prompts]
+    for i in range(steps):
+        masked = x == model.mask_id  # (B, T)
+        logits = model.forward(x, attention_mask=attention).logits  # (B, T, V), shift undone by the model
+        t, s = timesteps[i], timesteps[i + 1]
+        chosen = torch.zeros_like(masked)
+        for row, gen in enumerate(gens):
+            where = masked[row].nonzero().squeeze(-1)  # (n,) absolute positions
+            if cfg.alg == "origin":
+                p_transfer = 1 - s / t if i < steps - 1 else 1
+                reveal = torch.rand(len(where), device=x.device, generator=gen) < p_transfer
+                _, x0 = sample_tokens(logits[row, where[reveal]], cfg, model.mask_id, gen)
+                x[row, where[reveal]] = x0
+                chosen[row, where[reveal]] = True
+                continue
+            conf, x0 = sample_tokens(logits[row, where], cfg, model.mask_id, gen)
+            k = int(len(where) * (1 - s / t)) if i < steps - 1 else len(where)
+            if k <= 0:
+                continue
+            # The reference's full_confidence: the row's own canvas (no left padding), -inf off the masks.
+            offset = P - len(prompts[row])
+            full = torch.full((1, x.shape[1] - offset), float("-inf"), dtype=conf.dtype, device=x.device)
+            full[0, where - offset] = conf
+            if not cfg.alg_temp:
+                picked = torch.topk(full, k).indices[0]  # torch.topk's tie order, as the reference (see module docstring)
+            else:
+                picked = torch.multinomial(F.softmax(full / cfg.alg_temp, dim=-1), num_samples=k, generator=gen)[0]
+            position = picked + offset
+            lookup = torch.full((x.shape[1],), -1, dtype=torch.long, device=x.device)
+            lookup[where] = torch.arange(len(where), device=x.device)
+            x[row, position] = x0[lookup[position]]
+            chosen[row, position] = True
+        for row in range(len(prompts)):
+            commits[row].append(int(chosen[row].sum()))
+        _parts.report_step(on_step, i + 1, x, chosen)
+    return _parts.generations(x, P, commits)
