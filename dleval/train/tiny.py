@@ -308,10 +308,11 @@ def train(cfg: TinyConfig, out: Path, log=print, eval_every: int = 0, monitor=No
         "torch": torch.__version__,
     }
     model.eval()
+    save_folder(out, model, tokenizer, meta)  # before the evaluation: a failure there never loses the training
     if cfg.eval_problems:
         t1 = time.time()
         meta["accuracy"] = evaluate(model, tokenizer, cfg)
         meta["eval_seconds"] = round(time.time() - t1, 1)
         log(f"held-out accuracy ({cfg.eval_problems} synth_gsm test problems, gen {task_gen_length()}): {meta['accuracy']}")
-    save_folder(out, model, tokenizer, meta)
+        (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
