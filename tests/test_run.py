@@ -6,7 +6,6 @@ Run: pytest tests/test_run.py
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import time
 
@@ -181,10 +180,6 @@ def test_sample_seeds_do_not_depend_on_resume_history(tmp_path):
 
 
 def test_sample_seeds_do_not_depend_on_the_batch(tmp_path):
-    from dleval import decoders
-
-    if "seeds" not in inspect.signature(decoders.load("llada").decode).parameters:
-        pytest.xfail("llada.decode takes no per-row seeds yet (the batch helper's interface); batch 8 shares one noise stream")
     one = run(request(tmp_path / "a", limit=8, batch_size=1, decoder_args={"temperature": "1.0"}), log=lambda m: None)
     eight = run(request(tmp_path / "b", limit=8, batch_size=8, decoder_args={"temperature": "1.0"}), log=lambda m: None)
     assert [r.raw for r in one.records] == [r.raw for r in eight.records]
