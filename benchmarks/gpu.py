@@ -208,6 +208,12 @@ def decoder_overheads(model, args, device: torch.device) -> list[dict]:
             fields = {f.name for f in dataclasses.fields(module.Config)}
             values = {"gen_length": args.decode_gen, "block_length": block, "filter": str(filt), "answer_prefix": ""}
             cfg = module.Config(**{k: v for k, v in values.items() if k in fields})
+            if hasattr(module, "check"):
+                try:
+                    module.check(model, cfg)
+                except ValueError as exc:  # a decoder that cannot run on this architecture (WINO on Dream)
+                    rows.append(dict(decoder=name, skipped=str(exc)))
+                    continue
             timed = TimedModel(model)
             counted = Counted(timed)
             module.decode(counted, prompts[:1], cfg)  # warm-up
@@ -274,9 +280,12 @@ def main(argv: list[str] | None = None) -> dict:
             parts = " / ".join(f"{r[k]:.2f}" if r[k] is not None else "-" for k in ("memory_floor_ms", "compute_floor_ms"))
             print(f"{r['kind']:<10}{r['batch']:>6}{r['tokens']:>8}{r['ms']:10.2f}{floor}   ({parts})")
         dec = decoder_overheads(model, args, device)
-        print(f"{'decoder':<11}{'forwards':>9}{'forward ms':>12}{'overhead ms/step':>18}{'share':>8}")
+        print(f"{'decoder':<17}{'forwards':>9}{'forward ms':>12}{'overhead ms/step':>18}{'share':>8}")
         for r in dec:
-            print(f"{r['decoder']:<11}{r['forwards']:>9}{r['forward_ms']:12.2f}{r['overhead_ms']:18.3f}{100 * r['overhead_share']:7.1f}%")
+            if "skipped" in r:
+                print(f"{r['decoder']:<11}  skipped: {r['skipped']}")
+                continue
+            print(f"{r['decoder']:<17}{r['forwards']:>9}{r['forward_ms']:12.2f}{r['overhead_ms']:18.3f}{100 * r['overhead_share']:7.1f}%")
         result["families"][family.name] = {"params": params, "weight_bytes": weight_bytes, "forwards": fw, "decoders": dec}
         del model
         if device.type == "cuda":
