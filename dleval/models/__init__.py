@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,7 +281,9 @@ def _tokenizer(folder: Path):
     try:
         # Never the checkpoint's own code (Dream's config.json names remote classes): without
         # trust_remote_code=False, transformers would stop and ask on stdin.
-        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        with warnings.catch_warnings():  # AutoTokenizer parses config.json; Dream's rope_scaling key is deprecated there
+            warnings.filterwarnings("ignore", message=".*rope_scaling.*", category=FutureWarning)
+            tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
         # Dream's hub folders name a remote DreamTokenizer class; it is Qwen2's byte-level BPE
         # (vocab.json + merges.txt), which transformers reads natively.
