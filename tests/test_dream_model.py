@@ -139,7 +139,8 @@ def test_cache_misuse_is_rejected():
 
 
 def write_tokenizer(folder):
-    from tokenizers import Tokenizer, models as tok_models
+    from tokenizers import Tokenizer
+    from tokenizers import models as tok_models
 
     vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "a": 3}
     Tokenizer(tok_models.WordLevel(vocab, unk_token="<|endoftext|>")).save(str(folder / "tokenizer.json"))
