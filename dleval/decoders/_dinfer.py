@@ -5,7 +5,26 @@ Source: inclusionAI/dInfer @fce4e32, `python/dinfer/decoding/generate_uniform.py
 `BlockIteratorFactory(start_block_align=True)` and `early_stop=True`, and
 `python/dinfer/decoding/parallel_strategy.py` (`get_transfer_index_threshold`,
 `CreditThresholdParallelDecoder._apply_credit_fusion`, `HierarchyDecoder.get_transfer_index`).
-The decoders' docstrings describe the loop, the rules and every difference from the reference.
+Each decoder's docstring describes its own rule; what the three share is here.
+
+The loop is dInfer's, not Fast-dLLM's: blocks are aligned to absolute multiples
+of block_length, so the first block overlaps the prompt's tail and a last, partial block ends at
+the canvas end; every forward is over the whole canvas; and a block is checked for masks only
+every `unroll` forwards, unroll = max(min(masks // expected_tpf, maximum_unroll), 1). The
+forwards after a block completes inside such a group commit nothing but are real NFE (the
+reference counts them); `maximum_unroll = 1` removes them, an option the reference has too.
+After a block, if it holds an EOS, every position after the block becomes EOS (committed by the
+block's last forward) and decoding stops (finish="eos").
+
+Where this differs from the reference, and why:
+- The argmax skips [MASK] (`_parts.propose`); the reference's threshold rule drops such
+  proposals from the candidates instead (`rm_mask`), which on a model that ranks [MASK] first
+  never ends; its hierarchy rule would commit them.
+- Ties break by position (decoders.md §0.3).
+- Not implemented: dInfer's KV caches (prefix/dual with `KVCacheFactory`), the vicinity refresh
+  (`prefix_look`/`after_look`/`warmup_times`) and iteration smoothing (`cont_weight`); the
+  defaults of `benchmarks/benchmark.py` use none of them.
+One prompt at a time (BATCHED = False), as `HierarchyDecoder` requires (it asserts batch size 1).
 """
 
 from __future__ import annotations

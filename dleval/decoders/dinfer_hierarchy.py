@@ -9,24 +9,9 @@ adjacent masks; each run's most confident mask is committed if its probability >
 committed, and always the block's most confident mask ("forcing LLMs to decode tokens
 separately"). Probabilities come from log_softmax in the logits' dtype, as the reference.
 
-The loop is dInfer's, not Fast-dLLM's (`_dinfer.py`): blocks are aligned to absolute multiples
-of block_length, so the first block overlaps the prompt's tail and a last, partial block ends at
-the canvas end; every forward is over the whole canvas; and a block is checked for masks only
-every `unroll` forwards, unroll = max(min(masks // expected_tpf, maximum_unroll), 1). The
-forwards after a block completes inside such a group commit nothing but are real NFE (the
-reference counts them); `maximum_unroll = 1` removes them, an option the reference has too.
-After a block, if it holds an EOS, every position after the block becomes EOS (committed by the
-block's last forward) and decoding stops (finish="eos").
-
-Where this differs from the reference, and why:
-- The argmax skips [MASK] (`_parts.propose`); the reference's threshold rule drops such
-  proposals from the candidates instead (`rm_mask`), which on a model that ranks [MASK] first
-  never ends; its hierarchy rule would commit them.
-- Ties break by position (decoders.md §0.3).
-- Not implemented: dInfer's KV caches (prefix/dual with `KVCacheFactory`), the vicinity refresh
-  (`prefix_look`/`after_look`/`warmup_times`) and iteration smoothing (`cont_weight`); the
-  defaults of `benchmarks/benchmark.py` use none of them.
-One prompt at a time (BATCHED = False), as `HierarchyDecoder` requires (it asserts batch size 1).
+The loop (block alignment, unrolled groups whose idle forwards count as NFE, the EOS stop), the
+differences from the reference shared by the three dInfer decoders, and why one prompt is decoded
+at a time: `_dinfer.py`.
 """
 
 from __future__ import annotations
