@@ -105,18 +105,18 @@ def make_canvas(
     if not prompts:
         raise ValueError("decode() needs at least one prompt")
     P = max(len(p) for p in prompts)
-    pad = model.eos_id if pad_id is None else pad_id
-    x = torch.full((len(prompts), P + gen_length), model.mask_id, dtype=torch.long)
-    attention = torch.ones_like(x, dtype=torch.bool)
-    for row, prompt in enumerate(prompts):
-        if len(prompt) < P:
-            x[row, : P - len(prompt)] = pad
-            attention[row, : P - len(prompt)] = False
-        x[row, P - len(prompt) : P] = torch.tensor(list(prompt), dtype=torch.long)
-    if (x[:, :P] == model.mask_id).any():
+    pad, mask_id = model.eos_id if pad_id is None else pad_id, model.mask_id
+    if any(mask_id in p for p in prompts):
         raise ValueError("a prompt contains the mask token id")
-    mask = None if bool(attention.all()) else attention.to(model.device)
-    return x.to(model.device), mask, P
+    # Built on the host as one list: one tensor op (and one copy to the device) per decode.
+    x = torch.tensor([[pad] * (P - len(p)) + list(p) + [mask_id] * gen_length for p in prompts], dtype=torch.long)
+    mask = None
+    if any(len(p) < P for p in prompts):
+        mask = torch.tensor([[False] * (P - len(p)) + [True] * (len(p) + gen_length) for p in prompts])
+    device = model.device
+    if device.type != "cpu":
+        x, mask = x.to(device), None if mask is None else mask.to(device)
+    return x, mask, P
 
 
 def generations(x: torch.Tensor, P: int, commits: list[list[int]], finish: Sequence[str] | str = "length") -> list[Generation]:
@@ -161,14 +161,19 @@ def check_score_dtype(name: str) -> torch.dtype | None:
 
 def confidence(logits: torch.Tensor, tokens: torch.Tensor, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
     """softmax(logits)[tokens] in `dtype` (None: the logits' dtype); logits (..., V), tokens (...)."""
-    p = torch.softmax(logits if dtype is None else logits.to(dtype), dim=-1)
-    return torch.gather(p, -1, tokens.unsqueeze(-1)).squeeze(-1)
+    p = torch.softmax(logits, dim=-1, dtype=dtype)  # dtype: the input is cast first, as .to(dtype)
+    return p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """-sum p log(p + 1e-12), natural log, float64 (dParallel, d3LLM)."""
-    p = torch.softmax(logits.to(torch.float64), dim=-1)
-    return -(p * torch.log(p + 1e-12)).sum(dim=-1)
+    return -neg_entropy(logits)
+
+
+def neg_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """sum p log(p + 1e-12) = -entropy(logits), float64, one op fewer (negation is exact)."""
+    p = torch.softmax(logits, dim=-1, dtype=torch.float64)
+    return (p * (p + 1e-12).log_()).sum(dim=-1)
 
 
 def margin(logits: torch.Tensor, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
@@ -199,12 +204,14 @@ def top_k_mask(scores: torch.Tensor, k: torch.Tensor | Sequence[int]) -> torch.T
     return ranks < k_t
 
 
-def threshold_mask(scores: torch.Tensor, candidates: torch.Tensor, accept: torch.Tensor) -> torch.Tensor:
+def threshold_mask(scores: torch.Tensor, candidates: torch.Tensor | None, accept: torch.Tensor) -> torch.Tensor:
     """Commit every candidate that `accept`s, and always the best-scored candidate of each row
-    that has one (Fast-dLLM / dParallel "forced top-1"). All (B, T); scores higher is better."""
-    scores = torch.where(candidates, scores, torch.full_like(scores, NEG_INF))
-    best = top_k_mask(scores, [1] * scores.shape[0]) & candidates
-    return (candidates & accept) | best
+    that has one (Fast-dLLM / dParallel "forced top-1"). All (B, T); scores higher is better;
+    candidates None: every position is one."""
+    if candidates is None:  # argmax: the first of equal maxima, the stable sort's choice
+        return accept.scatter(1, scores.argmax(dim=1, keepdim=True), True)
+    best = scores.masked_fill(~candidates, NEG_INF).argmax(dim=1, keepdim=True)  # (B, 1)
+    return (candidates & accept).scatter_(1, best, True) & candidates  # a row without candidates gets none
 
 
 def quota(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
@@ -251,10 +258,11 @@ def check_blocks(gen_length: int, block_length: int) -> int:
 
 CACHES = ("none", "prefix", "dual")
 
-# select(logits (R, B, V) of each row's current block, masked (R, B), each row's forward index
-# within its block, the prompts the R rows are) -> (x0 (R, B) proposed tokens, chosen (R, B)
-# bool positions to commit). R counts the rows forwarded, not every prompt.
-Select = Callable[[torch.Tensor, torch.Tensor, list[int], list[int]], tuple[torch.Tensor, torch.Tensor]]
+# select(logits (R, C, V) of the columns of each row's current block that `block_loop` shows it,
+# masked (R, C) or None when all of them are masked, each row's forward index within its block,
+# the prompts the R rows are) -> (x0 (R, C) proposed tokens, never [MASK]; chosen (R, C) bool
+# positions to commit). R counts the rows forwarded, not every prompt.
+Select = Callable[[torch.Tensor, torch.Tensor | None, list[int], list[int]], tuple[torch.Tensor, torch.Tensor]]
 
 
 # ---------------------------------------------------------------------------- EOS handling
@@ -285,21 +293,33 @@ def propose(
     A trained dLLM never ranks [MASK] first, so this equals the reference's plain argmax; on a
     model that does (a random one), the reference's until-no-mask loops would never end.
     """
-    logits = logits.clone()
-    logits[..., mask_id] = NEG_INF
+    logits = logits.index_fill(-1, _index(mask_id, logits.device), NEG_INF)  # a copy
     return gumbel_argmax(logits, temperature, noise, rows)
 
 
-def entropy_threshold_mask(h: torch.Tensor, candidates: torch.Tensor, tau: float) -> torch.Tensor:
+_INDICES: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _index(i: int, device: torch.device) -> torch.Tensor:
+    """The (1,) index tensor [i] on `device`, made once (an index_fill argument, not state)."""
+    key = (i, device)
+    if key not in _INDICES:
+        _INDICES[key] = torch.tensor([i], device=device)
+    return _INDICES[key]
+
+
+def entropy_threshold_mask(h: torch.Tensor, candidates: torch.Tensor | None, tau: float) -> torch.Tensor:
     """dParallel: commit every candidate with H <= tau, and always the lowest-entropy one
-    (ties by position). All (B, T)."""
+    (ties by position). All (B, T); candidates None: every position."""
     return threshold_mask(-h, candidates, h <= tau)
 
 
-def entropy_bound_mask(h: torch.Tensor, candidates: torch.Tensor, gamma: float) -> torch.Tensor:
+def entropy_bound_mask(h: torch.Tensor, candidates: torch.Tensor | None, gamma: float) -> torch.Tensor:
     """EB-sampler: sort the candidates by entropy ascending (ties by position) and accept the
     first k for the largest k with sum(H_1..k) - max(H_1..k) <= gamma; at least one per row
-    that has a candidate. All (B, T)."""
+    that has a candidate. All (B, T); candidates None: every position is one."""
+    if candidates is None:
+        return neg_entropy_bound_mask(-h.to(torch.float64), gamma)
     h = torch.where(candidates, h.to(torch.float64), torch.full_like(h, float("inf"), dtype=torch.float64))
     order = rank(-h)  # ascending entropy, ties by position
     valid = torch.gather(candidates, 1, order)  # (B, T), candidates first
@@ -309,6 +329,19 @@ def entropy_bound_mask(h: torch.Tensor, candidates: torch.Tensor, gamma: float) 
     k = torch.where(ok, positions + 1, torch.zeros_like(positions)).max(dim=1, keepdim=True).values.clamp(min=1)  # (B, 1)
     accept_sorted = valid & (positions < k)
     return torch.zeros_like(candidates).scatter(1, order, accept_sorted)
+
+
+def neg_entropy_bound_mask(v: torch.Tensor, gamma: float) -> torch.Tensor:
+    """`entropy_bound_mask` with every position a candidate, given v = -H (float64, (B, T)).
+
+    The same decisions in fewer ops: sorting v descending is sorting H ascending (stable: ties by
+    position), and on the sorted values, with IEEE negation exact and rounding symmetric,
+    cumsum(v) - cummin(v) = -(sum(H_1..k) - max(H_1..k)) bit for bit."""
+    vs, order = torch.sort(v, dim=1, descending=True, stable=True)
+    ok = vs.cumsum(dim=1) - vs.cummin(dim=1).values >= -gamma
+    ks = torch.arange(1, v.shape[1] + 1, device=v.device)  # (T,) k for each sorted position
+    k = torch.where(ok, ks, 0).amax(dim=1, keepdim=True).clamp_(min=1)  # (B, 1)
+    return torch.empty_like(ok).scatter_(1, order, ks <= k)  # order is a permutation: every position written
 
 
 def block_loop(
@@ -353,18 +386,23 @@ def block_loop(
     `compact`: `select` sees only the block's columns that are still masked in some row (fewer
     float64 scores over the vocabulary late in a block; the same choices). Decoders pass False
     when `select` draws noise, whose shape must not depend on the other rows.
+
+    The step is kept thin (issue 14): which positions are still masked is tracked on the host
+    (`open_`, updated from the step's one host sync, `chosen.tolist()`), so the canvas is never
+    read back, `select` gets masked=None when every position it sees is masked, and the commit
+    is written in place. This relies on `select` never proposing [MASK] (`propose`).
     """
     check_cache(cache, refresh_every)
     x, attention, P = make_canvas(model, prompts, gen_length)  # (N, P+L), N = len(prompts)
-    N, mask_id, dev = x.shape[0], model.mask_id, x.device
+    N, mask_id, dev, B = x.shape[0], model.mask_id, x.device, block_length
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
-    n_blocks = gen_length // block_length
+    n_blocks = gen_length // B
     idle_rule = cache != "none" and refresh_every != 1 and not skip_idle_forward
-    span = torch.arange(block_length, device=dev)
+    all_cols = list(range(B))
     block = [0] * N  # each row's current block
     index = [0] * N  # forwards the row has made in its current block
     idle = [False] * N  # the block is done but its idle cached forward is still due
-    open_ = [[1] * block_length for _ in range(N)]  # host copy: which positions of the row's block are still masked
+    open_ = [[True] * B for _ in range(N)]  # host copy: which positions of the row's block are still masked
     commits: list[list[int]] = [[] for _ in range(N)]
     kv: KVCache | None = None
     kv_rows: list[int] = []  # the prompts whose K/V `kv` holds, in its row order
@@ -376,10 +414,24 @@ def block_loop(
         if cache != "none":  # one shared block start: rows ahead wait for the slowest row
             current = min(block[r] for r in rows)
             rows = [r for r in rows if block[r] == current]
-        starts = [P + block[r] * block_length for r in rows]
+        starts = [P + block[r] * B for r in rows]
         s = starts[0]
         same = all(t == s for t in starts)
-        at = None if same else torch.tensor(starts, device=dev).view(-1, 1) + span  # (R, B) each row's block
+        # The step's plan, from the host copy alone (made before the forward: nothing waits on it).
+        busy = [j for j, r in enumerate(rows) if not idle[r]]  # idle rows are forwarded and commit nothing
+        brows = [rows[j] for j in busy]
+        if not brows:
+            cols, every = all_cols, True
+        elif len(brows) == 1:  # one row: with compact, its open columns, all masked
+            o = open_[brows[0]]
+            cols = [j for j in all_cols if o[j]] if compact else all_cols
+            every = compact or all(o)
+        else:
+            union = [any(col) for col in zip(*(open_[r] for r in brows))] if brows else []
+            cols = [j for j, u in enumerate(union) if u] if compact else all_cols
+            every = all(open_[r][j] for r in brows for j in cols)
+        c = None if len(cols) == B else torch.tensor(cols, device=dev)  # (C,) the columns `select` sees
+        masked = None if every else torch.tensor([[open_[r][j] for j in cols] for r in brows], device=dev)  # (R', C)
         sel = None if len(rows) == N else torch.tensor(rows, device=dev)
         xr = x if sel is None else x.index_select(0, sel)  # (R, P+L)
         mask = None
@@ -387,11 +439,13 @@ def block_loop(
             mask = attention if sel is None else attention.index_select(0, sel)
         i0 = index[rows[0]]  # with a cache, every row of the forward is at the same index
         full = cache == "none" or i0 == 0 or (refresh_every is not None and i0 % refresh_every == 0)
+        at = None
         if full:
             out = forward(model, xr, rows, attention_mask=mask)
             if same:
-                logits = out.logits[:, s : s + block_length]  # (R, B, V)
+                logits = out.logits[:, s : s + B]  # (R, B, V)
             else:  # cache="none": each row's own block
+                at = torch.tensor(starts, device=dev).view(-1, 1) + torch.arange(B, device=dev)  # (R, B)
                 logits = out.logits.gather(1, at.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1]))
             if cache != "none":
                 kv, kv_rows = (out.kv.keep(s) if cache == "prefix" else out.kv), list(rows)
@@ -402,68 +456,77 @@ def block_loop(
                 kv = KVCache([k.index_select(0, keep) for k in kv.keys], [v.index_select(0, keep) for v in kv.values])
                 kv_rows = list(rows)
             if cache == "prefix":  # block + masked suffix in, block out
-                logits = forward(model, xr[:, s:], rows, start=s, cache=kv, attention_mask=mask).logits[:, :block_length]
+                logits = forward(model, xr[:, s:], rows, start=s, cache=kv, attention_mask=mask).logits[:, :B]
             else:  # in-place span write into kv
-                logits = forward(model, xr[:, s : s + block_length], rows, start=s, cache=kv, attention_mask=mask).logits
+                logits = forward(model, xr[:, s : s + B], rows, start=s, cache=kv, attention_mask=mask).logits
         calls += 1
-        step = torch.zeros_like(x, dtype=torch.bool) if on_step is not None else None
-        busy = [j for j, r in enumerate(rows) if not idle[r]]  # idle rows were forwarded, and commit nothing
-        for j in range(len(rows)):
-            if idle[rows[j]]:
-                r = rows[j]
+        for r in rows:
+            if idle[r]:
                 commits[r].append(0)
-                idle[r], block[r], index[r], open_[r] = False, block[r] + 1, 0, [1] * block_length
-        if busy:
-            brows = [rows[j] for j in busy]
+                idle[r], block[r], index[r], open_[r] = False, block[r] + 1, 0, [True] * B
+        step: list[tuple[int, int]] = []  # (prompt, absolute position) of this step's commits, for on_step
+        if brows:
             if len(busy) < len(rows):
-                pick = torch.tensor(busy, device=dev)
-                logits, xr = logits.index_select(0, pick), xr.index_select(0, pick)
-                at = None if at is None else at.index_select(0, pick)
-            region = xr[:, s : s + block_length] if at is None else xr.gather(1, at)  # (R', B)
-            masked = region == mask_id
-            # Only positions still masked in some row can be chosen: the scores (float64 over the
-            # vocabulary) are taken for those columns alone. Every rule ranks masked candidates
-            # only, by score then position, so the subset (in position order) chooses the same.
-            cols = [j for j in range(block_length) if any(open_[r][j] for r in brows)]
-            if compact and len(cols) < block_length:
-                c = torch.tensor(cols, device=dev)
-                x0c, chosenc = select(logits.index_select(1, c), masked.index_select(1, c), [index[r] for r in brows], brows)
-                chosen = torch.zeros_like(masked).index_copy_(1, c, chosenc)
-                x0 = region.index_copy(1, c, x0c)
-            else:
-                x0, chosen = select(logits, masked, [index[r] for r in brows], brows)
-            chosen = chosen & masked
-            new = torch.where(chosen, x0, region)
-            R = len(brows)
-            synced = torch.cat([chosen.sum(dim=1), (new == mask_id).flatten().long()]).tolist()  # the step's one host sync
-            counts = synced[:R]
-            for j, r in enumerate(brows):
-                open_[r] = synced[R + j * block_length : R + (j + 1) * block_length]
-            left = [sum(o) for o in (open_[r] for r in brows)]
+                logits = logits.index_select(0, torch.tensor(busy, device=dev))
+            if c is not None:
+                logits = logits.index_select(1, c)  # (R', C, V)
+            x0, chosen = select(logits, masked, [index[r] for r in brows], brows)
+            if masked is not None:
+                chosen = chosen & masked
+            flags = chosen.tolist()  # the step's one host sync
+            counts = [sum(f) for f in flags]
             if min(counts) < 1:
                 raise AssertionError("a selection rule must commit at least one masked position")
-            if at is None and len(brows) == N:
-                x[:, s : s + block_length] = new
-            else:
-                cols = torch.tensor(starts, device=dev).view(-1, 1)[busy if len(busy) < len(rows) else slice(None)] + span
-                target = torch.tensor(brows, device=dev).view(-1, 1).expand_as(cols)
-                x[target, cols] = new
-                if step is not None:
-                    step[target, cols] = chosen
-            if step is not None and at is None and len(brows) == N:
-                step[:, s : s + block_length] = chosen
+            if same and len(brows) == N:  # every row in one block: write in place
+                xb = x[:, s : s + B]  # (N, B) view
+                if c is None:
+                    torch.where(chosen, x0, xb, out=xb)
+                else:
+                    xb.index_copy_(1, c, torch.where(chosen, x0, mask_id if every else xb.index_select(1, c)))
+            else:  # rows in different blocks, or some rows not stepping: scatter the commits
+                hit = [(j, q) for j, f in enumerate(flags) for q, v in enumerate(f) if v]
+                vals = x0[torch.tensor([j for j, _ in hit], device=dev), torch.tensor([q for _, q in hit], device=dev)]
+                place = [(brows[j], P + block[brows[j]] * B + cols[q]) for j, q in hit]
+                x[torch.tensor([r for r, _ in place], device=dev), torch.tensor([t for _, t in place], device=dev)] = vals
             for j, r in enumerate(brows):
+                o = open_[r]
+                for q, v in enumerate(flags[j]):
+                    if v:
+                        o[cols[q]] = False
+                        if on_step is not None:
+                            step.append((r, P + block[r] * B + cols[q]))
                 commits[r].append(counts[j])
                 index[r] += 1
-                if left[j] == 0:  # blocks start fully masked, so the next one has masks
+                if not any(o):  # blocks start fully masked, so the next one has masks
                     if index[r] == 1 and idle_rule:
                         idle[r] = True  # the reference's idle forward comes next, in this block
                     else:
                         block[r] += 1
                         index[r] = 0
-                        open_[r] = [1] * block_length  # blocks start fully masked
-        report_step(on_step, calls, x, step)
+                        open_[r] = [True] * B
+        if on_step is not None:
+            committed = torch.zeros_like(x, dtype=torch.bool)
+            for r, t in step:
+                committed[r, t] = True
+            report_step(on_step, calls, x, committed)
     return generations(x, P, commits)
+
+
+def blocks(model: Model, prompts: Sequence[Sequence[int]], cfg, select: Select, on_step: OnStep | None, compact: bool) -> list[Generation]:
+    """`block_loop` with the block and cache fields of a threshold decoder's Config (fastdllm,
+    dparallel, eb: gen_length, block_length, cache, refresh_every, skip_idle_forward)."""
+    return block_loop(
+        model,
+        prompts,
+        cfg.gen_length,
+        cfg.block_length,
+        select,
+        cache=cfg.cache,
+        refresh_every=cfg.refresh_every,
+        skip_idle_forward=cfg.skip_idle_forward,
+        on_step=on_step,
+        compact=compact,
+    )
 
 
 # ---------------------------------------------------------------------------- edit accounting

@@ -64,19 +64,11 @@ def decode(
 ) -> list[Generation]:
     noise = _parts.Noise(seeds, len(prompts), model.device)
 
-    def select(logits: torch.Tensor, masked: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = _parts.propose(logits, cfg.temperature, model.mask_id, noise, rows)  # (R, B)
-        return x0, _parts.entropy_threshold_mask(_parts.entropy(logits), masked, cfg.threshold)
+    mask_id = model.mask_id
 
-    return _parts.block_loop(
-        model,
-        prompts,
-        cfg.gen_length,
-        cfg.block_length,
-        select,
-        cache=cfg.cache,
-        refresh_every=cfg.refresh_every,
-        skip_idle_forward=cfg.skip_idle_forward,
-        on_step=on_step,
-        compact=cfg.temperature == 0,  # noise: full blocks
-    )
+    def select(logits: torch.Tensor, masked: torch.Tensor | None, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
+        v = _parts.neg_entropy(logits)  # -H: `entropy_threshold_mask` without its negations (exact)
+        return x0, _parts.threshold_mask(v, masked, v >= -cfg.threshold)  # lowest H always, and every H <= tau
+
+    return _parts.blocks(model, prompts, cfg, select, on_step, compact=cfg.temperature == 0)  # noise: full blocks

@@ -104,35 +104,28 @@ def decode(
     if dream and cfg.cache == "none":
         return [_dream_no_cache(model, prompt, cfg, on_step, noise, row) for row, prompt in enumerate(prompts)]
 
-    def select(logits: torch.Tensor, masked: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = _parts.propose(logits, cfg.temperature, model.mask_id, noise, rows)  # (R, B)
+    mask_id = model.mask_id
+
+    def select(logits: torch.Tensor, masked: torch.Tensor | None, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
         if cfg.remasking == "low_confidence":
             conf = _dream_confidence(logits, x0) if dream else _parts.confidence(logits, x0)
         else:
             conf = noise.uniform(x0.shape[1:], rows)
         if cfg.threshold is None:
-            scores = torch.where(masked, conf, torch.full_like(conf, _parts.NEG_INF))
-            return x0, _parts.top_k_mask(scores, [k[i] for i in index]) & masked
+            scores = conf if masked is None else conf.masked_fill(~masked, _parts.NEG_INF)
+            chosen = _parts.top_k_mask(scores, [k[i] for i in index])
+            return x0, chosen if masked is None else chosen & masked
         chosen = _parts.threshold_mask(conf, masked, conf >= cfg.threshold)
-        if dream:  # Fast-dLLM dream/: a block-start forward commits the block's first position only
-            first = torch.zeros_like(masked)
+        if dream and 0 in index:  # Fast-dLLM dream/: a block-start forward commits the block's first position only
+            first = torch.zeros_like(chosen)
             first[:, 0] = True
-            starts = torch.tensor([i == 0 for i in index], device=masked.device).unsqueeze(1)  # (R, 1)
+            starts = torch.tensor([i == 0 for i in index], device=chosen.device).unsqueeze(1)  # (R, 1)
             chosen = torch.where(starts, first, chosen)
         return x0, chosen
 
-    return _parts.block_loop(
-        model,
-        prompts,
-        cfg.gen_length,
-        cfg.block_length,
-        select,
-        cache=cfg.cache,
-        refresh_every=cfg.refresh_every,
-        skip_idle_forward=cfg.skip_idle_forward,
-        on_step=on_step,
-        compact=cfg.temperature == 0 and cfg.remasking == "low_confidence" and not dream,  # noise, Dream's block start: full blocks
-    )
+    # noise, Dream's block start: full blocks
+    return _parts.blocks(model, prompts, cfg, select, on_step, compact=cfg.temperature == 0 and cfg.remasking == "low_confidence" and not dream)
 
 
 def _dream_confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
