@@ -68,44 +68,65 @@ def decode(
 ) -> list[Generation]:
     x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)
     noise = _parts.Noise(seeds, len(prompts), model.device)
+    mask_id, eos_id, eot_id = model.mask_id, model.eos_id, model.eot_id
     B, L = cfg.block_length, cfg.gen_length
     blocks = L // B
     per_block = cfg.total_steps // blocks
-    prompt_index = torch.zeros_like(x, dtype=torch.bool)
-    prompt_index[:, :P] = True
-    counts: list[torch.Tensor] = []  # (B,) commits per forward, kept on the device: no host sync per step
+    prompt_index = None
+    if cfg.cfg_scale > 0:
+        prompt_index = torch.zeros_like(x, dtype=torch.bool)
+        prompt_index[:, :P] = True
+    dtype = _parts.SCORE_DTYPES[cfg.score_dtype]
+    # Commits per forward: a list of ints when every row's quota was one (then exactly one
+    # commit per row, see below), else a (B,) tensor kept on the device: no host sync per step.
+    counts: list[list[int] | torch.Tensor] = []
     nfe = 0
     for b in range(blocks):
         s, e = P + b * B, P + (b + 1) * B
-        k = _parts.quota((x[:, s:e] == model.mask_id).sum(dim=1), per_block).tolist()  # (B, per_block), one sync per block
+        blk = x[:, s:e]  # (N, B) view of the block: written in place
+        k = _parts.quota((blk == mask_id).sum(dim=1), per_block).tolist()  # (N, per_block), one sync per block
         for i in range(per_block):
-            logits = _forward(model, x, attention, prompt_index, cfg.cfg_scale)[:, s:e]  # (B, B_len, V)
+            logits = _forward(model, x, attention, prompt_index, cfg.cfg_scale)[:, s:e]  # (N, B_len, V)
             nfe += 1
             if cfg.logits_eos_inf:
-                logits[:, :, model.eos_id] = _parts.NEG_INF
+                logits[:, :, eos_id] = _parts.NEG_INF
             x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise)  # noise over the block: the same for any padding
             if cfg.confidence_eos_eot_inf:
                 if cfg.temperature == 0:
-                    logits[:, :, model.eos_id] = _parts.NEG_INF
-                if model.eot_id is not None:
-                    logits[:, :, model.eot_id] = _parts.NEG_INF
+                    logits[:, :, eos_id] = _parts.NEG_INF
+                if eot_id is not None:
+                    logits[:, :, eot_id] = _parts.NEG_INF
             if cfg.remasking == "low_confidence":
-                score = _parts.confidence(logits, x0, _parts.SCORE_DTYPES[cfg.score_dtype])
+                score = _parts.confidence(logits, x0, dtype)
             else:
                 score = noise.uniform(x0.shape[1:])
-            masked = x[:, s:e] == model.mask_id
-            score = torch.where(masked, score, torch.full_like(score, _parts.NEG_INF))
-            chosen = _parts.top_k_mask(score, [row[i] for row in k]) & masked
-            x[:, s:e] = torch.where(chosen, x0, x[:, s:e])
-            counts.append(chosen.sum(dim=1))
+            ks = [row[i] for row in k]
+            if all(n == 1 for n in ks):
+                # One commit per row: the best-scored mask (argmax: the first of equal maxima, the
+                # stable sort's choice). The quota never asks for more than the masks left, and
+                # masked scores are never -inf, so the argmax is a mask: exactly one commit.
+                best = score.masked_fill_(blk != mask_id, _parts.NEG_INF).argmax(dim=1, keepdim=True)  # (N, 1)
+                blk.scatter_(1, best, x0.gather(1, best))
+                counts.append([1] * len(ks))
+                chosen = None
+            else:
+                masked = blk == mask_id
+                chosen = _parts.top_k_mask(score.masked_fill_(~masked, _parts.NEG_INF), ks) & masked
+                torch.where(chosen, x0, blk, out=blk)
+                counts.append(chosen.sum(dim=1))
             if on_step is not None:
+                if chosen is None:
+                    chosen = torch.zeros_like(blk, dtype=torch.bool).scatter_(1, best, True)
                 full = torch.zeros_like(x, dtype=torch.bool)
                 full[:, s:e] = chosen
                 _parts.report_step(on_step, nfe, x, full)
-    return _parts.generations(x, P, torch.stack(counts, dim=1).tolist())
+    on_device = [c for c in counts if isinstance(c, torch.Tensor)]
+    synced = iter(torch.stack(on_device, dim=1).T.tolist() if on_device else [])  # one sync for all of them
+    per_step = [c if isinstance(c, list) else next(synced) for c in counts]  # (steps, N)
+    return _parts.generations(x, P, [list(r) for r in zip(*per_step)] if per_step else [[] for _ in prompts])
 
 
-def _forward(model: Model, x: torch.Tensor, attention: torch.Tensor | None, prompt_index: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+def _forward(model: Model, x: torch.Tensor, attention: torch.Tensor | None, prompt_index: torch.Tensor | None, cfg_scale: float) -> torch.Tensor:
     """Logits (B, T, V); with CFG one batched call on [x; x with the prompt masked] (one NFE)."""
     if cfg_scale <= 0:
         return _parts.forward(model, x, None, attention_mask=attention).logits

@@ -141,10 +141,12 @@ def decode(
     padded = [len(p) < P for p in prompts]
     L, B, steps = cfg.gen_length, cfg.block_length, cfg.total_steps
     per_block = steps // (L // B)
-    counts: list[list[torch.Tensor]] = [[] for _ in range(N)]  # (0-d) commits per forward, on the device
+    # Commits per forward, per row: (rows, a list of ints or an (R,) tensor on the device)
+    entries: list[tuple[list[int], list[int] | torch.Tensor]] = []
     finish = ["length"] * N
     live = list(range(N))  # rows that have not exited
     dtype = _parts.SCORE_DTYPES[cfg.score_dtype]
+    w0, w1 = (window[0], window[-1] + 1) if window else (0, 0)  # the window is a run of offsets
     nfe = 0
     for s in range(P, P + L, B):
         a, z = s - P, s - P + B  # the block in generation-region coordinates
@@ -159,36 +161,90 @@ def decode(
             if attention is not None and any(padded[r] for r in live):
                 mask = attention if sel is None else attention.index_select(0, sel)
             logits = _parts.forward(model, xr, live, attention_mask=mask).logits[:, P:]  # (R, L, V): only the generation region holds masks
-            x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise, live)  # (R, L)
-            gen = xr[:, P:]
-            masked = gen == mask_id
             exits = [False] * len(live)
             if window:  # the exit test: the step's one host sync
-                gaps = _parts.margin(logits[:, window], dtype).tolist()  # (R, A)
-                exits = [_mean(g) >= cfg.threshold_at(nfe / steps) for g in gaps]
-            score = _parts.confidence(logits[:, a:z], x0[:, a:z], dtype)  # (R, B)
-            score = torch.where(masked[:, a:z], score, torch.full_like(score, _parts.NEG_INF))
-            chosen = torch.zeros_like(masked)
-            chosen[:, a:z] = _parts.top_k_mask(score, [k[r][i] for r in live]) & masked[:, a:z]
-            if any(exits):  # every remaining mask of an exiting row takes its argmax
-                chosen = torch.where(torch.tensor(exits, device=x.device).view(-1, 1), masked, chosen)
-            new = torch.where(chosen, x0, gen)
-            if sel is None:
-                x[:, P:] = new
+                gaps = _neg_margin(logits[:, w0:w1], dtype).tolist()  # (R, A, 1): minus the gaps, exactly
+                exits = [_mean([-g for (g,) in row]) >= cfg.threshold_at(nfe / steps) for row in gaps]
+            if any(exits):
+                ks = [k[r][i] for r in live]
+                chosen = _exit_step(x, xr, sel, logits, live, exits, ks, a, z, mask_id, cfg, noise, dtype)  # (R, L)
+                entries.append((live, chosen.sum(dim=1)))
+                for j, r in enumerate(live):
+                    if exits[j]:
+                        finish[r] = "early_exit"
+                _report(on_step, nfe, x, live, P, chosen)
+                live = [r for j, r in enumerate(live) if not exits[j]]
+                continue
+            if cfg.temperature == 0:  # no noise: the block's argmax is all the step uses
+                x0 = logits[:, a:z].argmax(dim=-1)  # (R, B)
+            else:  # the noise is drawn over the whole region, as always
+                x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise, live)[:, a:z]
+            blk = xr[:, s : s + B]  # (R, B) view, written in place
+            ks = [k[r][i] for r in live]
+            chosen = None
+            if all(n == 0 for n in ks):  # a quota of 0 (a block with constraint positions): nothing to commit
+                entries.append((live, [0] * len(live)))
             else:
-                x[sel, P:] = new
-            per_row = chosen.sum(dim=1)
-            for j, r in enumerate(live):
-                counts[r].append(per_row[j])
-                if exits[j]:
-                    finish[r] = "early_exit"
-            if on_step is not None:
-                full = torch.zeros_like(x, dtype=torch.bool)
-                full[torch.tensor(live, device=x.device), P:] = chosen
-                _parts.report_step(on_step, nfe, x, full)
-            live = [r for j, r in enumerate(live) if not exits[j]]
-    commits = [torch.stack(c).tolist() for c in counts]
+                score = _parts.confidence(logits[:, a:z], x0, dtype)  # (R, B)
+                if all(n == 1 for n in ks):  # one commit per row: the best-scored mask (see llada)
+                    best = score.masked_fill_(blk != mask_id, _parts.NEG_INF).argmax(dim=1, keepdim=True)
+                    blk.scatter_(1, best, x0.gather(1, best))
+                    entries.append((live, [1] * len(live)))
+                    if on_step is not None:
+                        chosen = torch.zeros_like(blk, dtype=torch.bool).scatter_(1, best, True)
+                else:
+                    masked = blk == mask_id
+                    chosen = _parts.top_k_mask(score.masked_fill_(~masked, _parts.NEG_INF), ks) & masked
+                    torch.where(chosen, x0, blk, out=blk)
+                    entries.append((live, chosen.sum(dim=1)))
+                if sel is not None:
+                    x[sel, s : s + B] = blk
+            _report(on_step, nfe, x, live, s, chosen)
+    on_device = [c for _, c in entries if isinstance(c, torch.Tensor)]
+    synced = iter(torch.cat(on_device).tolist() if on_device else [])  # one sync for all of them
+    commits: list[list[int]] = [[] for _ in range(N)]
+    for rows, c in entries:
+        for r, n in zip(rows, c if isinstance(c, list) else [next(synced) for _ in rows]):
+            commits[r].append(n)
     return _parts.generations(x, P, commits, finish)
+
+
+def _neg_margin(logits: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """top-2 minus top-1 of the raw logits, (..., 1), in `dtype` (None: the logits' dtype): minus
+    `_parts.margin` bit for bit (IEEE rounding is symmetric), in one op fewer."""
+    return torch.topk(logits if dtype is None else logits.to(dtype), 2, dim=-1).values.diff(dim=-1)
+
+
+def _exit_step(x, xr, sel, logits, live, exits, ks, a, z, mask_id, cfg, noise, dtype) -> torch.Tensor:
+    """A step in which some row exits: every remaining mask of an exiting row takes its argmax,
+    the other rows commit as usual (the step as the reference takes it, over the whole
+    generation region). Writes x; returns the commits (R, L) over the generation region."""
+    P = x.shape[1] - cfg.gen_length
+    x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise, live)  # (R, L)
+    gen = xr[:, P:]
+    masked = gen == mask_id
+    score = _parts.confidence(logits[:, a:z], x0[:, a:z], dtype)  # (R, B)
+    score = torch.where(masked[:, a:z], score, torch.full_like(score, _parts.NEG_INF))
+    chosen = torch.zeros_like(masked)
+    chosen[:, a:z] = _parts.top_k_mask(score, ks) & masked[:, a:z]
+    chosen = torch.where(torch.tensor(exits, device=x.device).view(-1, 1), masked, chosen)
+    new = torch.where(chosen, x0, gen)
+    if sel is None:
+        x[:, P:] = new
+    else:
+        x[sel, P:] = new
+    return chosen
+
+
+def _report(on_step: OnStep | None, nfe: int, x: torch.Tensor, live: list[int], start: int, chosen: torch.Tensor | None) -> None:
+    """on_step with the step's commits (R, n) at canvas columns [start, start + n) of the live
+    rows; nothing is built when no one listens."""
+    if on_step is None:
+        return
+    full = torch.zeros_like(x, dtype=torch.bool)
+    if chosen is not None:
+        full[torch.tensor(live, device=x.device), start : start + chosen.shape[1]] = chosen
+    _parts.report_step(on_step, nfe, x, full)
 
 
 def _mean(values: list[float]) -> float:
