@@ -41,7 +41,7 @@ from dleval.types import Generation, OnStep
 
 THRESHOLD_MARGIN = 1e-5  # get_transfer_index_threshold: max confidence - 1e-5
 
-# select(block logits (1, b, V), masked (1, b), block start) -> (x0 (1, b), chosen (1, b))
+# select(block logits (1, b, V), masked (1, b), block start) -> (x0 (1, b), chosen (1, b) within masked)
 Select = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -77,29 +77,28 @@ def decode(
 
 def decode_one(model: Model, prompt: Sequence[int], cfg: Any, select: Select, on_step: OnStep | None, row: int = 0) -> Generation:
     x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, N)
-    N = x.shape[1]
-    commits: list[int] = []
+    N, mask_id, eos_id = x.shape[1], model.mask_id, model.eos_id
+    counts: list[torch.Tensor] = []  # (0-d) commits per forward, on the device: synced once at the end
     finish = "length"
     for s in range((P // cfg.block_length) * cfg.block_length, N, cfg.block_length):  # start_block_align=True
         e = min(s + cfg.block_length, N)
-        while (left := int((x[:, s:e] == model.mask_id).sum())) > 0:
+        blk = x[:, s:e]  # (1, b) view of the block, written in place
+        while (left := int((blk == mask_id).sum())) > 0:  # one host sync per unroll group
             for _ in range(max(min(left // cfg.expected_tpf, cfg.maximum_unroll), 1)):
                 logits = _parts.forward(model, x, [row]).logits[:, s:e]  # (1, b, V)
-                masked = x[:, s:e] == model.mask_id
-                x0, chosen = select(logits, masked, s)
-                chosen &= masked
-                x[:, s:e] = torch.where(chosen, x0, x[:, s:e])
-                commits.append(int(chosen.sum()))
+                x0, chosen = select(logits, blk == mask_id, s)  # chosen lies within the masks
+                torch.where(chosen, x0, blk, out=blk)
+                counts.append(chosen.sum())
                 if on_step is not None:
                     full = torch.zeros_like(x, dtype=torch.bool)
                     full[:, s:e] = chosen
-                    _parts.report_step(on_step, len(commits), x, full)
-        if bool((x[:, s:e] == model.eos_id).any()):  # BlockRunner early_stop, then generate()'s break
-            filled = int((x[:, e:] == model.mask_id).sum())
-            x[:, e:] = model.eos_id
-            commits[-1] += filled
+                    _parts.report_step(on_step, len(counts), x, full)
+        if bool((blk == eos_id).any()):  # BlockRunner early_stop, then generate()'s break
+            counts[-1] = counts[-1] + (x[:, e:] == mask_id).sum()
+            x[:, e:] = eos_id
             finish = "eos"
             break
+    commits = torch.stack(counts).tolist() if counts else []
     return _parts.generations(x, P, [commits], finish)[0]
 
 
@@ -107,39 +106,44 @@ def credit_update(
     logits: torch.Tensor, masked: torch.Tensor, credit: torch.Tensor | None, decay_beta: float, boost_gamma: float
 ) -> torch.Tensor:
     """CreditThresholdParallelDecoder._apply_credit_fusion's matrix update, float32. logits (1, b, V)."""
+    top1, idx = torch.softmax(logits, dim=-1, dtype=torch.float32).max(dim=-1)  # (1, b)
+    boost = torch.where(masked, top1.pow(boost_gamma), 0.0)  # = p ** gamma * masked (p ** gamma is finite)
     if credit is None:
         credit = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
     else:
         credit = credit * decay_beta
-    top1, idx = torch.softmax(logits.to(torch.float32), dim=-1).max(dim=-1)  # (1, b)
-    boost = top1.pow(boost_gamma) * masked.to(torch.float32)
-    return credit.scatter_add(2, idx.unsqueeze(-1), boost.unsqueeze(-1))
+    return credit.scatter_add_(2, idx.unsqueeze(-1), boost.unsqueeze(-1))
 
 
 def threshold_rule(
     logits: torch.Tensor, masked: torch.Tensor, threshold: float, temperature: float, mask_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """get_transfer_index_threshold: commit p(x0) >= min(threshold, max p - 1e-5), float32 (use_float64=False)."""
-    x0 = _parts.propose(logits, temperature, mask_id)
-    p = torch.softmax(logits.to(torch.float32), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-    conf = torch.where(masked, p, torch.full_like(p, _parts.NEG_INF))
-    bar = (conf.max(dim=1, keepdim=True).values - THRESHOLD_MARGIN).clamp(-1000, threshold)
-    return x0, (conf >= bar) & masked
+    """get_transfer_index_threshold: commit p(x0) >= min(threshold, max p - 1e-5), float32 (use_float64=False).
+    Writes the [MASK] logit of `logits` (-inf): callers pass logits they are done with."""
+    p = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    x0 = _parts.propose_(logits, temperature, mask_id)
+    p = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    conf = p.masked_fill_(~masked, _parts.NEG_INF)
+    bar = (conf.amax(dim=1, keepdim=True) - THRESHOLD_MARGIN).clamp_(-1000, threshold)
+    return x0, conf >= bar  # -inf (not a mask) is below any bar >= -1000
 
 
 def hierarchy_rule(
     logits: torch.Tensor, masked: torch.Tensor, threshold: float, low_threshold: float, temperature: float, mask_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """HierarchyDecoder.get_transfer_index: each run of adjacent masks' best if > low_threshold,
-    every mask > threshold, and the block's best; p from log_softmax in the logits' dtype."""
-    x0 = _parts.propose(logits, temperature, mask_id)
-    p = F.log_softmax(logits, dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1).exp()
+    every mask > threshold, and the block's best; p from log_softmax in the logits' dtype.
+    Writes the [MASK] logit of `logits` (-inf): callers pass logits they are done with."""
+    logp = F.log_softmax(logits, dim=-1)
+    x0 = _parts.propose_(logits, temperature, mask_id)
+    p = logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1).exp()
     floor = torch.finfo(p.dtype).min
-    conf = torch.where(masked, p, torch.full_like(p, floor))
-    starts = masked & ~torch.cat([torch.zeros_like(masked[:, :1]), masked[:, :-1]], dim=1)
-    run = torch.where(masked, torch.cumsum(starts.long(), dim=1) - 1, torch.zeros_like(x0))  # run id per mask
-    run_max = torch.full_like(conf, floor).scatter_reduce(1, run, conf, reduce="amax", include_self=True)
-    chosen = (conf == run_max.gather(1, run)) & (conf > low_threshold)
-    chosen |= conf > threshold
-    chosen |= _parts.top_k_mask(conf, [1])
+    unmasked = ~masked
+    conf = p.masked_fill_(unmasked, floor)
+    # Two masks share a run iff no non-mask lies between them, i.e. iff as many non-masks precede
+    # them: that count is a run id in [0, b) (the reference numbers runs by their starts instead).
+    run = torch.cumsum(unmasked, dim=1).clamp_(max=masked.shape[1] - 1)  # (1, b) int64; only a trailing non-mask is clamped
+    run_max = torch.full_like(conf, floor).scatter_reduce_(1, run, conf, reduce="amax", include_self=True)
+    chosen = ((conf == run_max.gather(1, run)) & (conf > low_threshold)) | (conf > threshold)
+    chosen.scatter_(1, conf.argmax(dim=1, keepdim=True), True)  # the block's best (first of equal maxima)
     return x0, chosen & masked

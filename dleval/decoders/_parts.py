@@ -261,7 +261,8 @@ CACHES = ("none", "prefix", "dual")
 # select(logits (R, C, V) of the columns of each row's current block that `block_loop` shows it,
 # masked (R, C) or None when all of them are masked, each row's forward index within its block,
 # the prompts the R rows are) -> (x0 (R, C) proposed tokens, never [MASK]; chosen (R, C) bool
-# positions to commit). R counts the rows forwarded, not every prompt.
+# positions to commit). R counts the rows forwarded, not every prompt. `select` owns the logits
+# (a view of this forward's output or a copy) and may write them.
 Select = Callable[[torch.Tensor, torch.Tensor | None, list[int], list[int]], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -295,6 +296,14 @@ def propose(
     """
     logits = logits.index_fill(-1, _index(mask_id, logits.device), NEG_INF)  # a copy
     return gumbel_argmax(logits, temperature, noise, rows)
+
+
+def propose_(
+    logits: torch.Tensor, temperature: float, mask_id: int, noise: Noise | None = None, rows: Sequence[int] | None = None
+) -> torch.Tensor:
+    """`propose` without the copy: the [MASK] logit of `logits` itself is set to -inf. For
+    callers that own the logits and are done with them (scores taken first)."""
+    return gumbel_argmax(logits.index_fill_(-1, _index(mask_id, logits.device), NEG_INF), temperature, noise, rows)
 
 
 _INDICES: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -544,14 +553,20 @@ class Edits:
         self.last = span.clone()  # (1, T)
         self.mask_id = mask_id
         self.revoked = 0
-        self.rewritten = 0
+        self._rewritten: list[torch.Tensor] = []  # (0-d) per commit, on the device: summed when read
 
-    def commit(self, chosen: torch.Tensor, tokens: torch.Tensor) -> None:
-        """chosen (1, T) bool positions that go from mask to `tokens` (1, T)."""
-        before = self.last != self.mask_id
-        self.rewritten += int((chosen & before & (self.last != tokens)).sum())
-        self.last = torch.where(chosen, tokens, self.last)
+    @property
+    def rewritten(self) -> int:
+        return int(torch.stack(self._rewritten).sum()) if self._rewritten else 0
 
-    def revoke(self, revoked: torch.Tensor) -> None:
-        """revoked (1, T) bool positions that go from a committed token back to the mask."""
-        self.revoked += int(revoked.sum())
+    def commit(self, chosen: torch.Tensor, tokens: torch.Tensor, at: int = 0) -> None:
+        """chosen (1, n) bool positions [at, at + n) that go from mask to `tokens` (1, n)."""
+        last = self.last[:, at : at + chosen.shape[1]]  # view, written in place
+        if self.revoked:  # a rewrite needs an earlier commit at a chosen (so since revoked) position
+            self._rewritten.append((chosen & (last != self.mask_id) & (last != tokens)).sum())
+        torch.where(chosen, tokens, last, out=last)
+
+    def revoke(self, revoked: torch.Tensor, n: int | None = None) -> None:
+        """revoked (1, n) bool positions that go from a committed token back to the mask; `n`:
+        their number, when the caller knows it."""
+        self.revoked += int(revoked.sum()) if n is None else n

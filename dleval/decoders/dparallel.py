@@ -67,8 +67,8 @@ def decode(
     mask_id = model.mask_id
 
     def select(logits: torch.Tensor, masked: torch.Tensor | None, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
         v = _parts.neg_entropy(logits)  # -H: `entropy_threshold_mask` without its negations (exact)
+        x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
         return x0, _parts.threshold_mask(v, masked, v >= -cfg.threshold)  # lowest H always, and every H <= tau
 
     return _parts.blocks(model, prompts, cfg, select, on_step, compact=cfg.temperature == 0)  # noise: full blocks

@@ -64,8 +64,8 @@ def decode(
     mask_id = model.mask_id
 
     def select(logits: torch.Tensor, masked: torch.Tensor | None, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
         v = _parts.neg_entropy(logits)  # -H
+        x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
         if masked is None:
             return x0, _parts.neg_entropy_bound_mask(v, cfg.gamma)
         return x0, _parts.entropy_bound_mask(-v, masked, cfg.gamma)

@@ -107,10 +107,12 @@ def decode(
     mask_id = model.mask_id
 
     def select(logits: torch.Tensor, masked: torch.Tensor | None, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
-        if cfg.remasking == "low_confidence":
-            conf = _dream_confidence(logits, x0) if dream else _parts.confidence(logits, x0)
+        if cfg.remasking == "low_confidence":  # the softmax first: the argmax then writes the logits
+            p = torch.softmax(logits, dim=-1, dtype=None if dream else torch.float64)  # Dream: the logits' dtype (see _dream_confidence)
+            x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
+            conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         else:
+            x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, rows)
             conf = noise.uniform(x0.shape[1:], rows)
         if cfg.threshold is None:
             scores = conf if masked is None else conf.masked_fill(~masked, _parts.NEG_INF)

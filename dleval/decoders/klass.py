@@ -73,19 +73,22 @@ class Config:
 
 
 class _History:
-    """The per-position state KLASS carries across forwards: the previous distribution (1, L, V)
-    and the last `length` KLs (1, L, length), both over the generation region."""
+    """The per-position state KLASS carries across forwards: log(p_prev + 1e-12) of the previous
+    distribution (1, L, V) (the log it needs of p_prev, kept instead of recomputed) and the last
+    `length` KLs (1, L, length), both over the generation region; the KLs are a ring (only
+    "all of them below" is asked, which does not depend on their order)."""
 
     def __init__(self, L: int, V: int, length: int, device: torch.device) -> None:
-        self.p_prev = torch.zeros(1, L, V, dtype=torch.float64, device=device)
+        self.log_prev = torch.log(torch.zeros(1, L, V, dtype=torch.float64, device=device) + KL_EPS)  # p_prev = 0
         self.kl = torch.zeros(1, L, length, dtype=torch.float64, device=device)
+        self.at = 0
 
     def update(self, p: torch.Tensor) -> None:
         """p (1, L, V): this forward's distributions."""
-        kl = (p * (torch.log(p + KL_EPS) - torch.log(self.p_prev + KL_EPS))).sum(dim=-1)  # (1, L)
-        self.kl = torch.roll(self.kl, shifts=-1, dims=-1)
-        self.kl[..., -1] = kl
-        self.p_prev = p
+        log_p = torch.log(p + KL_EPS)
+        self.kl[..., self.at] = (p * (log_p - self.log_prev)).sum(dim=-1)  # (1, L)
+        self.at = (self.at + 1) % self.kl.shape[-1]
+        self.log_prev = log_p
 
     def stable(self, threshold: float) -> torch.Tensor:
         return (self.kl < threshold).all(dim=-1)  # (1, L)
@@ -109,40 +112,53 @@ def decode(
 
 def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, row: int) -> Generation:
     x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
-    L, B = cfg.gen_length, cfg.block_length
+    L, B, mask_id = cfg.gen_length, cfg.block_length, model.mask_id
     per_block = cfg.total_steps // (L // B)
     history: _History | None = None
-    commits: list[int] = []
+    counts: list[int | torch.Tensor] = []  # commits per forward: known on the host, or a 0-d tensor
     for s in range(P, P + L, B):
         e = s + B
-        quota = _parts.quota((x[:, s:e] == model.mask_id).sum(dim=1), per_block)  # (1, per_block)
+        blk = x[:, s:e]  # (1, B) view of the block, written in place
+        left = int((blk == mask_id).sum())  # masks left in the block, tracked on the host
+        quota = _parts.quota(torch.tensor([left]), per_block)[0].tolist()  # (per_block,)
         for step in range(per_block):
-            masked = x[:, s:e] == model.mask_id  # (1, B)
-            if not bool(masked.any()):
+            if not left:
                 break
+            masked = blk == mask_id  # (1, B)
             logits = _parts.forward(model, x, [row]).logits[:, P:]  # (1, L, V)
             if history is None:
                 history = _History(L, logits.shape[-1], cfg.history_length, logits.device)
             if cfg.temperature > 0:  # llada_klass.py: softmax of the perturbed exp-logits
                 logits = logits.to(torch.float64)
                 logits = logits.exp() / (-torch.log(torch.rand_like(logits))) ** cfg.temperature
-            p = torch.softmax(logits.to(torch.float64), dim=-1)  # (1, L, V)
-            x0 = _parts.propose(p[:, s - P : e - P], 0.0, model.mask_id)  # (1, B)
-            conf = torch.gather(p[:, s - P : e - P], -1, x0.unsqueeze(-1)).squeeze(-1)  # (1, B)
-            history.update(p)
-            if step >= cfg.history_length - 1:
-                stable = history.stable(cfg.kl_threshold)[:, s - P : e - P]
-            else:
-                stable = torch.zeros_like(masked)
-            chosen = stable & (conf > cfg.conf_threshold) & masked
-            if not bool(chosen.any()):
-                k = min(int(quota[0, step]), int(masked.sum()))
-                scores = torch.where(masked, conf, torch.full_like(conf, _parts.NEG_INF))
-                chosen = _parts.top_k_mask(scores, [k]) & masked
-            x[:, s:e] = torch.where(chosen, x0, x[:, s:e])
-            commits.append(int(chosen.sum()))
+            p = torch.softmax(logits, dim=-1, dtype=torch.float64)  # (1, L, V)
+            history.update(p)  # before the argmax below writes p's [MASK] column
+            pb = p[:, s - P : e - P]  # (1, B, V)
+            x0 = _parts.propose_(pb, 0.0, mask_id)  # (1, B); writes only the [MASK] column, never x0's
+            conf = pb.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (1, B)
+            n = 0
+            if step >= cfg.history_length - 1:  # before, no mask is ready: no need to look
+                chosen = history.stable(cfg.kl_threshold)[:, s - P : e - P] & (conf > cfg.conf_threshold) & masked
+                n = int(chosen.sum())  # the step's host sync
+            if n:
+                torch.where(chosen, x0, blk, out=blk)
+            else:  # no mask ready: the quota of the most confident masks (clamped to the masks left)
+                k = min(quota[step], left)
+                scores = conf.masked_fill_(~masked, _parts.NEG_INF)
+                if k == 1:  # the best-scored mask (argmax: first of equal maxima, the stable sort's choice)
+                    best = scores.argmax(dim=1, keepdim=True)
+                    blk.scatter_(1, best, x0.gather(1, best))
+                    chosen = torch.zeros_like(masked).scatter_(1, best, True) if on_step is not None else None
+                    n = 1
+                else:
+                    chosen = _parts.top_k_mask(scores, [k]) & masked
+                    torch.where(chosen, x0, blk, out=blk)
+                    n = k  # k <= the masks left, whose scores are never -inf: exactly k commits
+            left -= n
+            counts.append(n)
             if on_step is not None:
                 full = torch.zeros_like(x, dtype=torch.bool)
-                full[:, s:e] = chosen
-                _parts.report_step(on_step, len(commits), x, full)
-    return _parts.generations(x, P, [commits])[0]
+                if chosen is not None:
+                    full[:, s:e] = chosen
+                _parts.report_step(on_step, len(counts), x, full)
+    return _parts.generations(x, P, [counts])[0]

@@ -95,9 +95,9 @@ def decode(
 
 def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, row: int) -> Generation:
     canvas, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)
-    B, N = cfg.block_length, P + cfg.gen_length
-    x = torch.cat([canvas, torch.full((1, B), model.mask_id, dtype=torch.long, device=canvas.device)], dim=1)  # (1, N+B)
-    edits = _parts.Edits(x[:, P:N], model.mask_id)
+    B, N, mask_id = cfg.block_length, P + cfg.gen_length, model.mask_id
+    x = torch.cat([canvas, torch.full((1, B), mask_id, dtype=torch.long, device=canvas.device)], dim=1)  # (1, N+B)
+    edits = _parts.Edits(x[:, P:N], mask_id)
     commits: list[int] = []
     eye = torch.eye(B, dtype=torch.bool, device=x.device)
     for s in range(P, N, B):
@@ -107,44 +107,42 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
         attention[:, :, N:] = False  # nobody sees the shadow...
         attention[:, N:, N:] = True  # ...but the shadow itself
         attention[:, N:, s:e] = ~eye  # shadow i sees the block except its own position
-        masked = x[:, s:e] == model.mask_id  # (1, B)
+        blk = x[:, s:e]  # (1, B) view of the block, written in place
+        masked = blk == mask_id  # (1, B)
+        left = int(masked.sum())  # the block's masks, tracked on the host from here on
         last_accept = FIRST_LAST_ACCEPT
-        while bool(masked.any()):
-            max_accept = min(max(int(int(masked.sum()) * ACCEPT_FRACTION), ACCEPT_MIN), ACCEPT_MAX)
+        while left:
+            max_accept = min(max(int(left * ACCEPT_FRACTION), ACCEPT_MIN), ACCEPT_MAX)
             logits = _parts.forward(model, x, [row], attention_mask=attention, positions=positions).logits  # (1, N+B, V)
-            x0 = _parts.propose(logits[:, s:e], cfg.temperature, model.mask_id)  # (1, B) drafts
-            conf = torch.where(masked, _parts.confidence(logits[:, s:e], x0), torch.full_like(x0, _parts.NEG_INF, dtype=torch.float64))
-            back = _parts.confidence(logits[:, N:], x[:, s:e])  # (1, B): shadow's belief in each current token
-            back = torch.where(~masked, back, torch.full_like(back, float("inf")))
+            draft = logits[:, s:e]
+            p = torch.softmax(draft, dim=-1, dtype=torch.float64)  # before the argmax writes the [MASK] logit
+            x0 = _parts.propose_(draft, cfg.temperature, mask_id)  # (1, B) drafts
+            conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1).masked_fill_(~masked, _parts.NEG_INF)
             accept = conf > cfg.threshold
-            if int(accept.sum()) > max_accept:
-                accept = _parts.top_k_mask(conf, [max_accept])
-            elif not bool(accept.any()):
-                accept = _parts.top_k_mask(conf, [1])
-            accept &= masked
-            n = int(accept.sum())
-            if n > 1:
+            n = int(accept.sum())  # the step's host sync
+            if n > max_accept:
+                accept, n = _parts.top_k_mask(conf, [max_accept]), max_accept  # all above the threshold: masks
+            elif n == 0:
+                accept, n = _parts.top_k_mask(conf, [1]), 1  # the best mask (masks score >= 0, the rest -inf)
+            revoke, r = None, 0
+            if n > 1:  # only then is the shadow's verdict read: its softmax is taken only then
+                back = _parts.confidence(logits[:, N:], blk)  # (1, B): shadow's belief in each current token
+                back = back.masked_fill_(masked, float("inf"))
                 revoke = back < cfg.threshold_back
-                if int(revoke.sum()) >= last_accept:
-                    revoke = _parts.top_k_mask(-back, [last_accept - 1]) & ~masked
-            else:
-                revoke = torch.zeros_like(accept)
-            x[:, s:e] = torch.where(accept, x0, x[:, s:e])
-            edits.commit(_shift(accept, s - P, N - P), _shift(x0, s - P, N - P, model.mask_id))
-            x[:, s:e] = torch.where(revoke, torch.full_like(x0, model.mask_id), x[:, s:e])
-            edits.revoke(revoke)
-            masked = (masked & ~accept) | revoke
+                r = int(revoke.sum())
+                if r >= last_accept:  # at least last_accept committed tokens fail: the last_accept - 1 worst
+                    revoke, r = _parts.top_k_mask(-back, [last_accept - 1]) & ~masked, last_accept - 1
+            torch.where(accept, x0, blk, out=blk)
+            edits.commit(accept, x0, s - P)
+            if r:
+                blk.masked_fill_(revoke, mask_id)
+                edits.revoke(revoke, r)
+            masked = blk == mask_id
+            left += r - n
             last_accept = n
             commits.append(n)
             if on_step is not None:
                 step = torch.zeros_like(canvas, dtype=torch.bool)
-                step[:, s:e] = accept & ~revoke
+                step[:, s:e] = accept if revoke is None else accept & ~revoke
                 _parts.report_step(on_step, len(commits), x[:, :N], step)
     return Generation(tuple(x[0, P:N].tolist()), tuple(commits), "length", revoked=edits.revoked, rewritten=edits.rewritten)
-
-
-def _shift(t: torch.Tensor, offset: int, length: int, fill: int | bool = False) -> torch.Tensor:
-    """Place a (1, B) block tensor at `offset` in a (1, length) generation-region tensor."""
-    out = torch.full((1, length), fill, dtype=t.dtype, device=t.device)
-    out[:, offset : offset + t.shape[1]] = t
-    return out
