@@ -96,9 +96,8 @@ def filter_logits(logits: torch.Tensor, cfg: Config) -> torch.Tensor:
     if cfg.top_p is not None and cfg.top_p < 1:
         sorted_logits, order = torch.sort(logits, descending=True)
         drop = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1) > cfg.top_p
-        drop[..., 1:] = drop[..., :-1].clone()  # keep the first token above the threshold
-        drop[..., 0] = False
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter_(-1, order, drop), torch.finfo(logits.dtype).min)
+        drop = F.pad(drop[..., :-1], (1, 0), value=False)  # shifted right: keep the first token above the threshold
+        logits = logits.masked_fill(torch.empty_like(drop).scatter_(-1, order, drop), torch.finfo(logits.dtype).min)  # order: a permutation
     if cfg.top_k is not None:
         k = min(cfg.top_k, logits.shape[-1])
         logits = logits.masked_fill(logits < torch.topk(logits, k)[0][..., -1, None], torch.finfo(logits.dtype).min)
@@ -113,19 +112,23 @@ def sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Ge
     model never proposes [MASK], so this equals the reference, where a sampled [MASK] would
     leave its position masked; on a random model the canvas still fills."""
     probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
-    proposal = probs.clone()
-    proposal[:, mask_id] = 0
-    x0 = proposal.argmax(dim=-1)
-    if cfg.temperature > 0 and len(probs):
-        # torch.distributions.Categorical(probs).sample(): normalise, one multinomial draw per row
-        drawn = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, True, generator=gen).squeeze(-1)
-        x0 = torch.where(drawn == mask_id, x0, drawn)  # a drawn [MASK] becomes the best other token
-    conf = torch.gather(probs, -1, x0[:, None]).squeeze(-1)
+    conf = None
     if cfg.alg == "topk_margin":
         top = torch.sort(probs, dim=-1, descending=True).values
         conf = top[:, 0] - top[:, 1]
     elif cfg.alg == "entropy":
         conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    drawn = None
+    if cfg.temperature > 0 and len(probs):
+        # torch.distributions.Categorical(probs).sample(): normalise, one multinomial draw per row
+        drawn = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, True, generator=gen).squeeze(-1)
+    # The proposal is probs without [MASK]: zeroed in place, now that everything else has read probs
+    # (the gather below reads x0's column, never [MASK]'s).
+    x0 = probs.index_fill_(-1, _parts._index(mask_id, probs.device), 0).argmax(dim=-1)
+    if drawn is not None:
+        x0 = torch.where(drawn == mask_id, x0, drawn)  # a drawn [MASK] becomes the best other token
+    if conf is None:
+        conf = torch.gather(probs, -1, x0[:, None]).squeeze(-1)
     return conf, x0
 
 
@@ -142,41 +145,51 @@ def decode(
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts (one seed per prompt)")
     gens = [None] * len(prompts) if seeds is None else [torch.Generator(device=x.device).manual_seed(int(s)) for s in seeds]
-    steps = cfg.total_steps
-    timesteps = torch.linspace(1, cfg.eps, steps + 1, device=x.device)
+    steps, T, mask_id, dev = cfg.total_steps, x.shape[1], model.mask_id, x.device
+    timesteps = torch.linspace(1, cfg.eps, steps + 1, device=dev)
+    # k = int(n (1 - s/t)) for every mask count n and step, in the reference's float32, made once:
+    # (L+1, steps) -> host. The last step takes every mask.
+    share = 1 - timesteps[1:] / timesteps[:-1]  # (steps,) float32
+    quota = (torch.arange(cfg.gen_length + 1, device=dev, dtype=share.dtype).view(-1, 1) * share).long().tolist() if cfg.alg != "origin" else None
+    where_host = [list(range(P, T)) for _ in prompts]  # each row's masked positions, ascending, tracked on the host
     commits: list[list[int]] = [[] for _ in prompts]
     for i in range(steps):
-        masked = x == model.mask_id  # (B, T)
         logits = model.forward(x, attention_mask=attention).logits  # (B, T, V), shift undone by the model
-        t, s = timesteps[i], timesteps[i + 1]
-        chosen = torch.zeros_like(masked)
+        chosen = torch.zeros_like(x, dtype=torch.bool) if on_step is not None or cfg.alg == "origin" else None
+        if cfg.alg == "origin":
+            masked = x == mask_id  # (B, T)
+            t, s = timesteps[i], timesteps[i + 1]
         for row, gen in enumerate(gens):
-            where = masked[row].nonzero().squeeze(-1)  # (n,) absolute positions
             if cfg.alg == "origin":
+                where = masked[row].nonzero().squeeze(-1)  # (n,) absolute positions
                 p_transfer = 1 - s / t if i < steps - 1 else 1
-                reveal = torch.rand(len(where), device=x.device, generator=gen) < p_transfer
-                _, x0 = sample_tokens(logits[row, where[reveal]], cfg, model.mask_id, gen)
+                reveal = torch.rand(len(where), device=dev, generator=gen) < p_transfer
+                _, x0 = sample_tokens(logits[row, where[reveal]], cfg, mask_id, gen)
                 x[row, where[reveal]] = x0
                 chosen[row, where[reveal]] = True
+                commits[row].append(int(chosen[row].sum()))
                 continue
-            conf, x0 = sample_tokens(logits[row, where], cfg, model.mask_id, gen)
-            k = int(len(where) * (1 - s / t)) if i < steps - 1 else len(where)
+            n = len(where_host[row])
+            where = torch.tensor(where_host[row], dtype=torch.long, device=dev)  # (n,)
+            conf, x0 = sample_tokens(logits[row, where], cfg, mask_id, gen)
+            k = quota[n][i] if i < steps - 1 else n
             if k <= 0:
+                commits[row].append(0)
                 continue
             # The reference's full_confidence: the row's own canvas (no left padding), -inf off the masks.
             offset = P - len(prompts[row])
-            full = torch.full((1, x.shape[1] - offset), float("-inf"), dtype=conf.dtype, device=x.device)
+            full = torch.full((1, T - offset), float("-inf"), dtype=conf.dtype, device=dev)
             full[0, where - offset] = conf
             if not cfg.alg_temp:
                 picked = torch.topk(full, k).indices[0]  # torch.topk's tie order, as the reference (see module docstring)
             else:
                 picked = torch.multinomial(F.softmax(full / cfg.alg_temp, dim=-1), num_samples=k, generator=gen)[0]
-            position = picked + offset
-            lookup = torch.full((x.shape[1],), -1, dtype=torch.long, device=x.device)
-            lookup[where] = torch.arange(len(where), device=x.device)
-            x[row, position] = x0[lookup[position]]
-            chosen[row, position] = True
-        for row in range(len(prompts)):
-            commits[row].append(int(chosen[row].sum()))
+            position = picked + offset  # (k,) masked positions (every other score is -inf)
+            x[row, position] = x0[torch.searchsorted(where, position)]  # `where` is ascending
+            done = set(position.tolist())  # the step's host sync
+            where_host[row] = [t for t in where_host[row] if t not in done]
+            commits[row].append(len(done))
+            if chosen is not None:
+                chosen[row, position] = True
         _parts.report_step(on_step, i + 1, x, chosen)
     return _parts.generations(x, P, commits)
