@@ -150,7 +150,11 @@ def decode(
     # k = int(n (1 - s/t)) for every mask count n and step, in the reference's float32, made once:
     # (L+1, steps) -> host. The last step takes every mask.
     share = 1 - timesteps[1:] / timesteps[:-1]  # (steps,) float32
-    quota = (torch.arange(cfg.gen_length + 1, device=dev, dtype=share.dtype).view(-1, 1) * share).long().tolist() if cfg.alg != "origin" else None
+    quota = (
+        (torch.arange(cfg.gen_length + 1, device=dev, dtype=share.dtype).view(-1, 1) * share).long().tolist()
+        if cfg.alg != "origin"
+        else None
+    )
     where_host = [list(range(P, T)) for _ in prompts]  # each row's masked positions, ascending, tracked on the host
     commits: list[list[int]] = [[] for _ in prompts]
     for i in range(steps):

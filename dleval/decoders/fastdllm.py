@@ -127,7 +127,9 @@ def decode(
         return x0, chosen
 
     # noise, Dream's block start: full blocks
-    return _parts.blocks(model, prompts, cfg, select, on_step, compact=cfg.temperature == 0 and cfg.remasking == "low_confidence" and not dream)
+    return _parts.blocks(
+        model, prompts, cfg, select, on_step, compact=cfg.temperature == 0 and cfg.remasking == "low_confidence" and not dream
+    )
 
 
 def _dream_confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

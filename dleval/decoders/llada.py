@@ -126,7 +126,9 @@ def decode(
     return _parts.generations(x, P, [list(r) for r in zip(*per_step)] if per_step else [[] for _ in prompts])
 
 
-def _forward(model: Model, x: torch.Tensor, attention: torch.Tensor | None, prompt_index: torch.Tensor | None, cfg_scale: float) -> torch.Tensor:
+def _forward(
+    model: Model, x: torch.Tensor, attention: torch.Tensor | None, prompt_index: torch.Tensor | None, cfg_scale: float
+) -> torch.Tensor:
     """Logits (B, T, V); with CFG one batched call on [x; x with the prompt masked] (one NFE)."""
     if cfg_scale <= 0:
         return _parts.forward(model, x, None, attention_mask=attention).logits
