@@ -110,3 +110,16 @@ def test_d3llm_delayed_cache_with_padding(arch, setting):
     seeds = [100 + i for i in range(len(EIGHT))]
     together = module.decode(model, EIGHT, cfg, seeds=seeds)
     assert together == [module.decode(model, [p], cfg, seeds=[s])[0] for p, s in zip(EIGHT, seeds)]
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"gen_length": 120}, {"gen_length": 80, "eotp": False}, {"gen_length": 80, "steps": 40}],
+    ids=["eotp", "no-eotp", "quota2"],
+)
+def test_learn2pd_batch_equals_batch_one(bundled, problems, setting):
+    """Learn2PD on the bundled model and its filter (block 40): rows at different blocks share a
+    forward while their canvases have the same width (EoTP cuts each at its own length; rows of
+    other widths run in their own call), with 4-17 forwards per row."""
+    module = decoders.load("learn2pd")
+    check_batch_equals_batch_one(bundled.model, problems, module, module.Config(block_length=40, **setting))

@@ -177,16 +177,16 @@ def decode(
             _open_blocks(row, cfg, n_blocks)
             plans[r] = _plan(row, cfg)
             groups.setdefault((plans[r].cached, plans[r].lo), []).append(r)
-        calls += 1
-        step = torch.zeros_like(x, dtype=torch.bool) if on_step is not None else None
-        for (cached, lo), group in groups.items():
+        for (cached, lo), group in groups.items():  # on_step sees every model call (one per group)
             sel = None if len(group) == N else torch.tensor(group, device=x.device)
             mask = None
             if attention is not None and any(padded[r] for r in group):
                 mask = attention if sel is None else attention.index_select(0, sel)
             logits = _forward(model, x if sel is None else x.index_select(0, sel), mask, group, rows, plans, cached, lo)
+            step = torch.zeros_like(x, dtype=torch.bool) if on_step is not None else None
             _commit(model, x, P, group, sel, rows, logits, lo, cfg, noise, step)
-        _parts.report_step(on_step, calls, x, step)
+            calls += 1
+            _parts.report_step(on_step, calls, x, step)
     finishes = ["eos" if row.eos_at is not None else "length" for row in rows]
     return _parts.generations(x, P, [row.commits for row in rows], finishes)
 
