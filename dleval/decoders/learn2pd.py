@@ -42,8 +42,19 @@ Differences from the reference, and why:
 - `committed_per_step` counts, for each forward, its commits that survive the final cut, so the
   entries sum to len(tokens); an entry can be 0 when a later cut drops everything a forward
   committed. Ties break by position, and the argmax skips [MASK] (`_parts.propose`; on a random
-  model the until-no-mask loop could otherwise never end). One prompt at a time (BATCHED = True): every row would be
-  cut at its own length.
+  model the until-no-mask loop could otherwise never end).
+
+Batches (issue 14; the reference decodes one prompt at a time): prompts are left-padded (see
+`_parts.make_canvas`) and every row has its own canvas, block, quota and forward count, so it
+sees exactly the forwards it would see alone and its NFE (counted per row by `Counted`) is its
+batch-1 NFE; a row with no block left leaves the forward. EoTP cuts each row at its own length,
+so each step the rows are grouped by canvas width, one model call per group (rows at different
+blocks share a call; the filter, quota and EoTP are evaluated per row). Right-padding the cut rows
+with masked keys would keep them in one call, but changes the attention's reduction length and
+so, possibly, the logits' last bits; grouping keeps them bitwise those of batch 1 (fp32 CPU:
+identical tokens, commits and per-row NFE, tests/test_batched.py). On synth_gsm the tiny model
+cuts every row at the same width, so the rows stay in one call. At T > 0 each row's Gumbel noise
+is drawn over its own generation region from its own generator (`_parts.Noise`).
 """
 
 from __future__ import annotations
