@@ -44,13 +44,27 @@ Where this differs from the reference, and why:
 - Ties break by (entropy, position) instead of `torch.topk`'s unspecified order (§0.3), and the
   argmax skips [MASK] (`_parts.propose`: a trained model never ranks it first; a random one
   could, and the until-no-mask loop would never end).
-One prompt at a time (BATCHED = False), as the reference: the pipeline state is per sequence.
+Batches (issue 14; the reference decodes one prompt at a time): prompts are left-padded (see
+`_parts.make_canvas`) and every row keeps its own pipeline (blocks, forward index, EOS, delayed
+cache), so it sees exactly the forwards it would see alone and its NFE (counted per row by
+`Counted`) is its batch-1 NFE; a finished row leaves the forward. Rows share a model call only
+when their forwards have the same shape: each step the active rows are grouped by the forward
+they need, one model call per group. With cache="none" every forward is over the whole canvas,
+so all active rows form one group. With cache="delayed" a full forward (no cache yet, a refresh,
+a stabilizing block) is one group, and a cached forward x[cache_end:] one group per cache end
+(rows of equal prompt length with equal cache ends share one; the others run in their own
+calls). Each row's cache is the K/V of its own row of the group's output; a group whose rows'
+caches are the rows of one batched cache, in order, reuses it without a copy. The scores are
+taken per row over the union of the group's candidate spans, positions outside a row's own span
+are not candidates, so every row chooses as alone (fp32 CPU: identical tokens, commits and
+per-row NFE, tests/test_batched.py). At T > 0 each row's Gumbel noise is drawn over its own span
+from its own generator (`_parts.Noise`), so it does not depend on the batch either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -58,7 +72,7 @@ from dleval.decoders import _parts
 from dleval.models.base import KVCache, Model
 from dleval.types import Generation, OnStep
 
-BATCHED = False
+BATCHED = True
 PAPER_MODEL = "d3LLM/d3LLM_LLaDA"
 DREAM_PAPER_MODEL = "d3LLM/d3LLM_Dream"  # d3LLM's Dream student (hao-ai-lab/d3LLM README)
 CPU_MODEL = "tiny-d3llm"  # the bundled student of `dleval train distill --method d3llm`
@@ -108,6 +122,33 @@ class _Block:
         return 1.0 - self.masks / total if total else 1.0
 
 
+@dataclass
+class _Row:
+    """One prompt's decoding state: its pipeline, forward index, EOS and delayed cache."""
+
+    blocks: list[_Block]
+    nfe: int = 0  # forwards so far; during a step, the index of this step's forward (from 1)
+    cache: KVCache | None = None  # a (possibly batched) cache whose row `slot` is this prompt's K/V of [0, cache_len)
+    slot: int = 0
+    cache_len: int = 0
+    eos_at: int | None = None
+    commits: list[int] = field(default_factory=list)
+
+    def active(self, n_blocks: int) -> bool:
+        """The reference's loop condition (unopened blocks are all masks)."""
+        return any(b.masks for b in self.blocks[1:]) or len(self.blocks) - 1 < n_blocks
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The forward a row needs this step (its shape is the group key `(cached, lo)`)."""
+
+    cached: bool  # False: full forward over the canvas; True: x[lo:] against the row's cache
+    lo: int  # first forwarded position: 0, or the cache length
+    keep: int | None = None  # full forward: the new cache is its K/V of [0, keep) (None: the cache stays as it is)
+    append: int = 0  # cached forward: the cache grows by its first `append` new positions
+
+
 @torch.inference_mode()
 def decode(
     model: Model,
@@ -118,106 +159,210 @@ def decode(
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
     noise = _parts.Noise(seeds, len(prompts), model.device)
-    return [_decode_one(model, prompt, cfg, on_step, noise, row) for row, prompt in enumerate(prompts)]
-
-
-def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, noise: _parts.Noise, row: int) -> Generation:
-    x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L); one row, no padding
-    B, mask_id = cfg.block_length, model.mask_id
+    x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)  # (N, P+L), left-padded
+    N, B = x.shape[0], cfg.block_length
     n_blocks = cfg.gen_length // B
-    blocks = [_Block(0, P, 0, True, done_at=0), _Block(P, P + B, B, full=1.0 >= cfg.decoded_token_threshold)]
-    cache: KVCache | None = None
-    cache_len = 0
-    eos_at: int | None = None
-    commits: list[int] = []
-    nfe = 0
-    while any(b.masks for b in blocks[1:]) or len(blocks) - 1 < n_blocks:  # unopened blocks are all masks
-        nfe += 1  # index of this forward, from 1
-        for prev, blk in zip(blocks, blocks[1:]):
-            if not blk.full and prev.progress >= cfg.decoded_token_threshold:
-                blk.full = True
-        last = blocks[-1]
-        if eos_at is None and len(blocks) - 1 < n_blocks and (last.progress >= cfg.block_add_threshold or last.masks == 0):
-            s = last.end
-            blocks.append(_Block(s, s + B, int((x[0, s : s + B] == mask_id).sum()), full=last.progress >= cfg.decoded_token_threshold))
-        active_end = max(b.end for b in blocks if b.full or b.masks)
-
-        if cfg.cache == "delayed":
-            logits, lo, cache, cache_len = _cached_forward(model, x, blocks, cache, cache_len, nfe, cfg, row)
-        else:
-            logits, lo = _parts.forward(model, x, [row]).logits, 0  # (1, P+L, V)
-
-        s0 = max(lo, P)  # every mask lies at or after the cache end
-        lg = logits[:, s0 - lo : active_end - lo]  # (1, n, V) over [s0, active_end)
-        x0 = _parts.propose(lg, cfg.temperature, mask_id, noise, [row])  # (1, n)
-        h = _parts.entropy(lg)  # (1, n) float64
-        masked = x[:, s0:active_end] == mask_id
-        chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # global lowest H, plus H <= tau
-        first = next((b for b in blocks[1:] if b.full and b.masks), None)
-        if first is not None and not bool(chosen[0, first.start - s0 : first.end - s0].any()):
-            a, z = first.start - s0, first.end - s0
-            j = a + int(h[0, a:z].masked_fill(~masked[0, a:z], torch.inf).argmin())  # first of equal minima
-            chosen[0, j] = True
-            x0[0, j] = _parts.propose(lg[0, j], 0.0, mask_id)  # the reference re-takes the plain argmax here, even at T > 0
-        x[:, s0:active_end] = torch.where(chosen, x0, x[:, s0:active_end])
-        committed = torch.zeros_like(x, dtype=torch.bool)
-        committed[:, s0:active_end] = chosen
-        _recount(blocks, x, mask_id)
-
-        more = any(b.masks for b in blocks[1:]) or len(blocks) - 1 < n_blocks  # else the reference's loop ends before its fill
-        if cfg.early_stop and more and (e := _parts.first_token(x, model.eos_id, P)) is not None:
-            committed |= _parts.fill_after(x, e, model.eos_id, mask_id)
-            for blk in blocks[1:]:
-                if blk.start > e and blk.masks:
-                    blk.full = True
-            while len(blocks) - 1 < n_blocks:  # the rest of the canvas, closed: finished and never cached
-                s = blocks[-1].end
-                blocks.append(_Block(s, s + B, 0, True, done_at=nfe + 1, cached=True))
-            eos_at = e
-            _recount(blocks, x, mask_id)
-        commits.append(int(committed.sum()))
-        _parts.report_step(on_step, nfe, x, committed)
-    return _parts.generations(x, P, [commits], "eos" if eos_at is not None else "length")[0]
+    padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
+    rows = [_Row([_Block(0, P, 0, True, done_at=0), _Block(P, P + B, B, full=1.0 >= cfg.decoded_token_threshold)]) for _ in range(N)]
+    calls = 0
+    while True:
+        active = [r for r in range(N) if rows[r].active(n_blocks)]
+        if not active:
+            break
+        groups: dict[tuple[bool, int], list[int]] = {}
+        plans: dict[int, _Plan] = {}
+        for r in active:
+            row = rows[r]
+            row.nfe += 1
+            _open_blocks(row, cfg, n_blocks)
+            plans[r] = _plan(row, cfg)
+            groups.setdefault((plans[r].cached, plans[r].lo), []).append(r)
+        for (cached, lo), group in groups.items():  # on_step sees every model call (one per group)
+            sel = None if len(group) == N else torch.tensor(group, device=x.device)
+            mask = None
+            if attention is not None and any(padded[r] for r in group):
+                mask = attention if sel is None else attention.index_select(0, sel)
+            logits = _forward(model, x if sel is None else x.index_select(0, sel), mask, group, rows, plans, cached, lo)
+            step = torch.zeros_like(x, dtype=torch.bool) if on_step is not None else None
+            _commit(model, x, P, group, sel, rows, logits, lo, cfg, noise, step)
+            calls += 1
+            _parts.report_step(on_step, calls, x, step)
+    finishes = ["eos" if row.eos_at is not None else "length" for row in rows]
+    return _parts.generations(x, P, [row.commits for row in rows], finishes)
 
 
-def _recount(blocks: list[_Block], x: torch.Tensor, mask_id: int) -> None:
-    """Every open block's mask count, in one host sync (open blocks are contiguous, of equal length)."""
-    lo, hi, n = blocks[1].start, blocks[-1].end, len(blocks) - 1
-    for blk, m in zip(blocks[1:], (x[0, lo:hi] == mask_id).view(n, -1).sum(dim=1).tolist()):
-        blk.masks = m
+def _open_blocks(row: _Row, cfg: Config, n_blocks: int) -> None:
+    """The D2F scheduler at the top of an iteration: activate blocks, append the next one."""
+    blocks = row.blocks
+    for prev, blk in zip(blocks, blocks[1:]):
+        if not blk.full and prev.progress >= cfg.decoded_token_threshold:
+            blk.full = True
+    last = blocks[-1]
+    if row.eos_at is None and len(blocks) - 1 < n_blocks and (last.progress >= cfg.block_add_threshold or last.masks == 0):
+        s = last.end
+        # an unopened block is all masks: nothing commits outside open blocks, and the EOS fill closes the canvas
+        blocks.append(_Block(s, s + cfg.block_length, cfg.block_length, full=last.progress >= cfg.decoded_token_threshold))
 
 
-def _cached_forward(
-    model: Model, x: torch.Tensor, blocks: list[_Block], cache: KVCache | None, cache_len: int, nfe: int, cfg: Config, row: int
-) -> tuple[torch.Tensor, int, KVCache | None, int]:
-    """One forward under the delayed cache. Returns (logits of positions [lo, T), lo, cache, cache_len)."""
+def _plan(row: _Row, cfg: Config) -> _Plan:
+    """Which forward the row needs under its cache setting; updates the blocks' cache bookkeeping."""
+    if cfg.cache == "none":
+        return _Plan(False, 0)
     due: list[_Block] = []
-    for blk in blocks:
-        if blk.end <= cache_len:
+    for blk in row.blocks:
+        if blk.end <= row.cache_len:
             continue
         if blk.masks:
             break
         if blk.done_at is None:
-            blk.done_at = nfe
-        delay = nfe - blk.done_at
+            blk.done_at = row.nfe
+        delay = row.nfe - blk.done_at
         if delay >= cfg.cache_delay_iter and not blk.cached:
             blk.cached = True
             due.append(blk)
         elif delay < cfg.cache_delay_iter:
             break
-    update = due[-1].end - cache_len if due else 0
+    update = due[-1].end - row.cache_len if due else 0
     # At most one block stabilizes at a time and it starts at cache_len, so the reference's
     # "truncate the rebuilt cache to the newest stabilizing block" is a truncation to cache_len.
-    stabilizing = any(b.masks == 0 and b.done_at is not None and not b.cached for b in blocks)
+    stabilizing = any(b.masks == 0 and b.done_at is not None and not b.cached for b in row.blocks)
     if update:  # append, even when a periodic refresh is due (the reference's order)
-        if cache is None:
-            out = _parts.forward(model, x, [row])
-            return out.logits, 0, out.kv.keep(update), update
-        out = _parts.forward(model, x[:, cache_len:], [row], start=cache_len, cache=cache)
-        return out.logits, cache_len, cache.append(out.kv, update), cache_len + update
-    if cache is not None and (stabilizing or nfe % cfg.refresh_interval == 0):
-        out = _parts.forward(model, x, [row])
-        return out.logits, 0, out.kv.keep(cache_len), cache_len
-    if cache is not None:
-        return _parts.forward(model, x[:, cache_len:], [row], start=cache_len, cache=cache).logits, cache_len, cache, cache_len
-    return _parts.forward(model, x, [row]).logits, 0, None, 0
+        return _Plan(False, 0, keep=update) if row.cache is None else _Plan(True, row.cache_len, append=update)
+    if row.cache is not None and (stabilizing or row.nfe % cfg.refresh_interval == 0):
+        return _Plan(False, 0, keep=row.cache_len)  # refresh: rebuilt from a full forward
+    if row.cache is not None:
+        return _Plan(True, row.cache_len)
+    return _Plan(False, 0)
+
+
+def _forward(
+    model: Model,
+    xg: torch.Tensor,
+    mask: torch.Tensor | None,
+    group: list[int],
+    rows: list[_Row],
+    plans: dict[int, _Plan],
+    cached: bool,
+    lo: int,
+) -> torch.Tensor:
+    """One model call for a group of rows (xg (R, P+L) their canvas rows); updates their caches.
+    Returns the logits (R, P+L-lo, V) of positions [lo, P+L)."""
+    if not cached:
+        out = _parts.forward(model, xg, group, attention_mask=mask)
+        kept: dict[int, KVCache] = {}  # one view per cache length, shared by the rows that keep it
+        for j, r in enumerate(group):
+            n = plans[r].keep
+            if n is not None:
+                rows[r].cache, rows[r].slot, rows[r].cache_len = kept.setdefault(n, out.kv.keep(n)), j, n
+        return out.logits
+    cache = _stack([rows[r] for r in group])
+    out = _parts.forward(model, xg[:, lo:], group, start=lo, cache=cache, attention_mask=mask)
+    grown: dict[int, KVCache] = {}
+    for j, r in enumerate(group):
+        n = plans[r].append
+        if n:
+            rows[r].cache, rows[r].slot, rows[r].cache_len = grown.setdefault(n, cache.append(out.kv, n)), j, lo + n
+    return out.logits
+
+
+def _stack(group: list[_Row]) -> KVCache:
+    """The group's caches as one batch: the rows' own cache when they are its rows in order (no
+    copy; always so at batch 1), else a concatenation of their rows."""
+    first = group[0].cache
+    assert first is not None
+    if all(row.cache is first for row in group) and [row.slot for row in group] == list(range(first.keys[0].shape[0])):
+        return first
+    keys = [torch.cat([row.cache.keys[i][row.slot : row.slot + 1] for row in group]) for i in range(len(first.keys))]  # type: ignore[union-attr]
+    values = [torch.cat([row.cache.values[i][row.slot : row.slot + 1] for row in group]) for i in range(len(first.values))]  # type: ignore[union-attr]
+    return KVCache(keys, values)
+
+
+def _commit(
+    model: Model,
+    x: torch.Tensor,
+    P: int,
+    group: list[int],
+    sel: torch.Tensor | None,
+    rows: list[_Row],
+    logits: torch.Tensor,
+    lo: int,
+    cfg: Config,
+    noise: _parts.Noise,
+    step: torch.Tensor | None,
+) -> None:
+    """Choose and commit for each row of a group from its logits (R, P+L-lo, V), then the EOS fill
+    and the block counts (one host sync for the group)."""
+    R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, x.device
+    s0 = max(lo, P)  # every mask lies at or after the cache end
+    ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
+    hi = max(ends)
+    lg = logits[:, s0 - lo : hi - lo]  # (R, n, V) over [s0, hi)
+    region = x[:, s0:hi] if sel is None else x[:, s0:hi].index_select(0, sel)  # (R, n)
+    pos = torch.arange(s0, hi, device=dev)
+    inside = pos < torch.tensor(ends, device=dev).view(-1, 1)  # (R, n): the row's own span [s0, active end)
+    if cfg.temperature == 0:
+        x0 = _parts.propose(lg, 0.0, mask_id)  # (R, n)
+    else:  # each row's noise over its own span, from its own generator
+        x0 = region.clone()
+        for j, r in enumerate(group):
+            w = ends[j] - s0
+            x0[j : j + 1, :w] = _parts.propose(lg[j : j + 1, :w], cfg.temperature, mask_id, noise, [r])
+    h = _parts.entropy(lg)  # (R, n) float64
+    masked = (region == mask_id) & inside
+    chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # each row's lowest H, plus H <= tau
+    firsts = [next((b for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
+    if any(f is not None for f in firsts):  # progress guarantee in the first fully-activated block with masks
+        a = torch.tensor([f.start if f else 0 for f in firsts], device=dev).view(-1, 1)
+        z = torch.tensor([f.end if f else 0 for f in firsts], device=dev).view(-1, 1)
+        in_first = (pos >= a) & (pos < z)  # (R, n)
+        need = ~(chosen & in_first).any(dim=1) & (z > a).view(-1)  # (R,)
+        j = h.masked_fill(~(masked & in_first), torch.inf).argmin(dim=1)  # (R,) first of equal minima
+        every = torch.arange(R, device=dev)
+        alt = _parts.propose(lg[every, j], 0.0, mask_id)  # the reference re-takes the plain argmax here, even at T > 0
+        chosen[every, j] |= need
+        x0[every, j] = torch.where(need, alt, x0[every, j])
+    new = torch.where(chosen, x0, region)
+    if sel is None:
+        x[:, s0:hi] = new
+    else:
+        x[:, s0:hi].index_copy_(0, sel, new)
+    if step is not None:
+        step[group, s0:hi] = chosen
+
+    # one host sync: commits, first EOS, each block's masks before and after the EOS fill
+    L = cfg.gen_length
+    nb = L // B
+    gen = (x if sel is None else x.index_select(0, sel))[:, P:]  # (R, L)
+    m = gen == mask_id
+    is_eos = gen == eos
+    e = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full((R,), L, device=dev))  # (R,) first EOS, L: none
+    kept = m & (torch.arange(L, device=dev) <= e.view(-1, 1))  # the masks the fill leaves
+    synced = torch.cat([chosen.sum(dim=1), e, m.view(R, nb, B).sum(dim=2).flatten(), kept.view(R, nb, B).sum(dim=2).flatten()]).tolist()
+    for j, r in enumerate(group):
+        row = rows[r]
+        before = synced[2 * R + j * nb : 2 * R + (j + 1) * nb]
+        after = synced[2 * R + R * nb + j * nb : 2 * R + R * nb + (j + 1) * nb]
+        _set_masks(row.blocks, before)
+        n_commits = synced[j]
+        # else the reference's loop ends before its fill
+        if cfg.early_stop and row.active(cfg.gen_length // B) and synced[R + j] < L:
+            at = P + synced[R + j]  # the first EOS, absolute
+            x[r, at + 1 :] = eos  # d3LLM's early stop: everything after the first EOS becomes EOS
+            n_commits += sum(before) - sum(after)  # the masks it filled
+            if step is not None:
+                step[r, at + 1 :] |= m[j, at + 1 - P :]
+            for blk in row.blocks[1:]:
+                if blk.start > at and blk.masks:
+                    blk.full = True
+            while len(row.blocks) - 1 < nb:  # the rest of the canvas, closed: finished and never cached
+                s = row.blocks[-1].end
+                row.blocks.append(_Block(s, s + B, 0, True, done_at=row.nfe + 1, cached=True))
+            row.eos_at = at
+            _set_masks(row.blocks, after)
+        row.commits.append(n_commits)
+
+
+def _set_masks(blocks: list[_Block], counts: list[int]) -> None:
+    """Every open block's mask count from the row's per-block counts (open blocks are contiguous from P)."""
+    for blk, n in zip(blocks[1:], counts):
+        blk.masks = n

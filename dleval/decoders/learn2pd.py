@@ -42,8 +42,19 @@ Differences from the reference, and why:
 - `committed_per_step` counts, for each forward, its commits that survive the final cut, so the
   entries sum to len(tokens); an entry can be 0 when a later cut drops everything a forward
   committed. Ties break by position, and the argmax skips [MASK] (`_parts.propose`; on a random
-  model the until-no-mask loop could otherwise never end). One prompt at a time (BATCHED = False): every row would be
-  cut at its own length.
+  model the until-no-mask loop could otherwise never end).
+
+Batches (issue 14; the reference decodes one prompt at a time): prompts are left-padded (see
+`_parts.make_canvas`) and every row has its own canvas, block, quota and forward count, so it
+sees exactly the forwards it would see alone and its NFE (counted per row by `Counted`) is its
+batch-1 NFE; a row with no block left leaves the forward. EoTP cuts each row at its own length,
+so each step the rows are grouped by canvas width, one model call per group (rows at different
+blocks share a call; the filter, quota and EoTP are evaluated per row). Right-padding the cut rows
+with masked keys would keep them in one call, but changes the attention's reduction length and
+so, possibly, the logits' last bits; grouping keeps them bitwise those of batch 1 (fp32 CPU:
+identical tokens, commits and per-row NFE, tests/test_batched.py). On synth_gsm the tiny model
+cuts every row at the same width, so the rows stay in one call. At T > 0 each row's Gumbel noise
+is drawn over its own generation region from its own generator (`_parts.Noise`).
 """
 
 from __future__ import annotations
@@ -62,7 +73,7 @@ from dleval.decoders import _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
-BATCHED = False
+BATCHED = True
 FILTER_FILE = "learn2pd_filter_b{block}.safetensors"
 PARAMS = ("hidden.weight", "hidden.bias", "out.weight", "out.bias")
 
@@ -153,6 +164,18 @@ def find_filter(model: Model, cfg: Config) -> Path:
 # ---------------------------------------------------------------------------- decoding
 
 
+@dataclass
+class _Row:
+    """One prompt's state: its canvas (cut by EoTP at its own length), block, quota and steps."""
+
+    x: torch.Tensor  # (1, P+n): the prompt (left-padded to P) and the n generation positions left after any cut
+    block: int  # absolute start of the current block
+    quota: list[int]  # LLaDA's quota for each step of the current block
+    i: int = 0  # steps taken in the current block
+    nfe: int = 0
+    done: bool = False
+
+
 @torch.inference_mode()
 def decode(
     model: Model,
@@ -164,67 +187,131 @@ def decode(
 ) -> list[Generation]:
     params = {k: v.to(model.device) for k, v in _filter_for(model, cfg).items()}
     noise = _parts.Noise(seeds, len(prompts), model.device)
-    return [_decode_one(model, prompt, params, cfg, on_step, noise, row) for row, prompt in enumerate(prompts)]
-
-
-def _decode_one(
-    model: Model, prompt: Sequence[int], params: dict[str, torch.Tensor], cfg: Config, on_step: OnStep | None, noise: _parts.Noise, row: int
-) -> Generation:
-    x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
-    B, mask_id, eos = cfg.block_length, model.mask_id, model.eos_id
-    per_block = cfg.total_steps // (cfg.gen_length // B)
-    step_of = torch.full((cfg.gen_length,), -1, dtype=torch.long, device=x.device)  # which forward committed each generated position
-    nfe = 0
-    for s in range(P, P + cfg.gen_length, B):
-        if s >= x.shape[1]:
+    x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)  # (N, P+L), left-padded
+    N, B, L = x.shape[0], cfg.block_length, cfg.gen_length
+    per_block = cfg.total_steps // (L // B)
+    padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
+    rows = [_Row(x[r : r + 1].clone(), P, _quota(B, per_block)) for r in range(N)]
+    step_of = torch.full((N, L), -1, dtype=torch.long, device=x.device)  # which of its forwards committed each generated position
+    calls = 0
+    while True:
+        groups: dict[int, list[int]] = {}  # canvas width -> the rows of that width: one forward each
+        for r, row in enumerate(rows):
+            if not row.done:
+                groups.setdefault(row.x.shape[1], []).append(r)
+        if not groups:
             break
-        a, z = s - P, s - P + B  # the block in generation-region coordinates
-        k = _parts.quota((x[:, s : s + B] == mask_id).sum(dim=1), per_block)[0].tolist()
-        i = 0
-        while bool((x[:, s : s + B] == mask_id).any()):
-            n = x.shape[1] - P  # generation positions left after any cut
-            logits = _parts.forward(model, x, [row]).logits[:, P:]  # (1, n, V): only the generation region holds masks
-            x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, [row])  # (1, n)
-            conf = _parts.confidence(logits, x0, _parts.SCORE_DTYPES[cfg.score_dtype])  # (1, n)
-            gen = x[:, P:]
-            masked = gen == mask_id
-            block_conf = conf[:, a:z].to(torch.float32)  # (1, m), m < B after a cut inside the block
-            block_conf = F.pad(block_conf, (0, B - block_conf.shape[1]))
-            accept = torch.zeros_like(masked)
-            accept[:, a:z] = torch.sigmoid(filter_logits(params, block_conf))[:, : min(z, n) - a] > cfg.accept_threshold
-            accept &= masked
-            score = torch.where(masked[:, a:z], conf[:, a:z], torch.full_like(conf[:, a:z], _parts.NEG_INF))
-            chosen = accept.clone()
-            chosen[:, a:z] |= _parts.top_k_mask(score, [k[i]]) & masked[:, a:z]
-            x[:, P:] = torch.where(chosen, x0, gen)
-            nfe += 1
-            step_of[:n] = torch.where(chosen[0], nfe - 1, step_of[:n])
-            if cfg.eotp:
-                cut = _end_of_text(x0, conf, masked, accept, eos)
-                if cut is not None:
-                    x = x[:, : P + cut + 1]
-                    chosen = chosen[:, : cut + 1]
+        for width, group in groups.items():  # on_step sees every model call (one per group)
+            mask = None
+            if attention is not None and any(padded[r] for r in group):
+                mask = attention[group, :width]
+            chosen = _step(model, params, rows, group, mask, P, step_of, cfg, noise)
+            calls += 1
             if on_step is not None:
-                canvas = torch.zeros_like(x, dtype=torch.bool)
-                canvas[:, P:] = chosen
-                _parts.report_step(on_step, nfe, x, canvas)
-            i += 1
-    kept = step_of[: x.shape[1] - P]
-    commits = torch.bincount(kept, minlength=nfe).tolist() if nfe else []
-    return _parts.generations(x, P, [commits], "eos" if x.shape[1] < P + cfg.gen_length else "length")[0]
+                _report(on_step, calls, rows, chosen, P, model.eos_id)
+    out = []
+    for r, row in enumerate(rows):
+        kept = step_of[r, : row.x.shape[1] - P]
+        commits = torch.bincount(kept, minlength=row.nfe).tolist() if row.nfe else []
+        out.append(_parts.generations(row.x, P, [commits], "eos" if row.x.shape[1] < P + L else "length")[0])
+    return out
 
 
-def _end_of_text(x0: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor, accept: torch.Tensor, eos: int) -> int | None:
-    """Where EoTP cuts the generation region (keep [0, cut]), or None. All (1, n) over the
-    generation region, taken before the commit."""
-    predicted = x0[0] == eos
-    by_filter = (predicted & accept[0]).nonzero()
-    if len(by_filter):
-        return int(by_filter[0, 0])  # the first EOS the filter accepted
-    open_eos = predicted & masked[0]
-    if bool(open_eos.any()):
-        return int(torch.where(open_eos, conf[0], torch.full_like(conf[0], _parts.NEG_INF)).argmax())  # first of equal maxima
-    return None
+def _quota(masks: int, per_block: int) -> list[int]:
+    """LLaDA's quota (`_parts.quota`) for a block entered with `masks` masks."""
+    return [masks // per_block + (j < masks % per_block) for j in range(per_block)]
+
+
+def _step(
+    model: Model,
+    params: dict[str, torch.Tensor],
+    rows: list[_Row],
+    group: list[int],
+    mask: torch.Tensor | None,
+    P: int,
+    step_of: torch.Tensor,
+    cfg: Config,
+    noise: _parts.Noise,
+) -> dict[int, torch.Tensor]:
+    """One forward for rows of equal canvas width, each at its own block: commit, cut, move on.
+    Returns each row's committed positions (1, n') over its generation region after the cut."""
+    R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, step_of.device
+    xg = rows[group[0]].x if R == 1 else torch.cat([rows[r].x for r in group])  # (R, P+n)
+    n = xg.shape[1] - P  # generation positions left after any cut
+    logits = _parts.forward(model, xg, group, attention_mask=mask).logits[:, P:]  # (R, n, V): only the generation region holds masks
+    x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, group)  # (R, n)
+    conf = _parts.confidence(logits, x0, _parts.SCORE_DTYPES[cfg.score_dtype])  # (R, n)
+    gen = xg[:, P:]
+    masked = gen == mask_id
+    pos = torch.arange(n, device=dev)
+    a = torch.tensor([rows[r].block - P for r in group], device=dev).view(-1, 1)  # each row's block, in generation coordinates
+    in_block = (pos >= a) & (pos < a + B)  # (R, n)
+    idx = a + torch.arange(B, device=dev)  # (R, B) the block's positions; past n after a cut inside the block
+    live = idx < n
+    idx = idx.clamp(max=n - 1)
+    rel = (pos - a).clamp(0, B - 1)  # (R, n) position within the row's block
+    block_conf = torch.where(live, conf.gather(1, idx), torch.zeros((), dtype=conf.dtype, device=dev)).to(
+        torch.float32
+    )  # (R, B), zero-padded
+    accept = in_block & (torch.sigmoid(filter_logits(params, block_conf)) > cfg.accept_threshold).gather(1, rel) & masked
+    block_masked = masked.gather(1, idx) & live  # (R, B)
+    score = torch.where(block_masked, conf.gather(1, idx), torch.full_like(conf.gather(1, idx), _parts.NEG_INF))
+    top = _parts.top_k_mask(score, [rows[r].quota[rows[r].i] for r in group]) & block_masked  # (R, B)
+    chosen = accept | (in_block & top.gather(1, rel))
+    new = torch.where(chosen, x0, gen)
+    xg[:, P:] = new
+    nfe = torch.tensor([rows[r].nfe for r in group], device=dev).view(-1, 1)  # forwards before this one
+    sel = torch.tensor(group, device=dev)
+    step_of[sel, :n] = torch.where(chosen, nfe, step_of[sel, :n])
+    if cfg.eotp:
+        cut = _end_of_text(x0, conf, masked, accept, eos)  # (R,), n: no cut
+    else:
+        cut = torch.full((R,), n, device=dev)
+    left = ((new == mask_id) & in_block & (pos <= cut.view(-1, 1))).sum(dim=1)  # masks left in the block after the cut
+    synced = torch.cat([cut, left]).tolist()  # the group's one host sync
+    out = {}
+    for j, r in enumerate(group):
+        row, c = rows[r], synced[j]
+        row.nfe += 1
+        row.x = xg[j : j + 1, : P + c + 1] if c < n else xg[j : j + 1]
+        out[r] = chosen[j : j + 1, : c + 1]
+        row.i += 1
+        if synced[R + j] == 0:  # the block is done: the next one, if the canvas still reaches it
+            row.block += B
+            if row.block >= row.x.shape[1]:
+                row.done = True
+            else:  # nothing commits outside the current block, so what is left of it is all masks
+                row.quota, row.i = _quota(min(B, row.x.shape[1] - row.block), cfg.total_steps // (cfg.gen_length // B)), 0
+    return out
+
+
+def _report(on_step: OnStep, calls: int, rows: list[_Row], chosen: dict[int, torch.Tensor], P: int, eos: int) -> None:
+    """The canvas (N, P+n_max) after a model call, with the commits of the rows it held: rows cut
+    shorter than the longest are shown EOS-filled."""
+    width = max(row.x.shape[1] for row in rows)
+    canvas = torch.full((len(rows), width), eos, dtype=torch.long, device=rows[0].x.device)
+    committed = torch.zeros_like(canvas, dtype=torch.bool)
+    for r, row in enumerate(rows):
+        canvas[r, : row.x.shape[1]] = row.x[0]
+        if r in chosen:
+            committed[r, P : P + chosen[r].shape[1]] = chosen[r][0]
+    _parts.report_step(on_step, calls, canvas, committed)
+
+
+def _end_of_text(x0: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor, accept: torch.Tensor, eos: int) -> torch.Tensor:
+    """Where EoTP cuts each row's generation region (keep [0, cut]); n (the width) where it does not.
+    All (R, n) over the generation region, taken before the commit."""
+    n = x0.shape[1]
+    predicted = x0 == eos
+    by_filter = predicted & accept
+    open_eos = predicted & masked
+    best_open = torch.where(open_eos, conf, torch.full_like(conf, _parts.NEG_INF)).argmax(dim=1)  # first of equal maxima
+    none = torch.full_like(best_open, n)
+    return torch.where(
+        by_filter.any(dim=1),
+        by_filter.int().argmax(dim=1),  # the first EOS the filter accepted
+        torch.where(open_eos.any(dim=1), best_open, none),  # else the most confident EOS among the masks
+    )
 
 
 def check(model: Model, cfg: Config) -> None:
