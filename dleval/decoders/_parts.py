@@ -313,7 +313,8 @@ def _index(i: int, device: torch.device) -> torch.Tensor:
     """The (1,) index tensor [i] on `device`, made once (an index_fill argument, not state)."""
     key = (i, device)
     if key not in _INDICES:
-        _INDICES[key] = torch.tensor([i], device=device)
+        with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+            _INDICES[key] = torch.tensor([i], device=device)
     return _INDICES[key]
 
 

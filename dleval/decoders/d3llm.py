@@ -291,75 +291,86 @@ def _commit(
     step: torch.Tensor | None,
 ) -> None:
     """Choose and commit for each row of a group from its logits (R, P+L-lo, V), then the EOS fill
-    and the block counts (one host sync for the group)."""
-    R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, x.device
+    and the block counts, from one host sync for the group (the canvas rows, read back).
+
+    Kept thin (issue 14): the progress guarantee is checked on the host after that sync (a row
+    whose first fully-activated block with masks got no commit); only such a row pays for the fix
+    and a second read-back."""
+    R, mask_id, dev = len(group), model.mask_id, x.device
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
     hi = max(ends)
     lg = logits[:, s0 - lo : hi - lo]  # (R, n, V) over [s0, hi)
-    region = x[:, s0:hi] if sel is None else x[:, s0:hi].index_select(0, sel)  # (R, n)
-    pos = torch.arange(s0, hi, device=dev)
-    inside = pos < torch.tensor(ends, device=dev).view(-1, 1)  # (R, n): the row's own span [s0, active end)
+    view = x[:, s0:hi]  # (N, n) view of the canvas
+    region = view if sel is None else view.index_select(0, sel)  # (R, n)
+    v = _parts.neg_entropy(lg)  # (R, n) float64, -H (the softmax is taken before the argmax writes lg)
     if cfg.temperature == 0:
-        x0 = _parts.propose(lg, 0.0, mask_id)  # (R, n)
+        x0 = _parts.propose_(lg, 0.0, mask_id)  # (R, n)
     else:  # each row's noise over its own span, from its own generator
         x0 = region.clone()
         for j, r in enumerate(group):
             w = ends[j] - s0
             x0[j : j + 1, :w] = _parts.propose(lg[j : j + 1, :w], cfg.temperature, mask_id, noise, [r])
-    h = _parts.entropy(lg)  # (R, n) float64
-    masked = (region == mask_id) & inside
-    chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # each row's lowest H, plus H <= tau
-    firsts = [next((b for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
-    if any(f is not None for f in firsts):  # progress guarantee in the first fully-activated block with masks
-        a = torch.tensor([f.start if f else 0 for f in firsts], device=dev).view(-1, 1)
-        z = torch.tensor([f.end if f else 0 for f in firsts], device=dev).view(-1, 1)
-        in_first = (pos >= a) & (pos < z)  # (R, n)
-        need = ~(chosen & in_first).any(dim=1) & (z > a).view(-1)  # (R,)
-        j = h.masked_fill(~(masked & in_first), torch.inf).argmin(dim=1)  # (R,) first of equal minima
-        every = torch.arange(R, device=dev)
-        alt = _parts.propose(lg[every, j], 0.0, mask_id)  # the reference re-takes the plain argmax here, even at T > 0
-        chosen[every, j] |= need
-        x0[every, j] = torch.where(need, alt, x0[every, j])
-    new = torch.where(chosen, x0, region)
+    masked = region == mask_id
+    if any(end < hi for end in ends):  # the row's own span [s0, active end)
+        masked &= torch.arange(s0, hi, device=dev) < torch.tensor(ends, device=dev).view(-1, 1)
+    chosen = _parts.threshold_mask(v, masked, v >= -cfg.threshold)  # each row's lowest H, plus H <= tau (exact negations)
     if sel is None:
-        x[:, s0:hi] = new
+        torch.where(chosen, x0, view, out=view)
     else:
-        x[:, s0:hi].index_copy_(0, sel, new)
+        x[:, s0:hi].index_copy_(0, sel, torch.where(chosen, x0, region))
     if step is not None:
         step[group, s0:hi] = chosen
-
-    # one host sync: commits, first EOS, each block's masks before and after the EOS fill
-    L = cfg.gen_length
-    nb = L // B
-    gen = (x if sel is None else x.index_select(0, sel))[:, P:]  # (R, L)
-    m = gen == mask_id
-    is_eos = gen == eos
-    e = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full((R,), L, device=dev))  # (R,) first EOS, L: none
-    kept = m & (torch.arange(L, device=dev) <= e.view(-1, 1))  # the masks the fill leaves
-    synced = torch.cat([chosen.sum(dim=1), e, m.view(R, nb, B).sum(dim=2).flatten(), kept.view(R, nb, B).sum(dim=2).flatten()]).tolist()
+    firsts = [next((b for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]  # before this step's commits
+    gens = _read(x, P, group, sel)  # the group's one host sync
     for j, r in enumerate(group):
-        row = rows[r]
-        before = synced[2 * R + j * nb : 2 * R + (j + 1) * nb]
-        after = synced[2 * R + R * nb + j * nb : 2 * R + R * nb + (j + 1) * nb]
-        _set_masks(row.blocks, before)
-        n_commits = synced[j]
-        # else the reference's loop ends before its fill
-        if cfg.early_stop and row.active(cfg.gen_length // B) and synced[R + j] < L:
-            at = P + synced[R + j]  # the first EOS, absolute
-            x[r, at + 1 :] = eos  # d3LLM's early stop: everything after the first EOS becomes EOS
-            n_commits += sum(before) - sum(after)  # the masks it filled
+        f = firsts[j]
+        if f is not None and gens[j][f.start - P : f.end - P].count(mask_id) == f.masks:
+            # Progress guarantee: the first fully-activated block with masks got nothing, so its
+            # lowest-entropy mask is committed with the plain argmax (the reference re-takes it
+            # here, even at T > 0); rare, so it costs a second read-back of this row.
+            a, z = f.start - s0, f.end - s0
+            q = a + int(v[j, a:z].masked_fill(~masked[j, a:z], -torch.inf).argmax())  # first of equal maxima of -H
+            # at T = 0 propose_ above already set lg's [MASK] logit to -inf
+            x[r, s0 + q] = lg[j, q].argmax() if cfg.temperature == 0 else _parts.propose(lg[j, q], 0.0, mask_id)
             if step is not None:
-                step[r, at + 1 :] |= m[j, at + 1 - P :]
-            for blk in row.blocks[1:]:
-                if blk.start > at and blk.masks:
-                    blk.full = True
-            while len(row.blocks) - 1 < nb:  # the rest of the canvas, closed: finished and never cached
-                s = row.blocks[-1].end
-                row.blocks.append(_Block(s, s + B, 0, True, done_at=row.nfe + 1, cached=True))
-            row.eos_at = at
-            _set_masks(row.blocks, after)
-        row.commits.append(n_commits)
+                step[r, s0 + q] = True
+            gens[j] = x[r, P:].tolist()
+        _finish_step(rows[r], gens[j], x, r, P, cfg, mask_id, model.eos_id, step)
+
+
+def _read(x: torch.Tensor, P: int, group: list[int], sel: torch.Tensor | None) -> list[list[int]]:
+    """The group's generation regions as host lists (R, L)."""
+    return (x[:, P:] if sel is None else x[:, P:].index_select(0, sel)).tolist()
+
+
+def _finish_step(
+    row: _Row, gen: list[int], x: torch.Tensor, r: int, P: int, cfg: Config, mask_id: int, eos: int, step: torch.Tensor | None
+) -> None:
+    """From the row's generation region after its commit (host list): block counts, commits, and
+    d3LLM's early stop (everything after the first EOS becomes EOS)."""
+    B, L = cfg.block_length, cfg.gen_length
+    before = [gen[i : i + B].count(mask_id) for i in range(0, L, B)]  # masks per block after the commit
+    n_commits = sum(blk.masks for blk in row.blocks[1:]) + B * (L // B - (len(row.blocks) - 1)) - sum(before)
+    _set_masks(row.blocks, before)
+    e = gen.index(eos) if eos in gen else L
+    # else the reference's loop ends before its fill
+    if cfg.early_stop and row.active(L // B) and e < L:
+        at = P + e  # the first EOS, absolute
+        x[r, at + 1 :] = eos
+        after = [blk.count(mask_id) for blk in (gen[i : min(i + B, e + 1)] for i in range(0, L, B))]  # the fill leaves these
+        n_commits += sum(before) - sum(after)  # the masks it filled
+        if step is not None:
+            step[r, at + 1 :] |= x.new_tensor([t == mask_id for t in gen[e + 1 :]], dtype=torch.bool)
+        for blk in row.blocks[1:]:
+            if blk.start > at and blk.masks:
+                blk.full = True
+        while len(row.blocks) - 1 < L // B:  # the rest of the canvas, closed: finished and never cached
+            s = row.blocks[-1].end
+            row.blocks.append(_Block(s, s + B, 0, True, done_at=row.nfe + 1, cached=True))
+        row.eos_at = at
+        _set_masks(row.blocks, after)
+    row.commits.append(n_commits)
 
 
 def _set_masks(blocks: list[_Block], counts: list[int]) -> None:
