@@ -296,7 +296,7 @@ def _commit(
     Kept thin (issue 14): the progress guarantee is checked on the host after that sync (a row
     whose first fully-activated block with masks got no commit); only such a row pays for the fix
     and a second read-back."""
-    R, mask_id, dev = len(group), model.mask_id, x.device
+    mask_id, dev = model.mask_id, x.device
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
     hi = max(ends)
