@@ -90,30 +90,41 @@ def decode(
             nfe += 1
             if cfg.logits_eos_inf:
                 logits[:, :, eos_id] = _parts.NEG_INF
-            x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise)  # noise over the block: the same for any padding
-            if cfg.confidence_eos_eot_inf:
-                if cfg.temperature == 0:
-                    logits[:, :, eos_id] = _parts.NEG_INF
-                if eot_id is not None:
-                    logits[:, :, eot_id] = _parts.NEG_INF
-            if cfg.remasking == "low_confidence":
-                score = _parts.confidence(logits, x0, dtype)
-            else:
-                score = noise.uniform(x0.shape[1:])
             ks = [row[i] for row in k]
-            if all(n == 1 for n in ks):
-                # One commit per row: the best-scored mask (argmax: the first of equal maxima, the
-                # stable sort's choice). The quota never asks for more than the masks left, and
-                # masked scores are never -inf, so the argmax is a mask: exactly one commit.
+            greedy = cfg.temperature == 0 and cfg.remasking == "low_confidence" and not cfg.confidence_eos_eot_inf
+            if greedy and all(n == 1 for n in ks):
+                # T = 0, one commit per row. softmax is monotone in the logits, so its value at the
+                # argmax is its maximum: score = max p bit for bit, and the argmax is only taken
+                # at the chosen position. The best-scored mask is the argmax of the masked scores
+                # (the first of equal maxima, the stable sort's choice); the quota never asks for
+                # more than the masks left, and masked scores are never -inf: exactly one commit.
+                score = torch.softmax(logits, dim=-1, dtype=dtype).amax(dim=-1)  # (N, B_len)
                 best = score.masked_fill_(blk != mask_id, _parts.NEG_INF).argmax(dim=1, keepdim=True)  # (N, 1)
-                blk.scatter_(1, best, x0.gather(1, best))
+                token = logits.gather(1, best.unsqueeze(-1).expand(-1, -1, logits.shape[-1])).argmax(dim=-1)  # (N, 1)
+                blk.scatter_(1, best, token)
                 counts.append([1] * len(ks))
                 chosen = None
             else:
-                masked = blk == mask_id
-                chosen = _parts.top_k_mask(score.masked_fill_(~masked, _parts.NEG_INF), ks) & masked
-                torch.where(chosen, x0, blk, out=blk)
-                counts.append(chosen.sum(dim=1))
+                x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise)  # noise over the block: the same for any padding
+                if cfg.confidence_eos_eot_inf:
+                    if cfg.temperature == 0:
+                        logits[:, :, eos_id] = _parts.NEG_INF
+                    if eot_id is not None:
+                        logits[:, :, eot_id] = _parts.NEG_INF
+                if cfg.remasking == "low_confidence":
+                    score = _parts.confidence(logits, x0, dtype)
+                else:
+                    score = noise.uniform(x0.shape[1:])
+                if all(n == 1 for n in ks):  # as above, with the proposals of every position
+                    best = score.masked_fill_(blk != mask_id, _parts.NEG_INF).argmax(dim=1, keepdim=True)  # (N, 1)
+                    blk.scatter_(1, best, x0.gather(1, best))
+                    counts.append([1] * len(ks))
+                    chosen = None
+                else:
+                    masked = blk == mask_id
+                    chosen = _parts.top_k_mask(score.masked_fill_(~masked, _parts.NEG_INF), ks) & masked
+                    torch.where(chosen, x0, blk, out=blk)
+                    counts.append(chosen.sum(dim=1))
             if on_step is not None:
                 if chosen is None:
                     chosen = torch.zeros_like(blk, dtype=torch.bool).scatter_(1, best, True)

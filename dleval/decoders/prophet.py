@@ -175,17 +175,27 @@ def decode(
                 _report(on_step, nfe, x, live, P, chosen)
                 live = [r for j, r in enumerate(live) if not exits[j]]
                 continue
-            if cfg.temperature == 0:  # no noise: the block's argmax is all the step uses
-                x0 = logits[:, a:z].argmax(dim=-1)  # (R, B)
-            else:  # the noise is drawn over the whole region, as always
-                x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise, live)[:, a:z]
             blk = xr[:, s : s + B]  # (R, B) view, written in place
+            lb = logits[:, a:z]  # (R, B, V)
             ks = [k[r][i] for r in live]
             chosen = None
             if all(n == 0 for n in ks):  # a quota of 0 (a block with constraint positions): nothing to commit
                 entries.append((live, [0] * len(live)))
+            elif cfg.temperature == 0 and all(n == 1 for n in ks):
+                # T = 0, one commit per row: the score is max p bit for bit (softmax is monotone, see
+                # llada) and the argmax is taken at the chosen position only.
+                score = torch.softmax(lb, dim=-1, dtype=dtype).amax(dim=-1)  # (R, B)
+                best = score.masked_fill_(blk != mask_id, _parts.NEG_INF).argmax(dim=1, keepdim=True)  # (R, 1)
+                blk.scatter_(1, best, lb.gather(1, best.unsqueeze(-1).expand(-1, -1, lb.shape[-1])).argmax(dim=-1))
+                entries.append((live, [1] * len(live)))
+                if on_step is not None:
+                    chosen = torch.zeros_like(blk, dtype=torch.bool).scatter_(1, best, True)
             else:
-                score = _parts.confidence(logits[:, a:z], x0, dtype)  # (R, B)
+                if cfg.temperature == 0:  # no noise: the block's argmax is all the step uses
+                    x0 = lb.argmax(dim=-1)  # (R, B)
+                else:  # the noise is drawn over the whole region, as always
+                    x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise, live)[:, a:z]
+                score = _parts.confidence(lb, x0, dtype)  # (R, B)
                 if all(n == 1 for n in ks):  # one commit per row: the best-scored mask (see llada)
                     best = score.masked_fill_(blk != mask_id, _parts.NEG_INF).argmax(dim=1, keepdim=True)
                     blk.scatter_(1, best, x0.gather(1, best))
@@ -197,8 +207,8 @@ def decode(
                     chosen = _parts.top_k_mask(score.masked_fill_(~masked, _parts.NEG_INF), ks) & masked
                     torch.where(chosen, x0, blk, out=blk)
                     entries.append((live, chosen.sum(dim=1)))
-                if sel is not None:
-                    x[sel, s : s + B] = blk
+            if sel is not None and not all(n == 0 for n in ks):
+                x[sel, s : s + B] = blk
             _report(on_step, nfe, x, live, s, chosen)
     on_device = [c for _, c in entries if isinstance(c, torch.Tensor)]
     synced = iter(torch.cat(on_device).tolist() if on_device else [])  # one sync for all of them
