@@ -236,7 +236,7 @@ def _step(
     """One forward for rows of equal canvas width, each at its own block: commit, cut, move on.
     Returns each row's committed positions (1, n') over its generation region after the cut."""
     R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, step_of.device
-    if R == 1 and rows[group[0]].block + B <= rows[group[0]].x.shape[1]:
+    if R == 1:
         return _step_one(model, params, rows, group[0], mask, P, step_of, cfg, noise)
     xg = rows[group[0]].x if R == 1 else torch.cat([rows[r].x for r in group])  # (R, P+n)
     n = xg.shape[1] - P  # generation positions left after any cut
@@ -298,36 +298,37 @@ def _step_one(
     cfg: Config,
     noise: _parts.Noise,
 ) -> dict[int, torch.Tensor]:
-    """`_step` for one row whose block lies whole inside its canvas (every step but those after a
-    cut inside the block): the same decisions with the block as a slice (no gathers) and the
-    host reading back only flags (issue 14: a thin step)."""
+    """`_step` for a group of one row: the same decisions with the block as a slice (no gathers;
+    after a cut inside the block, the slice is shorter and the filter's input zero-padded) and
+    the host reading back only flags (issue 14: a thin step)."""
     B, mask_id, eos = cfg.block_length, model.mask_id, model.eos_id
     row = rows[r]
     xr = row.x  # (1, P+n)
     n = xr.shape[1] - P
-    a = row.block - P  # the block [a, a + B) in generation coordinates, inside [0, n)
+    a = row.block - P  # the block [a, a + w) in generation coordinates, inside [0, n)
+    w = min(B, n - a)  # shorter than B after a cut inside the block
     logits = _parts.forward(model, xr, [r], attention_mask=mask).logits[:, P:]  # (1, n, V)
     p = torch.softmax(logits, dim=-1, dtype=_parts.SCORE_DTYPES[cfg.score_dtype])  # before the argmax writes the [MASK] logit
     x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, [r])  # (1, n)
     conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (1, n)
     gen = xr[:, P:]
     masked = gen == mask_id  # (1, n), before the commit
-    blk, mb, cb = gen[:, a : a + B], masked[:, a : a + B], conf[:, a : a + B]
-    accept = (torch.sigmoid(filter_logits(params, cb.to(torch.float32))) > cfg.accept_threshold) & mb  # (1, B)
+    blk, mb, cb = gen[:, a : a + w], masked[:, a : a + w], conf[:, a : a + w]
+    block_conf = cb.to(torch.float32) if w == B else F.pad(cb.to(torch.float32), (0, B - w))  # (1, B), zero-padded
+    accept = (torch.sigmoid(filter_logits(params, block_conf))[:, :w] > cfg.accept_threshold) & mb  # (1, w)
     k = row.quota[row.i]
     if k == 1:  # the best-scored mask of the block (it has one; argmax: the first of equal maxima)
         chosen = accept.scatter(1, cb.masked_fill(~mb, _parts.NEG_INF).argmax(dim=1, keepdim=True), True)
     else:
         chosen = accept | (_parts.top_k_mask(cb.masked_fill(~mb, _parts.NEG_INF), [k]) & mb)
-    x0b = x0[:, a : a + B]
-    torch.where(chosen, x0b, blk, out=blk)
-    step_of[r, a : a + B].masked_fill_(chosen[0], row.nfe)  # forwards before this one
+    torch.where(chosen, x0[:, a : a + w], blk, out=blk)
+    step_of[r, a : a + w].masked_fill_(chosen[0], row.nfe)  # forwards before this one
     if cfg.eotp:
         predicted = x0 == eos  # (1, n)
         open_eos = predicted & masked
         best_open = conf.masked_fill(~open_eos, _parts.NEG_INF).argmax(dim=1)  # first of equal maxima
-        flags = torch.cat([predicted[:, a : a + B] & accept, open_eos, mb & ~chosen], dim=1)[0].tolist()  # the step's host sync
-        by_filter, opened, still = flags[:B], flags[B : B + n], flags[B + n :]
+        flags = torch.cat([predicted[:, a : a + w] & accept, open_eos, mb & ~chosen], dim=1)[0].tolist()  # the step's host sync
+        by_filter, opened, still = flags[:w], flags[w : w + n], flags[w + n :]
         if True in by_filter:
             cut = a + by_filter.index(True)  # the first EOS the filter accepted
         elif True in opened:
@@ -347,7 +348,7 @@ def _step_one(
         else:  # nothing commits outside the current block, so what is left of it is all masks
             row.quota, row.i = _quota(min(B, row.x.shape[1] - row.block), cfg.total_steps // (cfg.gen_length // B)), 0
     committed = torch.zeros_like(masked)
-    committed[:, a : a + B] = chosen
+    committed[:, a : a + w] = chosen
     return {r: committed[:, : cut + 1]}
 
 
