@@ -27,7 +27,8 @@ from dleval import decoders, report, results, tasks
 from dleval.errors import UserError
 from dleval.metrics import AUPWarning, Summary, aup_detail
 from dleval.ranks import Ranks, detect
-from dleval.run import Interrupted, RunRequest, RunResult, choose_model, decoder_config, run
+from dleval.resolve import choose_model, decoder_config
+from dleval.run import Interrupted, RunRequest, RunResult, run
 
 FORMAT_VERSION = 1
 TIMING_DIR = "timing"  # under the runs folder: baseline re-timings, out of reach of --resume's folder search
