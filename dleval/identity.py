@@ -5,7 +5,8 @@ The config hash covers everything that can change a token (decoder config, task 
 fingerprint and dtype, prompt template, seed); the sample-set hash covers the samples' ids,
 questions and targets. A folder is `<stamp>_<task>_<decoder>_<model>_<config hash>`, and
 --resume continues the newest folder of that name whose sample set is the same. A sample's
-noise seed is derived from (run seed, sample id) with the same hash.
+noise seed is derived from (run seed, sample id) with the same hash, and the report groups runs
+with it. Importing this module does not import torch (the report uses `digest`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import platform
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from dleval import __version__, launch, results
+
+if TYPE_CHECKING:
+    import torch
 
 
 def digest(payload: Any) -> str:
@@ -43,10 +45,13 @@ def _git_sha() -> str:
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def environment(device: torch.device) -> dict[str, Any]:
+    import torch
     import transformers
 
     return {

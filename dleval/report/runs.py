@@ -8,7 +8,6 @@ samples, any decoder), and whether it is the one-token-per-step baseline point.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 from dleval import results
 from dleval.errors import UserError
+from dleval.identity import digest
 from dleval.types import Record
 
 BASELINE_DECODER = "llada"
@@ -63,22 +63,18 @@ class Run:
     @property
     def setting_key(self) -> str:
         """Identity of the row: everything in the config hash but the seed, plus the samples."""
-        return _digest(
+        return digest(
             [self.decoder, self.decoder_config, self.task_spec, self.model, self.model_fingerprint, self.template_hash, self.dataset_hash]
-        )
+        )[:12]
 
     @property
     def curve_key(self) -> str:
-        return _digest([self.task_spec, self.model, self.model_fingerprint, self.template_hash, self.dataset_hash])
+        return digest([self.task_spec, self.model, self.model_fingerprint, self.template_hash, self.dataset_hash])[:12]
 
     @property
     def one_token_per_step(self) -> bool:
         steps = self.decoder_config.get("steps")
         return self.decoder == BASELINE_DECODER and (steps is None or steps == self.decoder_config.get("gen_length"))
-
-
-def _digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def is_sweep_dir(path: Path) -> bool:
