@@ -46,7 +46,7 @@ from dleval.metrics import Summary, summarize
 from dleval.models.compiled import Compiled
 from dleval.ranks import Ranks, detect
 from dleval.resolve import TOO_LONG, choose_model, decoder_config, length_check, max_positions, settings
-from dleval.types import Record
+from dleval.types import Record, Sample
 
 FORMAT_VERSION = results.FORMAT_VERSION
 
@@ -113,8 +113,103 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What a request resolves to before any file is touched: the stages, ready to wire."""
+
+    info: decoders.DecoderInfo
+    decoder: Any  # the decoder module
+    cfg: Any  # its frozen Config
+    sources: dict[str, str]  # decoder field -> where its value came from, when not the paper's
+    spec: tasks.TaskSpec
+    samples: list[Sample]
+    loaded: models.Loaded
+    ckpt: models.CheckpointSettings
+    counted: models.Counted
+    batch_size: int
+    rendered: dict[str, prompts.Rendered]
+    too_long: set[str]  # sample ids recorded as errors (--too-long record)
+
+
 def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
     where = req.ranks or detect()
+    setup = _setup(req, where, log)
+    run_dir, config, env = _open_folder(req, where, setup, log)
+    before = results.read_run(run_dir, config["config_hash"])
+    for note in before.notes:
+        log(f"note: {note}")
+    samples, rendered = setup.samples, setup.rendered
+    finished = {r.sample_id for r in before.records}
+    earlier = {r.sample_id for r in before.records if r.invocation != where.invocation}
+    common = [s for s in samples if s.id not in earlier]  # the same list on every rank, however late it starts
+    if req.longest_first:
+        common.sort(key=lambda s: -len(rendered[s.id].ids))
+    mine = [s for i, s in enumerate(common) if i % where.world_size == where.rank and s.id not in finished]
+    if finished:
+        log(f"resuming {run_dir}: {len(finished)} of {len(samples)} samples already finished")
+    # Nothing left: no file is touched. Under a launcher "left" is judged on what earlier
+    # invocations finished (the same answer on every rank, however late it starts).
+    if not common if where.sharded else not mine:
+        result = _finish(run_dir, config, where, dataclasses.replace(req, merge_timeout=0), True, log)
+        result.sources = dict(config.get("decoder_sources", {}))
+        return result
+    with (run_dir / "invocations.jsonl").open("a") as fh:  # one short O_APPEND line per rank and invocation
+        fh.write(
+            json.dumps(
+                {
+                    "invocation": where.invocation, "rank": where.rank, "world_size": where.world_size, "command": sys.argv,
+                    "started": datetime.now(UTC).isoformat(timespec="seconds"), "batch_size": setup.batch_size, "environment": env,
+                    "conditions": results.conditions(torch.get_num_threads()),
+                }
+            )
+            + "\n"
+        )  # fmt: skip
+
+    if where.sharded:
+        log(f"{where.describe()}: {len(mine)} of {len(common)} pending samples")
+    counted = setup.counted
+    pipe = Pipeline(
+        decoder=setup.decoder, cfg=setup.cfg, model=counted, tokenizer=setup.loaded.tokenizer, spec=setup.spec, rendered=rendered,
+        config_hash=config["config_hash"], seed=req.seed,
+        eos_ids=frozenset({counted.eos_id} | ({counted.eot_id} if counted.eot_id is not None else set())),
+        ranks=where, device=device_name(setup.loaded.model.device), too_long=frozenset(setup.too_long),
+        takes_seeds="seeds" in inspect.signature(setup.decoder.decode).parameters,
+    )  # fmt: skip
+    (run_dir / results.done_name(where.rank, where.world_size)).unlink(missing_ok=True)  # a stale flag of an earlier launch
+    interrupted = False
+    written: list[Record] = []
+    with _sigterm_as_interrupt():
+        try:
+            with results.ShardWriter(run_dir, where.rank, where.world_size) as shard:
+                for note in shard.notes:
+                    log(f"note: {note}")
+                run_samples(
+                    pipe,
+                    mine,
+                    setup.batch_size,
+                    shard.write,
+                    written,
+                    label=f"{setup.spec.name} · {setup.info.name}",
+                    progress=req.progress and where.rank == 0,
+                )
+        except KeyboardInterrupt:
+            interrupted = True
+        if not interrupted:
+            results.write_done(
+                run_dir, where.rank, where.world_size,
+                {"invocation": where.invocation, "records": len(written), "device": pipe.device,
+                 "finished": datetime.now(UTC).isoformat(timespec="seconds")},
+            )  # fmt: skip
+        result = _finish(run_dir, config, where, req, interrupted, log)
+    result.sources = dict(config.get("decoder_sources", {}))
+    if interrupted:
+        raise Interrupted(result)
+    return result
+
+
+def _setup(req: RunRequest, where: Ranks, log: Callable[[str], None]) -> Setup:
+    """Task, samples, model, decoder config and rendered prompts; every bad input fails here,
+    before a run folder exists (a bad -D even before the model loads)."""
     info = decoders.info(req.decoder, req.model_family)
     decoder = decoders.load(info.name)
     spec = tasks.load_task(req.task, req.task_args)
@@ -154,6 +249,13 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
     too_long = length_check(
         samples, rendered, getattr(cfg, "gen_length", None), max_positions(loaded.model), loaded.name, req.too_long, log
     )
+    return Setup(info, decoder, cfg, sources, spec, samples, loaded, ckpt, counted, batch_size, rendered, too_long)
+
+
+def _open_folder(req: RunRequest, where: Ranks, setup: Setup, log: Callable[[str], None]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(run folder, its config.json, this process's environment): the folder --resume continues,
+    else a new one; config.json is written once, by the first writer."""
+    info, cfg, spec, loaded, samples, ckpt = setup.info, setup.cfg, setup.spec, setup.loaded, setup.samples, setup.ckpt
     identity = {
         "decoder": {"name": info.name, "config": dataclasses.asdict(cfg)},
         "task": spec.to_dict(),
@@ -182,10 +284,10 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
         "command": sys.argv,
         "config_hash": config_hash,
         **identity,
-        "decoder_sources": {k: v for k, v in sources.items() if k in options.field_names(decoder.Config)},
+        "decoder_sources": {k: v for k, v in setup.sources.items() if k in options.field_names(setup.decoder.Config)},
         "checkpoint_settings": {"file": str(ckpt.path) if ckpt.path else None, "decoder": ckpt.decoders.get(info.name, {})},
         "model_folder": str(loaded.folder),
-        "batch_size": batch_size,
+        "batch_size": setup.batch_size,
         "compile": req.compile,
         "limit": req.limit,
         "data_dir": str(req.data_dir) if req.data_dir else None,
@@ -201,74 +303,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
         config = results.read_config(run_dir)  # the first writer's, never rewritten
         if config.get("config_hash") != config_hash:
             raise UserError(f"{run_dir} holds another configuration (config hash {config.get('config_hash')}, not {config_hash})")
-    before = results.read_run(run_dir, config_hash)
-    for note in before.notes:
-        log(f"note: {note}")
-    finished = {r.sample_id for r in before.records}
-    earlier = {r.sample_id for r in before.records if r.invocation != where.invocation}
-    common = [s for s in samples if s.id not in earlier]  # the same list on every rank, however late it starts
-    if req.longest_first:
-        common.sort(key=lambda s: -len(rendered[s.id].ids))
-    mine = [s for i, s in enumerate(common) if i % where.world_size == where.rank and s.id not in finished]
-    if finished:
-        log(f"resuming {run_dir}: {len(finished)} of {len(samples)} samples already finished")
-    # Nothing left: no file is touched. Under a launcher "left" is judged on what earlier
-    # invocations finished (the same answer on every rank, however late it starts).
-    if not common if where.sharded else not mine:
-        result = _finish(run_dir, config, where, dataclasses.replace(req, merge_timeout=0), True, log)
-        result.sources = dict(config.get("decoder_sources", {}))
-        return result
-    with (run_dir / "invocations.jsonl").open("a") as fh:  # one short O_APPEND line per rank and invocation
-        fh.write(
-            json.dumps(
-                {
-                    "invocation": where.invocation, "rank": where.rank, "world_size": where.world_size, "command": sys.argv,
-                    "started": datetime.now(UTC).isoformat(timespec="seconds"), "batch_size": batch_size, "environment": env,
-                    "conditions": results.conditions(torch.get_num_threads()),
-                }
-            )
-            + "\n"
-        )  # fmt: skip
-
-    if where.sharded:
-        log(f"{where.describe()}: {len(mine)} of {len(common)} pending samples")
-    pipe = Pipeline(
-        decoder=decoder, cfg=cfg, model=counted, tokenizer=loaded.tokenizer, spec=spec, rendered=rendered,
-        config_hash=config_hash, seed=req.seed,
-        eos_ids=frozenset({counted.eos_id} | ({counted.eot_id} if counted.eot_id is not None else set())),
-        ranks=where, device=device_name(loaded.model.device), too_long=frozenset(too_long),
-        takes_seeds="seeds" in inspect.signature(decoder.decode).parameters,
-    )  # fmt: skip
-    (run_dir / results.done_name(where.rank, where.world_size)).unlink(missing_ok=True)  # a stale flag of an earlier launch
-    interrupted = False
-    written: list[Record] = []
-    with _sigterm_as_interrupt():
-        try:
-            with results.ShardWriter(run_dir, where.rank, where.world_size) as shard:
-                for note in shard.notes:
-                    log(f"note: {note}")
-                run_samples(
-                    pipe,
-                    mine,
-                    batch_size,
-                    shard.write,
-                    written,
-                    label=f"{spec.name} · {info.name}",
-                    progress=req.progress and where.rank == 0,
-                )
-        except KeyboardInterrupt:
-            interrupted = True
-        if not interrupted:
-            results.write_done(
-                run_dir, where.rank, where.world_size,
-                {"invocation": where.invocation, "records": len(written), "device": pipe.device,
-                 "finished": datetime.now(UTC).isoformat(timespec="seconds")},
-            )  # fmt: skip
-        result = _finish(run_dir, config, where, req, interrupted, log)
-    result.sources = dict(config.get("decoder_sources", {}))
-    if interrupted:
-        raise Interrupted(result)
-    return result
+    return run_dir, config, env
 
 
 def _finish(run_dir: Path, config: dict[str, Any], where: Ranks, req: RunRequest, interrupted: bool, log) -> RunResult:
