@@ -67,8 +67,9 @@ binds them). Its loop is the same pipeline with four differences, all taken over
   rebuilt cache to the newer one's start, past its cache length, so its next append holds the
   older block's keys twice; that is not reproduced (the cache is kept to its length), and it
   did not occur in the parity runs.
-The reference's T > 0 draw is a multinomial; here it is the harness's Gumbel noise (same
-distribution, other random stream). Parity measured on a random Dream model (fp32): tokens and
+At T > 0 the forced token is the draw (the LLaDA loop re-takes the argmax there); the
+reference's draw is a multinomial, here the harness's Gumbel noise (same distribution, other
+random stream). Parity measured on a random Dream model (fp32): tokens and
 forwards identical on 20 prompts x 12 settings (no cache and delayed cache, tau 0.5 and 2.0,
 early stop on and off); the reference's NFE counter is one higher when it ends at its fill (§0.4).
 
@@ -194,7 +195,8 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
             a, z = first.start - s0, first.end - s0
             j = a + int(h[0, a:z].masked_fill(~masked[0, a:z], torch.inf).argmin())  # first of equal minima
             chosen[0, j] = True
-            x0[0, j] = _parts.propose(lg[0, j], 0.0, mask_id)  # the reference re-takes the plain argmax here, even at T > 0
+            if not dream:  # the LLaDA reference re-takes the plain argmax here, even at T > 0 (the Dream util keeps its draw)
+                x0[0, j] = _parts.propose(lg[0, j], 0.0, mask_id)
         x[:, s0:active_end] = torch.where(chosen, x0, x[:, s0:active_end])
         committed = torch.zeros_like(x, dtype=torch.bool)
         committed[:, s0:active_end] = chosen & real
