@@ -44,6 +44,35 @@ Where this differs from the reference, and why:
 - Ties break by (entropy, position) instead of `torch.topk`'s unspecified order (§0.3), and the
   argmax skips [MASK] (`_parts.propose`: a trained model never ranks it first; a random one
   could, and the until-no-mask loop would never end).
+
+**Dream models** (`model.logit_shift`): d3LLM decodes them with its own util, and we follow it
+(`d3llm/d3llm_DREAM/d3llm_dream_generate_util.py` @e5bfcac, `_sample_multi_block` and
+`_sample_multi_block_kv_cache`, as `utils/utils_Dream/eval_instruct/lm_eval/models/diffllm.py`
+binds them). Its loop is the same pipeline with four differences, all taken over:
+- it commits every candidate with H < tau (strict) and, when the first fully-activated block
+  with masks got nothing, that block's lowest-entropy mask; there is no global lowest-entropy
+  commit, so a forward can commit nothing in the semi-activated blocks;
+- a cached forward's logits are unshifted within the span (`cat([logits[:, :1], logits[:, :-1]])`
+  on the span alone), so the span's first position gets the network output at that position,
+  not the one before it (the span starts at a block boundary and that position may still be a
+  mask): here its logits are the next position's row;
+- its candidate mask is taken before its EOS fill, as the reference's LLaDA path does (second
+  bullet above) but here followed: the positions the last fill closed stay candidates in the next
+  forward, one with H < tau is overwritten by its argmax (and the progress guarantee is spent on
+  it), and the next fill restores the EOS; such a forward commits no mask. Hence tokens and NFE
+  equal the reference's, tokens after the first EOS included;
+- its cache bookkeeping does not stop at a stabilizing block, and an EOS fill also marks the
+  opened blocks after the EOS as cached (they never enter the cache and never stabilize). Two
+  blocks finished by the same forward then stabilize together, and the reference truncates its
+  rebuilt cache to the newer one's start, past its cache length, so its next append holds the
+  older block's keys twice; that is not reproduced (the cache is kept to its length), and it
+  did not occur in the parity runs.
+At T > 0 the forced token is the draw (the LLaDA loop re-takes the argmax there); the
+reference's draw is a multinomial, here the harness's Gumbel noise (same distribution, other
+random stream). Parity measured on a random Dream model (fp32): tokens and
+forwards identical on 20 prompts x 12 settings (no cache and delayed cache, tau 0.5 and 2.0,
+early stop on and off); the reference's NFE counter is one higher when it ends at its fill (§0.4).
+
 One prompt at a time (BATCHED = False), as the reference: the pipeline state is per sequence.
 """
 
@@ -124,11 +153,13 @@ def decode(
 def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, noise: _parts.Noise, row: int) -> Generation:
     x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L); one row, no padding
     B, mask_id = cfg.block_length, model.mask_id
+    dream = bool(getattr(model, "logit_shift", False))  # d3LLM's Dream util (module docstring)
     n_blocks = cfg.gen_length // B
     blocks = [_Block(0, P, 0, True, done_at=0), _Block(P, P + B, B, full=1.0 >= cfg.decoded_token_threshold)]
     cache: KVCache | None = None
     cache_len = 0
     eos_at: int | None = None
+    filled = torch.zeros_like(x, dtype=torch.bool)  # (1, T) the masks the last EOS fill turned into EOS
     commits: list[int] = []
     nfe = 0
     while any(b.masks for b in blocks[1:]) or len(blocks) - 1 < n_blocks:  # unopened blocks are all masks
@@ -144,6 +175,8 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
 
         if cfg.cache == "delayed":
             logits, lo, cache, cache_len = _cached_forward(model, x, blocks, cache, cache_len, nfe, cfg, row)
+            if dream and lo > 0 and logits.shape[1] > 1:  # the Dream util's span-local shift: its first position reads its own output
+                logits = torch.cat([logits[:, 1:2], logits[:, 1:]], dim=1)
         else:
             logits, lo = _parts.forward(model, x, [row]).logits, 0  # (1, P+L, V)
 
@@ -151,25 +184,34 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
         lg = logits[:, s0 - lo : active_end - lo]  # (1, n, V) over [s0, active_end)
         x0 = _parts.propose(lg, cfg.temperature, mask_id, noise, [row])  # (1, n)
         h = _parts.entropy(lg)  # (1, n) float64
-        masked = x[:, s0:active_end] == mask_id
-        chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # global lowest H, plus H <= tau
+        real = x[:, s0:active_end] == mask_id
+        masked = real | filled[:, s0:active_end] if dream else real  # the Dream util's candidates: the masks before its EOS fill
+        if dream:  # the Dream util: H < tau only, no global lowest-entropy commit
+            chosen = masked & (h < cfg.threshold)
+        else:
+            chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # global lowest H, plus H <= tau
         first = next((b for b in blocks[1:] if b.full and b.masks), None)
         if first is not None and not bool(chosen[0, first.start - s0 : first.end - s0].any()):
             a, z = first.start - s0, first.end - s0
             j = a + int(h[0, a:z].masked_fill(~masked[0, a:z], torch.inf).argmin())  # first of equal minima
             chosen[0, j] = True
-            x0[0, j] = _parts.propose(lg[0, j], 0.0, mask_id)  # the reference re-takes the plain argmax here, even at T > 0
+            if not dream:  # the LLaDA reference re-takes the plain argmax here, even at T > 0 (the Dream util keeps its draw)
+                x0[0, j] = _parts.propose(lg[0, j], 0.0, mask_id)
         x[:, s0:active_end] = torch.where(chosen, x0, x[:, s0:active_end])
         committed = torch.zeros_like(x, dtype=torch.bool)
-        committed[:, s0:active_end] = chosen
+        committed[:, s0:active_end] = chosen & real
         _recount(blocks, x, mask_id)
 
+        filled = torch.zeros_like(x, dtype=torch.bool)
         more = any(b.masks for b in blocks[1:]) or len(blocks) - 1 < n_blocks  # else the reference's loop ends before its fill
         if cfg.early_stop and more and (e := _parts.first_token(x, model.eos_id, P)) is not None:
-            committed |= _parts.fill_after(x, e, model.eos_id, mask_id)
+            filled = _parts.fill_after(x, e, model.eos_id, mask_id)
+            committed |= filled
             for blk in blocks[1:]:
                 if blk.start > e and blk.masks:
                     blk.full = True
+                if dream and blk.start > e:  # the Dream util also retires opened blocks after the EOS from the cache
+                    blk.cached = True
             while len(blocks) - 1 < n_blocks:  # the rest of the canvas, closed: finished and never cached
                 s = blocks[-1].end
                 blocks.append(_Block(s, s + B, 0, True, done_at=nfe + 1, cached=True))
@@ -191,6 +233,7 @@ def _cached_forward(
     model: Model, x: torch.Tensor, blocks: list[_Block], cache: KVCache | None, cache_len: int, nfe: int, cfg: Config, row: int
 ) -> tuple[torch.Tensor, int, KVCache | None, int]:
     """One forward under the delayed cache. Returns (logits of positions [lo, T), lo, cache, cache_len)."""
+    dream = bool(getattr(model, "logit_shift", False))
     due: list[_Block] = []
     for blk in blocks:
         if blk.end <= cache_len:
@@ -203,7 +246,7 @@ def _cached_forward(
         if delay >= cfg.cache_delay_iter and not blk.cached:
             blk.cached = True
             due.append(blk)
-        elif delay < cfg.cache_delay_iter:
+        elif delay < cfg.cache_delay_iter and not dream:  # the Dream util reads on past a stabilizing block
             break
     update = due[-1].end - cache_len if due else 0
     # At most one block stabilizes at a time and it starts at cache_len, so the reference's
