@@ -44,6 +44,35 @@ Where this differs from the reference, and why:
 - Ties break by (entropy, position) instead of `torch.topk`'s unspecified order (§0.3), and the
   argmax skips [MASK] (`_parts.propose`: a trained model never ranks it first; a random one
   could, and the until-no-mask loop would never end).
+
+**Dream models** (`model.logit_shift`): d3LLM decodes them with its own util, and we follow it
+(`d3llm/d3llm_DREAM/d3llm_dream_generate_util.py` @e5bfcac, `_sample_multi_block` and
+`_sample_multi_block_kv_cache`, as `utils/utils_Dream/eval_instruct/lm_eval/models/diffllm.py`
+binds them). Its loop is the same pipeline with four differences, all taken over:
+- it commits every candidate with H < tau (strict) and, when the first fully-activated block
+  with masks got nothing, that block's lowest-entropy mask; there is no global lowest-entropy
+  commit, so a forward can commit nothing in the semi-activated blocks;
+- a cached forward's logits are unshifted within the span (`cat([logits[:, :1], logits[:, :-1]])`
+  on the span alone), so the span's first position gets the network output at that position,
+  not the one before it (the span starts at a block boundary and that position may still be a
+  mask): here its logits are the next position's row;
+- its candidate mask is taken before its EOS fill, as the reference's LLaDA path does (second
+  bullet above) but here followed: the positions the last fill closed stay candidates in the next
+  forward, one with H < tau is overwritten by its argmax (and the progress guarantee is spent on
+  it), and the next fill restores the EOS; such a forward commits no mask. Hence tokens and NFE
+  equal the reference's, tokens after the first EOS included;
+- its cache bookkeeping does not stop at a stabilizing block, and an EOS fill also marks the
+  opened blocks after the EOS as cached (they never enter the cache and never stabilize). Two
+  blocks finished by the same forward then stabilize together, and the reference truncates its
+  rebuilt cache to the newer one's start, past its cache length, so its next append holds the
+  older block's keys twice; that is not reproduced (the cache is kept to its length), and it
+  did not occur in the parity runs.
+At T > 0 the forced token is the draw (the LLaDA loop re-takes the argmax there); the
+reference's draw is a multinomial, here the harness's Gumbel noise (same distribution, other
+random stream). Parity measured on a random Dream model (fp32): tokens and
+forwards identical on 20 prompts x 12 settings (no cache and delayed cache, tau 0.5 and 2.0,
+early stop on and off); the reference's NFE counter is one higher when it ends at its fill (§0.4).
+
 Batches (issue 14; the reference decodes one prompt at a time): prompts are left-padded (see
 `_parts.make_canvas`) and every row keeps its own pipeline (blocks, forward index, EOS, delayed
 cache), so it sees exactly the forwards it would see alone and its NFE (counted per row by
@@ -52,8 +81,8 @@ when their forwards have the same shape: each step the active rows are grouped b
 they need, one model call per group. With cache="none" every forward is over the whole canvas,
 so all active rows form one group. With cache="delayed" a full forward (no cache yet, a refresh,
 a stabilizing block) is one group, and a cached forward x[cache_end:] one group per cache end
-(rows of equal prompt length with equal cache ends share one; the others run in their own
-calls). Each row's cache is the K/V of its own row of the group's output; a group whose rows'
+(left padding puts every row's blocks at the same offsets, so rows whose caches end at the same
+block share one; the others run in their own calls). Each row's cache is the K/V of its own row of the group's output; a group whose rows'
 caches are the rows of one batched cache, in order, reuses it without a copy. The scores are
 taken per row over the union of the group's candidate spans, positions outside a row's own span
 are not candidates, so every row chooses as alone (fp32 CPU: identical tokens, commits and
@@ -163,6 +192,8 @@ def decode(
     N, B = x.shape[0], cfg.block_length
     n_blocks = cfg.gen_length // B
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
+    dream = bool(getattr(model, "logit_shift", False))  # d3LLM's Dream util (module docstring)
+    filled = torch.zeros_like(x, dtype=torch.bool) if dream else None  # (N, P+L) the masks each row's last EOS fill turned into EOS
     rows = [_Row([_Block(0, P, 0, True, done_at=0), _Block(P, P + B, B, full=1.0 >= cfg.decoded_token_threshold)]) for _ in range(N)]
     calls = 0
     while True:
@@ -175,7 +206,7 @@ def decode(
             row = rows[r]
             row.nfe += 1
             _open_blocks(row, cfg, n_blocks)
-            plans[r] = _plan(row, cfg)
+            plans[r] = _plan(row, cfg, dream)
             groups.setdefault((plans[r].cached, plans[r].lo), []).append(r)
         for (cached, lo), group in groups.items():  # on_step sees every model call (one per group)
             sel = None if len(group) == N else torch.tensor(group, device=x.device)
@@ -183,8 +214,10 @@ def decode(
             if attention is not None and any(padded[r] for r in group):
                 mask = attention if sel is None else attention.index_select(0, sel)
             logits = _forward(model, x if sel is None else x.index_select(0, sel), mask, group, rows, plans, cached, lo)
+            if dream and cached and logits.shape[1] > 1:  # the Dream util's span-local shift: its first position reads its own output
+                logits = torch.cat([logits[:, 1:2], logits[:, 1:]], dim=1)
             step = torch.zeros_like(x, dtype=torch.bool) if on_step is not None else None
-            _commit(model, x, P, group, sel, rows, logits, lo, cfg, noise, step)
+            _commit(model, x, P, group, sel, rows, logits, lo, cfg, noise, step, filled)
             calls += 1
             _parts.report_step(on_step, calls, x, step)
     finishes = ["eos" if row.eos_at is not None else "length" for row in rows]
@@ -204,7 +237,7 @@ def _open_blocks(row: _Row, cfg: Config, n_blocks: int) -> None:
         blocks.append(_Block(s, s + cfg.block_length, cfg.block_length, full=last.progress >= cfg.decoded_token_threshold))
 
 
-def _plan(row: _Row, cfg: Config) -> _Plan:
+def _plan(row: _Row, cfg: Config, dream: bool) -> _Plan:
     """Which forward the row needs under its cache setting; updates the blocks' cache bookkeeping."""
     if cfg.cache == "none":
         return _Plan(False, 0)
@@ -220,7 +253,7 @@ def _plan(row: _Row, cfg: Config) -> _Plan:
         if delay >= cfg.cache_delay_iter and not blk.cached:
             blk.cached = True
             due.append(blk)
-        elif delay < cfg.cache_delay_iter:
+        elif delay < cfg.cache_delay_iter and not dream:  # the Dream util reads on past a stabilizing block
             break
     update = due[-1].end - row.cache_len if due else 0
     # At most one block stabilizes at a time and it starts at cache_len, so the reference's
@@ -253,7 +286,9 @@ def _forward(
         for j, r in enumerate(group):
             n = plans[r].keep
             if n is not None:
-                rows[r].cache, rows[r].slot, rows[r].cache_len = kept.setdefault(n, out.kv.keep(n)), j, n
+                if n not in kept:
+                    kept[n] = out.kv.keep(n)
+                rows[r].cache, rows[r].slot, rows[r].cache_len = kept[n], j, n
         return out.logits
     cache = _stack([rows[r] for r in group])
     out = _parts.forward(model, xg[:, lo:], group, start=lo, cache=cache, attention_mask=mask)
@@ -261,7 +296,9 @@ def _forward(
     for j, r in enumerate(group):
         n = plans[r].append
         if n:
-            rows[r].cache, rows[r].slot, rows[r].cache_len = grown.setdefault(n, cache.append(out.kv, n)), j, lo + n
+            if n not in grown:  # one copy per append length, not per row
+                grown[n] = cache.append(out.kv, n)
+            rows[r].cache, rows[r].slot, rows[r].cache_len = grown[n], j, lo + n
     return out.logits
 
 
@@ -270,8 +307,8 @@ def _stack(group: list[_Row]) -> KVCache:
     copy; always so at batch 1), else a concatenation of their rows."""
     first = group[0].cache
     assert first is not None
-    if all(row.cache is first for row in group) and [row.slot for row in group] == list(range(first.keys[0].shape[0])):
-        return first
+    if not first.keys or (all(row.cache is first for row in group) and [row.slot for row in group] == list(range(first.keys[0].shape[0]))):
+        return first  # (a fake model without layers has an empty cache)
     keys = [torch.cat([row.cache.keys[i][row.slot : row.slot + 1] for row in group]) for i in range(len(first.keys))]  # type: ignore[union-attr]
     values = [torch.cat([row.cache.values[i][row.slot : row.slot + 1] for row in group]) for i in range(len(first.values))]  # type: ignore[union-attr]
     return KVCache(keys, values)
@@ -289,88 +326,93 @@ def _commit(
     cfg: Config,
     noise: _parts.Noise,
     step: torch.Tensor | None,
+    filled: torch.Tensor | None,
 ) -> None:
     """Choose and commit for each row of a group from its logits (R, P+L-lo, V), then the EOS fill
-    and the block counts, from one host sync for the group (the canvas rows, read back).
-
-    Kept thin (issue 14): the progress guarantee is checked on the host after that sync (a row
-    whose first fully-activated block with masks got no commit); only such a row pays for the fix
-    and a second read-back."""
-    mask_id, dev = model.mask_id, x.device
+    and the block counts (one host sync for the group). `filled` (N, P+L): Dream only, the masks
+    each row's last EOS fill closed (the Dream util's candidates still)."""
+    R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, x.device
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
     hi = max(ends)
     lg = logits[:, s0 - lo : hi - lo]  # (R, n, V) over [s0, hi)
-    view = x[:, s0:hi]  # (N, n) view of the canvas
-    region = view if sel is None else view.index_select(0, sel)  # (R, n)
-    v = _parts.neg_entropy(lg)  # (R, n) float64, -H (the softmax is taken before the argmax writes lg)
+    region = x[:, s0:hi] if sel is None else x[:, s0:hi].index_select(0, sel)  # (R, n)
+    pos = torch.arange(s0, hi, device=dev)
+    inside = pos < torch.tensor(ends, device=dev).view(-1, 1)  # (R, n): the row's own span [s0, active end)
     if cfg.temperature == 0:
-        x0 = _parts.propose_(lg, 0.0, mask_id)  # (R, n)
+        x0 = _parts.propose(lg, 0.0, mask_id)  # (R, n)
     else:  # each row's noise over its own span, from its own generator
         x0 = region.clone()
         for j, r in enumerate(group):
             w = ends[j] - s0
             x0[j : j + 1, :w] = _parts.propose(lg[j : j + 1, :w], cfg.temperature, mask_id, noise, [r])
-    masked = region == mask_id
-    if any(end < hi for end in ends):  # the row's own span [s0, active end)
-        masked &= torch.arange(s0, hi, device=dev) < torch.tensor(ends, device=dev).view(-1, 1)
-    chosen = _parts.threshold_mask(v, masked, v >= -cfg.threshold)  # each row's lowest H, plus H <= tau (exact negations)
+    h = _parts.entropy(lg)  # (R, n) float64
+    real = (region == mask_id) & inside
+    if filled is None:
+        masked = real
+        chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # each row's lowest H, plus H <= tau
+    else:  # the Dream util: the masks before its EOS fill are candidates; H < tau only, no global lowest-entropy commit
+        masked = real | ((filled[:, s0:hi] if sel is None else filled[:, s0:hi].index_select(0, sel)) & inside)
+        chosen = masked & (h < cfg.threshold)
+    firsts = [next((b for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
+    if any(f is not None for f in firsts):  # progress guarantee in the first fully-activated block with masks
+        a = torch.tensor([f.start if f else 0 for f in firsts], device=dev).view(-1, 1)
+        z = torch.tensor([f.end if f else 0 for f in firsts], device=dev).view(-1, 1)
+        in_first = (pos >= a) & (pos < z)  # (R, n)
+        need = ~(chosen & in_first).any(dim=1) & (z > a).view(-1)  # (R,)
+        j = h.masked_fill(~(masked & in_first), torch.inf).argmin(dim=1)  # (R,) first of equal minima
+        every = torch.arange(R, device=dev)
+        chosen[every, j] |= need
+        if filled is None:  # the LLaDA reference re-takes the plain argmax here, even at T > 0 (the Dream util keeps its draw)
+            alt = _parts.propose(lg[every, j], 0.0, mask_id)
+            x0[every, j] = torch.where(need, alt, x0[every, j])
+    new = torch.where(chosen, x0, region)
     if sel is None:
-        torch.where(chosen, x0, view, out=view)
+        x[:, s0:hi] = new
     else:
-        x[:, s0:hi].index_copy_(0, sel, torch.where(chosen, x0, region))
+        x[:, s0:hi].index_copy_(0, sel, new)
     if step is not None:
-        step[group, s0:hi] = chosen
-    firsts = [next((b for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]  # before this step's commits
-    gens = _read(x, P, group, sel)  # the group's one host sync
+        step[group, s0:hi] = chosen & real
+
+    # one host sync: commits, first EOS, each block's masks before and after the EOS fill
+    L = cfg.gen_length
+    nb = L // B
+    gen = (x if sel is None else x.index_select(0, sel))[:, P:]  # (R, L)
+    m = gen == mask_id
+    is_eos = gen == eos
+    e = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full((R,), L, device=dev))  # (R,) first EOS, L: none
+    kept = m & (torch.arange(L, device=dev) <= e.view(-1, 1))  # the masks the fill leaves
+    synced = torch.cat(
+        [(chosen & real).sum(dim=1), e, m.view(R, nb, B).sum(dim=2).flatten(), kept.view(R, nb, B).sum(dim=2).flatten()]
+    ).tolist()
     for j, r in enumerate(group):
-        f = firsts[j]
-        if f is not None and gens[j][f.start - P : f.end - P].count(mask_id) == f.masks:
-            # Progress guarantee: the first fully-activated block with masks got nothing, so its
-            # lowest-entropy mask is committed with the plain argmax (the reference re-takes it
-            # here, even at T > 0); rare, so it costs a second read-back of this row.
-            a, z = f.start - s0, f.end - s0
-            q = a + int(v[j, a:z].masked_fill(~masked[j, a:z], -torch.inf).argmax())  # first of equal maxima of -H
-            # at T = 0 propose_ above already set lg's [MASK] logit to -inf
-            x[r, s0 + q] = lg[j, q].argmax() if cfg.temperature == 0 else _parts.propose(lg[j, q], 0.0, mask_id)
+        row = rows[r]
+        before = synced[2 * R + j * nb : 2 * R + (j + 1) * nb]
+        after = synced[2 * R + R * nb + j * nb : 2 * R + R * nb + (j + 1) * nb]
+        _set_masks(row.blocks, before)
+        n_commits = synced[j]
+        if filled is not None:
+            filled[r] = False
+        # else the reference's loop ends before its fill
+        if cfg.early_stop and row.active(cfg.gen_length // B) and synced[R + j] < L:
+            at = P + synced[R + j]  # the first EOS, absolute
+            x[r, at + 1 :] = eos  # d3LLM's early stop: everything after the first EOS becomes EOS
+            n_commits += sum(before) - sum(after)  # the masks it filled
             if step is not None:
-                step[r, s0 + q] = True
-            gens[j] = x[r, P:].tolist()
-        _finish_step(rows[r], gens[j], x, r, P, cfg, mask_id, model.eos_id, step)
-
-
-def _read(x: torch.Tensor, P: int, group: list[int], sel: torch.Tensor | None) -> list[list[int]]:
-    """The group's generation regions as host lists (R, L)."""
-    return (x[:, P:] if sel is None else x[:, P:].index_select(0, sel)).tolist()
-
-
-def _finish_step(
-    row: _Row, gen: list[int], x: torch.Tensor, r: int, P: int, cfg: Config, mask_id: int, eos: int, step: torch.Tensor | None
-) -> None:
-    """From the row's generation region after its commit (host list): block counts, commits, and
-    d3LLM's early stop (everything after the first EOS becomes EOS)."""
-    B, L = cfg.block_length, cfg.gen_length
-    before = [gen[i : i + B].count(mask_id) for i in range(0, L, B)]  # masks per block after the commit
-    n_commits = sum(blk.masks for blk in row.blocks[1:]) + B * (L // B - (len(row.blocks) - 1)) - sum(before)
-    _set_masks(row.blocks, before)
-    e = gen.index(eos) if eos in gen else L
-    # else the reference's loop ends before its fill
-    if cfg.early_stop and row.active(L // B) and e < L:
-        at = P + e  # the first EOS, absolute
-        x[r, at + 1 :] = eos
-        after = [blk.count(mask_id) for blk in (gen[i : min(i + B, e + 1)] for i in range(0, L, B))]  # the fill leaves these
-        n_commits += sum(before) - sum(after)  # the masks it filled
-        if step is not None:
-            step[r, at + 1 :] |= x.new_tensor([t == mask_id for t in gen[e + 1 :]], dtype=torch.bool)
-        for blk in row.blocks[1:]:
-            if blk.start > at and blk.masks:
-                blk.full = True
-        while len(row.blocks) - 1 < L // B:  # the rest of the canvas, closed: finished and never cached
-            s = row.blocks[-1].end
-            row.blocks.append(_Block(s, s + B, 0, True, done_at=row.nfe + 1, cached=True))
-        row.eos_at = at
-        _set_masks(row.blocks, after)
-    row.commits.append(n_commits)
+                step[r, at + 1 :] |= m[j, at + 1 - P :]
+            if filled is not None:
+                filled[r, at + 1 :] = m[j, at + 1 - P :]
+            for blk in row.blocks[1:]:
+                if blk.start > at and blk.masks:
+                    blk.full = True
+                if filled is not None and blk.start > at:  # the Dream util also retires opened blocks after the EOS from the cache
+                    blk.cached = True
+            while len(row.blocks) - 1 < nb:  # the rest of the canvas, closed: finished and never cached
+                s = row.blocks[-1].end
+                row.blocks.append(_Block(s, s + B, 0, True, done_at=row.nfe + 1, cached=True))
+            row.eos_at = at
+            _set_masks(row.blocks, after)
+        row.commits.append(n_commits)
 
 
 def _set_masks(blocks: list[_Block], counts: list[int]) -> None:
