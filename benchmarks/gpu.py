@@ -211,7 +211,7 @@ def decoder_overheads(model, args, device: torch.device) -> list[dict]:
             if hasattr(module, "check"):
                 try:
                     module.check(model, cfg)
-                except ValueError as exc:  # a decoder that cannot run on this architecture (WINO on Dream)
+                except ValueError as exc:  # a decoder that cannot run on this architecture (a model capability it needs)
                     rows.append(dict(decoder=name, skipped=str(exc)))
                     continue
             timed = TimedModel(model)

@@ -5,6 +5,8 @@ Run: pytest tests/test_d3llm.py
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -162,6 +164,88 @@ def test_progress_guarantee_commits_in_the_first_fully_activated_block():
     assert all(n == 1 for n in later[:B])  # ...while the global lowest-entropy commit goes to a later, semi-activated block
     assert list(gen.committed_per_step[:B]) == [2] * B
     assert 1 not in gen.tokens and counted.nfe == len(steps)
+
+
+class ShiftedFixedLogits(FixedLogits):
+    """FixedLogits announcing a Dream-style model: d3llm takes its Dream branch. `later`, when
+    given, replaces the table from the second forward on."""
+
+    logit_shift = True
+
+    def __init__(self, table: torch.Tensor, later: torch.Tensor | None = None) -> None:
+        super().__init__(table)
+        self.later, self.calls = later, 0
+
+    def forward(self, ids, *, start=0, cache=None, attention_mask=None):
+        self.calls += 1
+        if self.later is not None and self.calls == 2:
+            self.table = self.later
+        return super().forward(ids, start=start, cache=cache, attention_mask=attention_mask)
+
+
+def test_dream_branch_commits_below_tau_only_plus_the_first_full_blocks_guarantee():
+    """d3LLM's Dream util has no global lowest-entropy commit: on the progress-guarantee table a
+    semi-activated block whose entropies are all above tau gets nothing (the LLaDA path commits
+    its lowest-entropy position on every forward, test above)."""
+    P, L, B = 2, 24, 8
+    table = torch.full((P + L, 8), -5.0)
+    for i in range(L):
+        if i < B:
+            table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) + 0.01 * i
+        else:
+            table[P + i, 3] = 10.0 - 0.01 * i  # H ~ 3e-5: lowest, but not below tau = 0
+    cfg = d3llm.Config(gen_length=L, block_length=B, threshold=0.0, block_add_threshold=0.0, decoded_token_threshold=1.0, early_stop=False)
+    gen, counted, steps = decode(ShiftedFixedLogits(table), [4, 5], cfg)
+    assert [int(step.committed[0, P + B :].sum()) for step in steps[:B]] == [0] * B
+    assert list(gen.committed_per_step) == [1] * L and counted.nfe == L  # one block at a time, one token per forward
+    # tau above those entropies: each later block is decoded whole by the first forward it is open for (one opens per forward)
+    gen, _, _ = decode(ShiftedFixedLogits(table), [4, 5], dataclasses.replace(cfg, threshold=0.01))
+    assert list(gen.committed_per_step[:2]) == [1 + B, 1 + B] and 1 not in gen.tokens
+
+
+def test_dream_branch_cached_span_reads_its_first_position_from_its_own_output():
+    """d3LLM's Dream util unshifts a cached forward's logits within the span, so the span's first
+    position gets the network output at that position, which is the row of the next position in
+    the model's (already unshifted) logits."""
+    P, L, B = 2, 16, 8
+    table = torch.full((P + L, 8), -5.0)
+    table[P : P + B, 3] = 12.0  # block 1: confident, decoded whole by forward 1
+    table[P + B :, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])  # block 2: high entropy...
+    table[P + B, 2:] = 0.0  # ...its first position flat (H = log 6)
+    table[P + B + 1, 4] = 12.0  # ...its second a confident token 4
+    cfg = d3llm.Config(
+        gen_length=L, block_length=B, threshold=0.5, early_stop=False, cache="delayed", cache_delay_iter=0, refresh_interval=10000
+    )
+    for shifted in (True, False):
+        model = ShiftedFixedLogits(table) if shifted else FixedLogits(table)
+        model = Recording(model)
+        gen, _, steps = decode(model, [4, 5], cfg)
+        # forward 1: full, caches the prompt, decodes block 1; 2: from P, appends block 1, commits block 2's second position; 3: from P+B
+        assert [c[0] for c in model.calls[:3]] == [0, P, P + B]
+        assert steps[1].canvas[0, P + B + 1] == 4 and steps[1].canvas[0, P + B] == 1
+        if shifted:  # position P+B read row P+B+1: a confident 4, committed by forward 3
+            assert bool(steps[2].committed[0, P + B]) and steps[2].canvas[0, P + B] == 4
+        else:  # its own flat row: the progress guarantee picks the lowest entropy, position P+B+2
+            assert not bool(steps[2].committed[0, P + B]) and bool(steps[2].committed[0, P + B + 2])
+
+
+def test_dream_branch_candidates_include_the_positions_the_eos_fill_just_closed():
+    """d3LLM's Dream util takes its candidate mask before its EOS fill: in the forward after an
+    EOS appears, a filled position with H < tau is overwritten with its argmax, and the block's
+    guarantee is then spent there; the next fill restores the EOS. So that forward commits no
+    real mask and costs one more NFE than the LLaDA path's rule would."""
+    P, L, B = 2, 8, 8
+    first = torch.full((P + L, 8), -5.0)
+    first[P:, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])  # high entropy everywhere...
+    first[P + 2, 0] = 12.0  # ...but a confident EOS at 2 (the progress guarantee's pick)
+    later = first.clone()
+    later[P + 5, 6] = 12.0  # from forward 2 on, position 5 (filled with EOS after forward 1) is a confident 6
+    cfg = d3llm.Config(gen_length=L, block_length=B, threshold=0.5)
+    gen, counted, steps = decode(ShiftedFixedLogits(first, later), [4, 5], cfg)
+    assert steps[0].canvas[0, P + 3 :].tolist() == [0] * (L - 3)  # forward 1: EOS at 2, the fill closes 3..7
+    assert steps[1].committed.sum() == 0 and steps[1].canvas[0, P + 5] == 0  # forward 2: only the stale 5, refilled
+    assert gen.tokens[2:] == (0,) * (L - 2) and 1 not in gen.tokens
+    assert counted.nfe == 4 and gen.committed_per_step == (1 + L - 3, 0, 1, 1)
 
 
 def test_eos_early_stop_fills_closes_and_counts_only_real_forwards():

@@ -48,7 +48,7 @@ def run(module, cfg, prompts, model=None, seeds=None, arch="llada"):
     if arch != "llada" and hasattr(module, "check"):
         try:
             module.check(model, cfg)
-        except ValueError as exc:  # a decoder that declares it cannot run on this architecture (WINO on Dream)
+        except ValueError as exc:  # a decoder that declares it cannot run on this architecture (a model capability it needs)
             pytest.skip(str(exc))
     counted = Counted(model)
     steps: list[Step] = []

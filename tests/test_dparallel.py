@@ -13,7 +13,7 @@ import torch
 from dleval import decoders
 from dleval.decoders import _parts, dparallel
 from dleval.models.base import Counted
-from tests.conftest import random_llada
+from tests.conftest import random_dream, random_llada
 from tests.recording import FixedLogits, Recording, block_logits
 
 PROMPT = [5, 9, 12, 7, 30]
@@ -97,3 +97,54 @@ def test_defaults_and_models():
     info = decoders.info("dparallel")
     assert info.paper_model == "Zigeng/dParallel-LLaDA-8B-instruct" and info.batched  # rows advance on their own (issue 14)
     assert info.cpu_model in ("tiny", "tiny-dparallel")
+
+
+def dream_semiar_rule(model, prompt, gen_length, block_length, tau):
+    """dParallel's Dream path (`generation_utils_semiar.py`, entropy_threshold) written out plainly:
+    sequential blocks; H = -sum p log(p + 1e-8) in the logits' dtype; each forward commits the
+    block's lowest-entropy mask (first of equal minima) and every other one with H < tau."""
+    x, _, P = _parts.make_canvas(model, [prompt], gen_length)
+    commits = []
+    for s in range(P, P + gen_length, block_length):
+        while bool((x[0, s : s + block_length] == model.mask_id).any()):
+            logits = model.forward(x).logits[0, s : s + block_length]  # (B, V)
+            x0 = _parts.propose(logits, 0.0, model.mask_id)
+            p = torch.softmax(logits, dim=-1)
+            h = -(p * torch.log(p + 1e-8)).sum(dim=-1)
+            masked = x[0, s : s + block_length] == model.mask_id
+            h = torch.where(masked, h, torch.full_like(h, float("inf")))
+            take = masked & (h < tau)
+            take[int(h.argmin())] = True
+            x[0, s : s + block_length] = torch.where(take, x0, x[0, s : s + block_length])
+            commits.append(int(take.sum()))
+    return tuple(x[0, P:].tolist()), tuple(commits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tau", [0.5, PARALLEL])
+def test_dream_models_follow_the_dream_path_entropy(dtype, tau):
+    model = random_dream().to(dtype)
+    cfg = dparallel.Config(gen_length=16, block_length=8, threshold=tau)
+    for prompt in (PROMPT, [8, 3, 44, 17, 2, 60, 9]):
+        gen, nfe, _ = decode(cfg, prompt, model)
+        tokens, commits = dream_semiar_rule(model, prompt, 16, 8, tau)
+        assert gen.tokens == tokens and gen.committed_per_step == commits and nfe == len(commits)
+
+
+class ShiftedFixedLogits(FixedLogits):
+    logit_shift = True  # a Dream-style model: dparallel takes the Dream path's entropy
+
+
+def test_dream_path_keeps_only_entropies_strictly_below_tau():
+    """The Dream path computes -sum p log(p + 1e-8) in the logits' dtype and keeps H < tau: a
+    mask whose entropy is exactly tau waits; one ulp more of tau takes it."""
+    P, L = 2, 4
+    table = torch.full((P + L, 8), -5.0)
+    table[P:, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])  # high entropy
+    table[P, 3] = 12.0  # position 0: confident, the forced lowest
+    table[P + 1, 4] = 3.0  # position 1: mid entropy
+    p = torch.softmax(table[P + 1], dim=-1)
+    h1 = float(-(p * torch.log(p + 1e-8)).sum())
+    for tau, first in ((h1, 1), (float(torch.nextafter(torch.tensor(h1), torch.tensor(9.0))), 2)):
+        gen, _, _ = decode(dparallel.Config(gen_length=L, block_length=L, threshold=tau), [4, 5], ShiftedFixedLogits(table))
+        assert gen.committed_per_step[0] == first

@@ -151,7 +151,14 @@ def write_tokenizer(folder):
 
 def scaled_7b_config() -> dict:
     """The 7B config scaled down in layers and width (same 7:1 grouped-query ratio, same vocab and ids)."""
-    return {**DREAM_7B_CONFIG, "hidden_size": 56, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 7, "num_key_value_heads": 1}
+    return {
+        **DREAM_7B_CONFIG,
+        "hidden_size": 56,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 7,
+        "num_key_value_heads": 1,
+    }
 
 
 def test_dream_format_folder_loads_with_checkpoint_names_and_without_a_copy(tmp_path, monkeypatch):
@@ -219,7 +226,14 @@ def test_model_family_picks_the_dream_checkpoints():
     assert decoders.info("llada", "dream").paper_model == "Dream-org/Dream-v0-Instruct-7B"
     assert all(decoders.info(n, "dream").cpu_model == "tiny-dream" for n in decoders.names())
     assert decoders.info("dparallel").paper_model == "Zigeng/dParallel-LLaDA-8B-instruct"  # the default family is unchanged
-    for name in ("dream-7b-instruct", "dream-7b-base", "diffucoder-7b-instruct", "dream-coder-7b-instruct", "dparallel-dream-7b", "d3llm-dream"):
+    for name in (
+        "dream-7b-instruct",
+        "dream-7b-base",
+        "diffucoder-7b-instruct",
+        "dream-coder-7b-instruct",
+        "dparallel-dream-7b",
+        "d3llm-dream",
+    ):
         assert models.REGISTRY[name].source.count("/") == 1
     with pytest.raises(UserError, match="model family"):
         decoders.info("llada", "qwen")
@@ -238,3 +252,73 @@ def test_bos_prompt_field_prepends_the_tokenizer_bos_once(bundled):
     assert plain.ids[0] != tok.bos_token_id
     assert with_bos.ids == [tok.bos_token_id, *plain.ids]
     assert prompts.template_hash(PromptSpec(bos=True), tok) != prompts.template_hash(PromptSpec(), tok)
+
+
+# ---------------------------------------------------------------------------- custom attention (WINO)
+
+
+def shadow_forward(model, x, s, B):
+    """WINO's extended canvas (tests/test_wino.py): a [MASK] shadow of block [s, s+B) after the canvas."""
+    N = x.shape[1]
+    xx = torch.cat([x, torch.full((1, B), model.mask_id, dtype=torch.long)], dim=1)
+    positions = torch.cat([torch.arange(N), torch.arange(s, s + B)])
+    att = torch.ones(1, N + B, N + B, dtype=torch.bool)
+    att[:, :, N:] = False
+    att[:, N:, N:] = True
+    att[:, N:, s : s + B] = ~torch.eye(B, dtype=torch.bool)
+    return model.forward(xx, attention_mask=att, positions=positions).logits
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_custom_attention_with_a_full_mask_and_plain_positions_is_the_plain_forward(kv_heads):
+    model = random_dream(kv_heads=kv_heads)
+    x = torch.randint(2, 60, (2, 17), generator=torch.Generator().manual_seed(0))
+    plain = model.forward(x)
+    custom = model.forward(x, attention_mask=torch.ones(2, 17, 17, dtype=torch.bool), positions=torch.arange(17))
+    torch.testing.assert_close(custom.logits, plain.logits)
+    for a, b in zip(custom.kv.keys, plain.kv.keys):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_custom_attention_predicts_a_shadow_position_as_dream_predicts_a_remasked_one(kv_heads):
+    """One layer and a one-position shadow at p: its logits are Dream's prediction of token p on
+    the canvas with p masked (the query at p-1 sees [MASK] at p, not the real token), while the
+    canvas rows are the plain forward's."""
+    model = random_dream(layers=1, kv_heads=kv_heads)
+    x = torch.randint(2, 60, (1, 20), generator=torch.Generator().manual_seed(1))
+    for p in (1, 9, 19):
+        logits = shadow_forward(model, x, p, 1)
+        torch.testing.assert_close(logits[:, :20], model.forward(x).logits)
+        remasked = x.clone()
+        remasked[0, p] = model.mask_id
+        torch.testing.assert_close(logits[:, 20], model.forward(remasked).logits[:, p])
+
+
+def test_custom_attention_shadow_sees_all_but_its_own_position():
+    """WINO's shadow semantics under the shift (one layer, as tests/test_wino.py): shadow i does
+    not react to the token at block position i; shadow i-1 and shadow i+1 (whose query carries
+    the token at i) do."""
+    model = random_dream(layers=1)
+    x = torch.randint(2, 60, (1, 20), generator=torch.Generator().manual_seed(0))
+    s, B = 8, 4
+    logits = shadow_forward(model, x, s, B)
+    torch.testing.assert_close(logits[:, :20], model.forward(x).logits)
+    y = x.clone()
+    y[0, s + 2] = 61
+    changed = shadow_forward(model, y, s, B)
+    torch.testing.assert_close(changed[:, 20 + 2], logits[:, 20 + 2])
+    assert not torch.allclose(changed[:, 20 + 1], logits[:, 20 + 1])
+    assert not torch.allclose(changed[:, 20 + 3], logits[:, 20 + 3])
+
+
+def test_custom_attention_misuse_is_refused():
+    model = random_dream()
+    x = torch.randint(2, 60, (1, 8))
+    cache = model.forward(x).kv
+    with pytest.raises(ValueError, match="without a cache"):
+        model.forward(x[:, :2], start=8, cache=cache, positions=torch.arange(8, 10))
+    with pytest.raises(ValueError, match="p-1"):
+        model.forward(x[:, :2], positions=torch.tensor([0, 5]), attention_mask=torch.ones(1, 2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="shape"):
+        model.forward(x, positions=torch.arange(7))

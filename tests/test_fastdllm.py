@@ -210,3 +210,14 @@ def test_options_from_the_command_line():
 def test_defaults_follow_the_paper():
     cfg = fastdllm.Config()
     assert (cfg.gen_length, cfg.block_length, cfg.threshold, cfg.cache) == (256, 32, 0.9, "prefix")
+
+
+def test_dream_token_is_the_first_maximum_of_the_probabilities():
+    """Fast-dLLM's Dream `sample_tokens` takes x0 from softmax(logits) in the logits' dtype; in
+    bf16 two tokens whose logits differ by one step can get the same probability, and then the
+    first of them is the token (the logits' argmax would be the other)."""
+    logits = torch.zeros(1, 1, 16, dtype=torch.bfloat16)
+    logits[0, 0, 3] = 0.0625
+    logits[0, 0, 7] = 0.06298828125  # one bf16 step above
+    assert int(fastdllm._dream_propose(logits, fastdllm.Config(), 1, None, [0])) == 3
+    assert int(logits.argmax()) == 7

@@ -44,6 +44,33 @@ Where this differs from the reference, and why:
 - Ties break by (entropy, position) instead of `torch.topk`'s unspecified order (§0.3), and the
   argmax skips [MASK] (`_parts.propose`: a trained model never ranks it first; a random one
   could, and the until-no-mask loop would never end).
+**Dream models** (`model.logit_shift`): d3LLM decodes them with its own util, and we follow it
+(`d3llm/d3llm_DREAM/d3llm_dream_generate_util.py` @e5bfcac, `_sample_multi_block` and
+`_sample_multi_block_kv_cache`, as `utils/utils_Dream/eval_instruct/lm_eval/models/diffllm.py`
+binds them). Its loop is the same pipeline with four differences, all taken over:
+- it commits every candidate with H < tau (strict) and, when the first fully-activated block
+  with masks got nothing, that block's lowest-entropy mask; there is no global lowest-entropy
+  commit, so a forward can commit nothing in the semi-activated blocks;
+- a cached forward's logits are unshifted within the span (`cat([logits[:, :1], logits[:, :-1]])`
+  on the span alone), so the span's first position gets the network output at that position,
+  not the one before it (the span starts at a block boundary and that position may still be a
+  mask): here its logits are the next position's row;
+- its candidate mask is taken before its EOS fill, as the reference's LLaDA path does (second
+  bullet above) but here followed: the positions the last fill closed stay candidates in the next
+  forward, one with H < tau is overwritten by its argmax (and the progress guarantee is spent on
+  it), and the next fill restores the EOS; such a forward commits no mask. Hence tokens and NFE
+  equal the reference's, tokens after the first EOS included;
+- its cache bookkeeping does not stop at a stabilizing block, and an EOS fill also marks the
+  opened blocks after the EOS as cached (they never enter the cache and never stabilize). Two
+  blocks finished by the same forward then stabilize together, and the reference truncates its
+  rebuilt cache to the newer one's start, past its cache length, so its next append holds the
+  older block's keys twice; that is not reproduced (the cache is kept to its length), and it
+  did not occur in the parity runs.
+The reference's T > 0 draw is a multinomial; here it is the harness's Gumbel noise (same
+distribution, other random stream). Parity measured on a random Dream model (fp32): tokens and
+forwards identical on 20 prompts x 12 settings (no cache and delayed cache, tau 0.5 and 2.0,
+early stop on and off); the reference's NFE counter is one higher when it ends at its fill (§0.4).
+
 Batches (issue 14; the reference decodes one prompt at a time): prompts are left-padded (see
 `_parts.make_canvas`) and every row keeps its own pipeline (blocks, forward index, EOS, delayed
 cache), so it sees exactly the forwards it would see alone and its NFE (counted per row by
@@ -163,6 +190,8 @@ def decode(
     N, B = x.shape[0], cfg.block_length
     n_blocks = cfg.gen_length // B
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
+    dream = bool(getattr(model, "logit_shift", False))  # d3LLM's Dream util (module docstring)
+    filled = torch.zeros_like(x, dtype=torch.bool) if dream else None  # (N, P+L) the masks each row's last EOS fill turned into EOS
     rows = [_Row([_Block(0, P, 0, True, done_at=0), _Block(P, P + B, B, full=1.0 >= cfg.decoded_token_threshold)]) for _ in range(N)]
     calls = 0
     while True:
@@ -175,7 +204,7 @@ def decode(
             row = rows[r]
             row.nfe += 1
             _open_blocks(row, cfg, n_blocks)
-            plans[r] = _plan(row, cfg)
+            plans[r] = _plan(row, cfg, dream)
             groups.setdefault((plans[r].cached, plans[r].lo), []).append(r)
         for (cached, lo), group in groups.items():  # on_step sees every model call (one per group)
             sel = None if len(group) == N else torch.tensor(group, device=x.device)
@@ -183,8 +212,10 @@ def decode(
             if attention is not None and any(padded[r] for r in group):
                 mask = attention if sel is None else attention.index_select(0, sel)
             logits = _forward(model, x if sel is None else x.index_select(0, sel), mask, group, rows, plans, cached, lo)
+            if dream and cached and logits.shape[1] > 1:  # the Dream util's span-local shift: its first position reads its own output
+                logits = torch.cat([logits[:, 1:2], logits[:, 1:]], dim=1)
             step = torch.zeros_like(x, dtype=torch.bool) if on_step is not None else None
-            _commit(model, x, P, group, sel, rows, logits, lo, cfg, noise, step)
+            _commit(model, x, P, group, sel, rows, logits, lo, cfg, noise, step, filled)
             calls += 1
             _parts.report_step(on_step, calls, x, step)
     finishes = ["eos" if row.eos_at is not None else "length" for row in rows]
@@ -204,7 +235,7 @@ def _open_blocks(row: _Row, cfg: Config, n_blocks: int) -> None:
         blocks.append(_Block(s, s + cfg.block_length, cfg.block_length, full=last.progress >= cfg.decoded_token_threshold))
 
 
-def _plan(row: _Row, cfg: Config) -> _Plan:
+def _plan(row: _Row, cfg: Config, dream: bool) -> _Plan:
     """Which forward the row needs under its cache setting; updates the blocks' cache bookkeeping."""
     if cfg.cache == "none":
         return _Plan(False, 0)
@@ -220,7 +251,7 @@ def _plan(row: _Row, cfg: Config) -> _Plan:
         if delay >= cfg.cache_delay_iter and not blk.cached:
             blk.cached = True
             due.append(blk)
-        elif delay < cfg.cache_delay_iter:
+        elif delay < cfg.cache_delay_iter and not dream:  # the Dream util reads on past a stabilizing block
             break
     update = due[-1].end - row.cache_len if due else 0
     # At most one block stabilizes at a time and it starts at cache_len, so the reference's
@@ -270,8 +301,8 @@ def _stack(group: list[_Row]) -> KVCache:
     copy; always so at batch 1), else a concatenation of their rows."""
     first = group[0].cache
     assert first is not None
-    if all(row.cache is first for row in group) and [row.slot for row in group] == list(range(first.keys[0].shape[0])):
-        return first
+    if not first.keys or (all(row.cache is first for row in group) and [row.slot for row in group] == list(range(first.keys[0].shape[0]))):
+        return first  # (a fake model without layers has an empty cache)
     keys = [torch.cat([row.cache.keys[i][row.slot : row.slot + 1] for row in group]) for i in range(len(first.keys))]  # type: ignore[union-attr]
     values = [torch.cat([row.cache.values[i][row.slot : row.slot + 1] for row in group]) for i in range(len(first.values))]  # type: ignore[union-attr]
     return KVCache(keys, values)
@@ -289,9 +320,11 @@ def _commit(
     cfg: Config,
     noise: _parts.Noise,
     step: torch.Tensor | None,
+    filled: torch.Tensor | None,
 ) -> None:
     """Choose and commit for each row of a group from its logits (R, P+L-lo, V), then the EOS fill
-    and the block counts (one host sync for the group)."""
+    and the block counts (one host sync for the group). `filled` (N, P+L): Dream only, the masks
+    each row's last EOS fill closed (the Dream util's candidates still)."""
     R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, x.device
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
@@ -308,8 +341,13 @@ def _commit(
             w = ends[j] - s0
             x0[j : j + 1, :w] = _parts.propose(lg[j : j + 1, :w], cfg.temperature, mask_id, noise, [r])
     h = _parts.entropy(lg)  # (R, n) float64
-    masked = (region == mask_id) & inside
-    chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # each row's lowest H, plus H <= tau
+    real = (region == mask_id) & inside
+    if filled is None:
+        masked = real
+        chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # each row's lowest H, plus H <= tau
+    else:  # the Dream util: the masks before its EOS fill are candidates; H < tau only, no global lowest-entropy commit
+        masked = real | ((filled[:, s0:hi] if sel is None else filled[:, s0:hi].index_select(0, sel)) & inside)
+        chosen = masked & (h < cfg.threshold)
     firsts = [next((b for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
     if any(f is not None for f in firsts):  # progress guarantee in the first fully-activated block with masks
         a = torch.tensor([f.start if f else 0 for f in firsts], device=dev).view(-1, 1)
@@ -327,7 +365,7 @@ def _commit(
     else:
         x[:, s0:hi].index_copy_(0, sel, new)
     if step is not None:
-        step[group, s0:hi] = chosen
+        step[group, s0:hi] = chosen & real
 
     # one host sync: commits, first EOS, each block's masks before and after the EOS fill
     L = cfg.gen_length
@@ -337,13 +375,17 @@ def _commit(
     is_eos = gen == eos
     e = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full((R,), L, device=dev))  # (R,) first EOS, L: none
     kept = m & (torch.arange(L, device=dev) <= e.view(-1, 1))  # the masks the fill leaves
-    synced = torch.cat([chosen.sum(dim=1), e, m.view(R, nb, B).sum(dim=2).flatten(), kept.view(R, nb, B).sum(dim=2).flatten()]).tolist()
+    synced = torch.cat(
+        [(chosen & real).sum(dim=1), e, m.view(R, nb, B).sum(dim=2).flatten(), kept.view(R, nb, B).sum(dim=2).flatten()]
+    ).tolist()
     for j, r in enumerate(group):
         row = rows[r]
         before = synced[2 * R + j * nb : 2 * R + (j + 1) * nb]
         after = synced[2 * R + R * nb + j * nb : 2 * R + R * nb + (j + 1) * nb]
         _set_masks(row.blocks, before)
         n_commits = synced[j]
+        if filled is not None:
+            filled[r] = False
         # else the reference's loop ends before its fill
         if cfg.early_stop and row.active(cfg.gen_length // B) and synced[R + j] < L:
             at = P + synced[R + j]  # the first EOS, absolute
@@ -351,9 +393,13 @@ def _commit(
             n_commits += sum(before) - sum(after)  # the masks it filled
             if step is not None:
                 step[r, at + 1 :] |= m[j, at + 1 - P :]
+            if filled is not None:
+                filled[r, at + 1 :] = m[j, at + 1 - P :]
             for blk in row.blocks[1:]:
                 if blk.start > at and blk.masks:
                     blk.full = True
+                if filled is not None and blk.start > at:  # the Dream util also retires opened blocks after the EOS from the cache
+                    blk.cached = True
             while len(row.blocks) - 1 < nb:  # the rest of the canvas, closed: finished and never cached
                 s = row.blocks[-1].end
                 row.blocks.append(_Block(s, s + B, 0, True, done_at=row.nfe + 1, cached=True))

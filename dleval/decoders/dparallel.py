@@ -9,6 +9,11 @@ block with the lowest entropy (float64, §0.3) and every other one with H <= tau
 H > tau). No EOS early stop (the reference's early exit is commented out), so every block is
 decoded and NFE >= number of blocks.
 
+**Dream models** (`model.logit_shift`): dParallel's Dream path (`Dream/eval_instruct/model/
+generation_utils_semiar.py`, alg entropy_threshold; the model undoes the logit shift) computes the
+entropy in the logits' dtype (bf16 on GPU) as -sum p log(p + 1e-8) and keeps the others with
+H < tau (strict); followed here, so bf16 runs rank as the reference does.
+
 The reported numbers use no cache (README), so `cache` defaults to "none". The reference also has
 prefix- and dual-cache loops with the entropy rule; `cache` and `refresh_every` select them, with
 the same loops as `fastdllm`, including the reference's idle cached forward after a block that its
@@ -64,8 +69,14 @@ def decode(
 ) -> list[Generation]:
     noise = _parts.Noise(seeds, len(prompts), model.device)
 
+    dream = bool(getattr(model, "logit_shift", False))
+
     def select(logits: torch.Tensor, masked: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         x0 = _parts.propose(logits, cfg.temperature, model.mask_id, noise, rows)  # (R, B)
+        if dream:  # the Dream path's `sample_tokens_with_entropy`: H in the logits' dtype, log(p + 1e-8), H < tau
+            p = torch.softmax(logits, dim=-1)
+            h = -(p * torch.log(p + 1e-8)).sum(dim=-1)
+            return x0, _parts.threshold_mask(-h, masked, h < cfg.threshold)
         return x0, _parts.entropy_threshold_mask(_parts.entropy(logits), masked, cfg.threshold)
 
     return _parts.block_loop(

@@ -39,7 +39,9 @@ follow it (NVlabs/Fast-dLLM `dream/model/generation_utils_block.py` and `generat
   canvas, the top-1 always and the others at conf >= tau; the shortfall carries over to the next
   forward, and past the last step the loop goes on one forward at a time until no mask is left.
   (Only with `threshold` set; with `threshold=None` the LLaDA blocks and quota are used.)
-- confidences are taken in the logits' dtype, as that code (the LLaDA path uses float64).
+- confidences are taken in the logits' dtype, as that code (the LLaDA path uses float64), and
+  at T = 0 the token is the first maximum of those probabilities, not of the logits (in bf16 the
+  softmax ties tokens whose logits differ).
 """
 
 from __future__ import annotations
@@ -105,7 +107,11 @@ def decode(
         return [_dream_no_cache(model, prompt, cfg, on_step, noise, row) for row, prompt in enumerate(prompts)]
 
     def select(logits: torch.Tensor, masked: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = _parts.propose(logits, cfg.temperature, model.mask_id, noise, rows)  # (R, B)
+        x0 = (
+            _dream_propose(logits, cfg, model.mask_id, noise, rows)
+            if dream
+            else _parts.propose(logits, cfg.temperature, model.mask_id, noise, rows)
+        )
         if cfg.remasking == "low_confidence":
             conf = _dream_confidence(logits, x0) if dream else _parts.confidence(logits, x0)
         else:
@@ -135,6 +141,17 @@ def decode(
     )
 
 
+def _dream_propose(logits: torch.Tensor, cfg: Config, mask_id: int, noise: _parts.Noise, rows: Sequence[int]) -> torch.Tensor:
+    """x0 as Fast-dLLM's Dream `sample_tokens` takes it at T = 0: the first maximum of softmax(logits)
+    in the logits' dtype, which in bf16 ties tokens whose logits differ (the logits' argmax would
+    not); [MASK] skipped as in `_parts.propose`. At T > 0, the harness's Gumbel draw."""
+    if cfg.temperature > 0:
+        return _parts.propose(logits, cfg.temperature, mask_id, noise, rows)
+    p = torch.softmax(logits, dim=-1)
+    p[..., mask_id] = -1.0
+    return p.argmax(dim=-1)
+
+
 def _dream_confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """softmax(logits)[tokens] in the logits' dtype, as Fast-dLLM's Dream `sample_tokens` (the
     LLaDA loops take it in float64): masked positions of a Dream canvas can differ in confidence
@@ -153,7 +170,7 @@ def _dream_no_cache(model: Model, prompt: Sequence[int], cfg: Config, on_step: O
     while i < steps:
         masked = x == model.mask_id
         logits = _parts.forward(model, x, [row]).logits  # (1, T, V)
-        x0 = _parts.propose(logits, cfg.temperature, model.mask_id, noise, [row])
+        x0 = _dream_propose(logits, cfg, model.mask_id, noise, [row])
         conf = _dream_confidence(logits, x0)
         conf = torch.where(masked, conf, torch.full_like(conf, _parts.NEG_INF))
         want = per_step + carried

@@ -32,7 +32,11 @@ Where this differs from the reference, and why:
 - Confidences are float64 as in the reference; ties break by position instead of
   `torch.topk`'s unspecified order (decoders.md §0.3).
 Needs a model with `custom_attention` (RoPE positions and a per-query attention mask; the native
-LLaDA has it). One prompt at a time (BATCHED = False), as the reference.
+LLaDA and Dream have it). The reference has no Dream path: on a Dream model the decoder is
+unchanged and the model keeps the shadow's meaning under its logit shift, verifying block position
+i from a query at i-1 that does not see the token at i (dleval/models/dream.py, "Custom
+attention"); not compared with any reference. One prompt at a time (BATCHED = False), as the
+reference.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class Config:
 def check(model: Model, cfg: Config) -> None:
     if not getattr(model, "custom_attention", False):
         raise ValueError(
-            "wino needs a model with custom_attention (RoPE positions and a per-query attention mask), such as the native LLaDA"
+            "wino needs a model with custom_attention (RoPE positions and a per-query attention mask), such as the native LLaDA or Dream"
         )
 
 

@@ -20,6 +20,18 @@ generators take the first logit of a cached span from the span's own position in
 commit that position from the preceding full forward, so it is never read, and both rules give
 the same tokens.)
 
+**Custom attention** (`custom_attention`, for WINO's shadow block): `forward(ids, positions=P,
+attention_mask=M)` with P (T,) RoPE positions and M (B, T, T) per-query, without a cache. The
+contract is the one every model keeps: logits[:, i] predict the token at P[i], computed by a
+query that sees the keys M[:, i] allows. Dream predicts the token at p from its output at p-1, so
+row i reads row i-1 when that row is at P[i]-1 and sees the same keys (the plain canvas: a full
+mask gives the plain forward); any other row (P[i] > 0) gets a query-only predictor appended to
+the sequence: the token at P[i]-1 (the first row there), at that position, seeing what M[:, i]
+allows, with itself in place of the row it copies, and seen by no one. So WINO's shadow i (a
+[MASK] at block position i that does not see the real token there) is verified by a query at i-1
+that does not see it either but sees the shadow [MASK] at i: Dream's prediction of a remasked
+position. WINO's reference (Feng-Hong/WINO-DLLM) has no Dream path; this is our adaptation.
+
 **Left padding** as Dream's `diffusion_generate`: position ids are the cumulative count of
 real tokens minus one (pads get 1), and padded keys are masked. Dream also masks padded
 *queries* (a pairwise mask, NaN rows under SDPA); here they attend to the real keys, which
@@ -194,7 +206,12 @@ class Layer(nn.Module):
         rep = cfg.num_attention_heads // cfg.num_key_value_heads
         if rep > 1:
             keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        mask = None if key_mask is None else key_mask[:, None, None, : keys.shape[2]]  # (B, 1, 1, Tk)
+        if key_mask is None:
+            mask = None
+        elif key_mask.dim() == 3:  # per-query mask (B, T, Tk): custom attention (Dream.forward)
+            mask = key_mask[:, None, :, : keys.shape[2]]  # (B, 1, T, Tk)
+        else:
+            mask = key_mask[:, None, None, : keys.shape[2]]  # (B, 1, 1, Tk)
         att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         x = x + attn.o_proj(att.transpose(1, 2).reshape(B, T, -1))
         x = x + self.mlp(self.post_attention_layernorm(x))
@@ -222,6 +239,7 @@ class Dream(nn.Module):
     """The denoiser. Implements `dleval.models.base.Model` with the logit shift undone."""
 
     logit_shift = True
+    custom_attention = True  # forward accepts `positions` and a per-query (B, T, Tk) attention_mask (without a cache)
 
     def __init__(self, cfg: DreamConfig, *, eot_id: int | None = None, bos_id: int | None = None) -> None:
         super().__init__()
@@ -264,11 +282,17 @@ class Dream(nn.Module):
         start: int = 0,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> ForwardOutput:
         """ids: (B, T) at positions [start, start+T). See `Model` for the cache modes; the returned
-        kv holds one entry per layer plus the final hidden states (module docstring)."""
+        kv holds one entry per layer plus the final hidden states (module docstring). `positions`
+        (T,) or a (B, T, T) attention mask: custom attention, without a cache (module docstring)."""
         B, T = ids.shape
         n = self.cfg.num_hidden_layers
+        if positions is not None or (attention_mask is not None and attention_mask.dim() == 3):
+            if cache is not None or start != 0:
+                raise ValueError("custom attention (positions, a per-query mask) runs without a cache on a Dream model")
+            return self._custom_forward(ids, attention_mask, positions)
         if cache is None and start != 0:
             raise ValueError("a forward without a cache must start at position 0")
         if cache is not None and len(cache.keys) != n + 1:
@@ -298,6 +322,60 @@ class Dream(nn.Module):
             cache.keys[n][:, 0, start : start + T] = h
         logits = torch.cat([first, raw[:, :-1]], dim=1)
         hidden = h[:, None]  # (B, 1, T, hidden): the extra cache entry
+        return ForwardOutput(logits=logits, kv=KVCache([*keys, hidden], [*values, hidden]))
+
+    def _custom_forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor | None) -> ForwardOutput:
+        """Row i's logits predict the token at positions[i] as Dream does, from the output at the
+        position before it, by a query that sees what mask row i allows (module docstring)."""
+        B, T = ids.shape
+        dev = ids.device
+        pos = torch.arange(T, device=dev) if positions is None else positions.to(dev)
+        if pos.shape != (T,):
+            raise ValueError(f"positions must have shape ({T},), not {tuple(pos.shape)}")
+        if attention_mask is None:
+            mask = torch.ones(B, T, T, dtype=torch.bool, device=dev)
+        elif attention_mask.dim() == 2:  # a key mask (B, T): the same for every query
+            mask = attention_mask.to(device=dev, dtype=torch.bool)[:, None, :].expand(B, T, T)
+        else:
+            mask = attention_mask.to(device=dev, dtype=torch.bool)
+        # Row i reads the output of row i-1 when that row is its predictor: one position before it,
+        # seeing the same keys, itself included. Every other row (positions[i] > 0) gets a query-only
+        # predictor appended: the token at positions[i]-1 at that position, with row i's mask, seeing
+        # itself in place of the row it copies.
+        twin = torch.zeros(T, dtype=torch.bool, device=dev)
+        if T > 1:
+            same_view = (mask[:, 1:] == mask[:, :-1]).all(dim=-1).all(dim=0)  # (T-1,)
+            sees_itself = mask[:, torch.arange(T - 1, device=dev), torch.arange(T - 1, device=dev)].all(dim=0)
+            twin[1:] = (pos[:-1] == pos[1:] - 1) & same_view & sees_itself
+        rows = ((~twin) & (pos > 0)).nonzero().flatten()  # (R,) rows that need a predictor
+        src = torch.arange(T, device=dev) - 1  # the row whose output becomes row i's logits (twins: i-1)
+        src = torch.where(pos == 0, src + 1, src)  # position 0 keeps its own logit, as in Dream
+        R = len(rows)
+        if R:
+            copies = pos[None, :] == (pos[rows] - 1)[:, None]  # (R, T): rows at the position before
+            if not bool(copies.any(dim=1).all()):
+                raise ValueError("a Dream model predicts a position from the one before it: positions must hold p-1 for every p > 0")
+            copied = copies.int().argmax(dim=1)  # (R,) the first row at positions[i]-1
+            r = torch.arange(R, device=dev)
+            ids = torch.cat([ids, ids[:, copied]], dim=1)  # (B, T+R)
+            pos = torch.cat([pos, pos[rows] - 1])
+            full = torch.zeros(B, T + R, T + R, dtype=torch.bool, device=dev)
+            full[:, :T, :T] = mask  # the given rows never see a predictor
+            full[:, T:, :T] = mask[:, rows]  # a predictor sees what its row sees...
+            full[:, T + r, copied] = False  # ...except the row it copies...
+            full[:, T + r, T + r] = True  # ...which it replaces
+            mask = full
+            src[rows] = T + r
+        x = self.model.embed_tokens(ids)
+        rope = rope_tables(pos[None, :].expand(B, -1), self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        keys, values = [], []
+        for layer in self.model.layers:
+            x, k, v = layer(x, rope, 0, None, mask)
+            keys.append(k[:, :, :T])
+            values.append(v[:, :, :T])
+        h = self.model.norm(x)  # (B, T+R, hidden)
+        logits = F.linear(h[:, src], self._head())  # (B, T, V)
+        hidden = h[:, None, :T]
         return ForwardOutput(logits=logits, kv=KVCache([*keys, hidden], [*values, hidden]))
 
 
