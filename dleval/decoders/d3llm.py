@@ -44,6 +44,7 @@ Where this differs from the reference, and why:
 - Ties break by (entropy, position) instead of `torch.topk`'s unspecified order (§0.3), and the
   argmax skips [MASK] (`_parts.propose`: a trained model never ranks it first; a random one
   could, and the until-no-mask loop would never end).
+
 **Dream models** (`model.logit_shift`): d3LLM decodes them with its own util, and we follow it
 (`d3llm/d3llm_DREAM/d3llm_dream_generate_util.py` @e5bfcac, `_sample_multi_block` and
 `_sample_multi_block_kv_cache`, as `utils/utils_Dream/eval_instruct/lm_eval/models/diffllm.py`
@@ -79,8 +80,8 @@ when their forwards have the same shape: each step the active rows are grouped b
 they need, one model call per group. With cache="none" every forward is over the whole canvas,
 so all active rows form one group. With cache="delayed" a full forward (no cache yet, a refresh,
 a stabilizing block) is one group, and a cached forward x[cache_end:] one group per cache end
-(rows of equal prompt length with equal cache ends share one; the others run in their own
-calls). Each row's cache is the K/V of its own row of the group's output; a group whose rows'
+(left padding puts every row's blocks at the same offsets, so rows whose caches end at the same
+block share one; the others run in their own calls). Each row's cache is the K/V of its own row of the group's output; a group whose rows'
 caches are the rows of one batched cache, in order, reuses it without a copy. The scores are
 taken per row over the union of the group's candidate spans, positions outside a row's own span
 are not candidates, so every row chooses as alone (fp32 CPU: identical tokens, commits and
