@@ -67,8 +67,9 @@ binds them). Its loop is the same pipeline with four differences, all taken over
   rebuilt cache to the newer one's start, past its cache length, so its next append holds the
   older block's keys twice; that is not reproduced (the cache is kept to its length), and it
   did not occur in the parity runs.
-The reference's T > 0 draw is a multinomial; here it is the harness's Gumbel noise (same
-distribution, other random stream). Parity measured on a random Dream model (fp32): tokens and
+At T > 0 the forced token is the draw (the LLaDA loop re-takes the argmax there); the
+reference's draw is a multinomial, here the harness's Gumbel noise (same distribution, other
+random stream). Parity measured on a random Dream model (fp32): tokens and
 forwards identical on 20 prompts x 12 settings (no cache and delayed cache, tau 0.5 and 2.0,
 early stop on and off); the reference's NFE counter is one higher when it ends at its fill (§0.4).
 
@@ -357,9 +358,10 @@ def _commit(
         need = ~(chosen & in_first).any(dim=1) & (z > a).view(-1)  # (R,)
         j = h.masked_fill(~(masked & in_first), torch.inf).argmin(dim=1)  # (R,) first of equal minima
         every = torch.arange(R, device=dev)
-        alt = _parts.propose(lg[every, j], 0.0, mask_id)  # the reference re-takes the plain argmax here, even at T > 0
         chosen[every, j] |= need
-        x0[every, j] = torch.where(need, alt, x0[every, j])
+        if filled is None:  # the LLaDA reference re-takes the plain argmax here, even at T > 0 (the Dream util keeps its draw)
+            alt = _parts.propose(lg[every, j], 0.0, mask_id)
+            x0[every, j] = torch.where(need, alt, x0[every, j])
     new = torch.where(chosen, x0, region)
     if sel is None:
         x[:, s0:hi] = new
