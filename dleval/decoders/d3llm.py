@@ -286,7 +286,9 @@ def _forward(
         for j, r in enumerate(group):
             n = plans[r].keep
             if n is not None:
-                rows[r].cache, rows[r].slot, rows[r].cache_len = kept.setdefault(n, out.kv.keep(n)), j, n
+                if n not in kept:
+                    kept[n] = out.kv.keep(n)
+                rows[r].cache, rows[r].slot, rows[r].cache_len = kept[n], j, n
         return out.logits
     cache = _stack([rows[r] for r in group])
     out = _parts.forward(model, xg[:, lo:], group, start=lo, cache=cache, attention_mask=mask)
@@ -294,7 +296,9 @@ def _forward(
     for j, r in enumerate(group):
         n = plans[r].append
         if n:
-            rows[r].cache, rows[r].slot, rows[r].cache_len = grown.setdefault(n, cache.append(out.kv, n)), j, lo + n
+            if n not in grown:  # one copy per append length, not per row
+                grown[n] = cache.append(out.kv, n)
+            rows[r].cache, rows[r].slot, rows[r].cache_len = grown[n], j, lo + n
     return out.logits
 
 
