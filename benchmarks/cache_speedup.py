@@ -24,7 +24,7 @@ import torch
 from dleval import models, prompts, tasks
 from dleval.decoders import fastdllm
 from dleval.models.base import Counted
-from dleval.run import completion_of
+from dleval.scorers import completion_of
 
 CACHES = ("none", "prefix", "dual")
 

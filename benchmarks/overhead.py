@@ -34,7 +34,7 @@ from _timing import TimedModel  # noqa: E402
 
 from dleval import decoders, models, prompts, tasks  # noqa: E402
 from dleval.models.base import Counted  # noqa: E402
-from dleval.run import decoder_config  # noqa: E402
+from dleval.resolve import decoder_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

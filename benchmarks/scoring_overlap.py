@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from dleval import options, results, tasks
-from dleval import run as run_mod
+from dleval import loop, options, results, tasks
 from dleval.run import RunRequest, run
 
 
@@ -49,7 +48,7 @@ def main() -> None:
             out_dir=Path(out), data_dir=Path(args.data_dir) if args.data_dir else None, progress=False, too_long="record",
         )  # fmt: skip
         marks: dict[str, float] = {}
-        real_decode, real_merge = run_mod._decode_batch, results.merge
+        real_decode, real_merge = loop._decode_batch, results.merge
 
         def decode(*a, **k):
             marks.setdefault("first_decode", time.perf_counter())
@@ -59,12 +58,12 @@ def main() -> None:
             marks.setdefault("merge", time.perf_counter())
             return real_merge(*a, **k)
 
-        run_mod._decode_batch, results.merge = decode, merge
+        loop._decode_batch, results.merge = decode, merge
         t0 = time.perf_counter()
         try:
             result = run(req, log=lambda m: None)
         finally:
-            run_mod._decode_batch, results.merge = real_decode, real_merge
+            loop._decode_batch, results.merge = real_decode, real_merge
         total = time.perf_counter() - t0
         wall = marks["merge"] - marks["first_decode"]
     spec = tasks.load_task(args.task, req.task_args)

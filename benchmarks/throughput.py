@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmar
 
 from dleval import decoders, models, options, prompts, tasks  # noqa: E402
 from dleval.models.base import Counted  # noqa: E402
-from dleval.run import completion_of, decoder_config  # noqa: E402
+from dleval.resolve import decoder_config  # noqa: E402
+from dleval.scorers import completion_of  # noqa: E402
 
 
 def decode_all(module, cfg, counted: Counted, ids: list[list[int]], batch: int) -> tuple[float, int, list, list[int]]:

@@ -100,7 +100,7 @@ class Generator:
         """The cut completion of `context` and the NFE it took."""
         import torch
 
-        from dleval.run import completion_of
+        from dleval.scorers import completion_of
 
         tokenizer = self.loaded.tokenizer
         ids = tokenizer(context)["input_ids"]

@@ -1,5 +1,6 @@
-"""Answer extraction and matching: lm-eval's GSM8K filters, stop-string cutting, exact match, and
-for code tasks extraction, the dLLM papers' sanitizer, program assembly and sandboxed scoring.
+"""Answer extraction and matching: a generation's completion text (stop strings cut, special
+tokens dropped), lm-eval's GSM8K filters, exact match, and for code tasks extraction, the dLLM
+papers' sanitizer, program assembly and sandboxed scoring.
 
 GSM8K follows lm-evaluation-harness (gsm8k*.yaml, v3.0; tasks.md §1.3) exactly:
 - strict-match: a task-specific regex (e.g. `#### (\\-?[0-9\\.\\,]+)`), first match, first group;
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from dleval import executor
 from dleval.types import Score
@@ -35,6 +37,18 @@ def cut_at_stops(text: str, stops: Iterable[str]) -> str:
             if i != -1:
                 end = min(end, i)
     return text[:end]
+
+
+def completion_of(tokens: tuple[int, ...], tokenizer: Any, stops: tuple[str, ...], eos_ids: set[int]) -> tuple[str, str, int]:
+    """(raw text, cut text without special tokens, answer tokens up to the first EOS or stop)."""
+    raw = tokenizer.decode(list(tokens), skip_special_tokens=False)
+    cut = cut_at_stops(raw, stops)
+    clean = tokenizer.decode(tokenizer(cut, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+    first_eos = next((i for i, t in enumerate(tokens) if t in eos_ids), len(tokens))
+    upto = tokenizer.decode(list(tokens[:first_eos]), skip_special_tokens=False)
+    upto_cut = cut_at_stops(upto, stops)
+    answer_tokens = first_eos if upto_cut == upto else len(tokenizer(upto_cut, add_special_tokens=False)["input_ids"])
+    return raw, clean, answer_tokens
 
 
 def _group(match: re.Match[str]) -> str:

@@ -10,9 +10,7 @@ The regression gate that reruns pinned sweeps is `dleval.gate`.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
 import sys
 import typing
@@ -25,9 +23,11 @@ from typing import Any
 
 from dleval import decoders, report, results, tasks
 from dleval.errors import UserError
+from dleval.identity import digest
 from dleval.metrics import AUPWarning, Summary, aup_detail
 from dleval.ranks import Ranks, detect
-from dleval.run import Interrupted, RunRequest, RunResult, choose_model, decoder_config, run
+from dleval.resolve import choose_model, decoder_config
+from dleval.run import Interrupted, RunRequest, RunResult, run
 
 FORMAT_VERSION = 1
 TIMING_DIR = "timing"  # under the runs folder: baseline re-timings, out of reach of --resume's folder search
@@ -125,8 +125,7 @@ def _baseline_args(cfg: Any, spec: tasks.TaskSpec) -> dict[str, Any]:
 
 def sweep_id(req: SweepRequest, model: str) -> str:
     key = [req.decoder, req.task, model, req.axes, req.limit, req.seed, req.task_args, req.batch_size, req.baseline]
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{req.task}_{req.decoder}_{Path(model).name}_{digest}"
+    return f"{req.task}_{req.decoder}_{Path(model).name}_{digest(key)[:10]}"
 
 
 def run_sweep(req: SweepRequest, log: Log = print) -> SweepResult:

@@ -120,7 +120,7 @@ def test_pbx_edge_cases():
 
 
 def test_the_leaderboard_shows_the_edit_counts():
-    from dleval import report
+    from dleval.report.rows import Row
 
-    names = [f.name for f in dataclasses.fields(report.Row)]
+    names = [f.name for f in dataclasses.fields(Row)]
     assert names.index("avg_revoked") == names.index("avg_gen_tokens") + 1 and "avg_rewritten" in names

@@ -124,10 +124,10 @@ def test_bad_prefix_is_rejected(prefix):
 
 
 def test_synth_gsm_hint_reaches_prophet_and_fits_the_bundled_tokenizer(bundled):
-    from dleval import prompts, run, tasks
+    from dleval import prompts, resolve, tasks
 
     spec = tasks.load_task("synth_gsm")
-    cfg = run.decoder_config(prophet, spec.generation, {}, "prophet")
+    cfg = resolve.decoder_config(prophet, spec.generation, {}, "prophet")
     assert cfg.answer_prefix == spec.generation.answer_prefix and cfg.gen_length == spec.generation.gen_length
     assert (cfg.answer_start, cfg.answer_length) == (spec.generation.answer_start, spec.generation.answer_length) == (27, 1)
     [(offset, word)] = cfg.prefix_words()
@@ -147,12 +147,12 @@ def test_synth_gsm_hint_reaches_prophet_and_fits_the_bundled_tokenizer(bundled):
 def test_synth_gsm_hint_makes_the_exit_a_real_test(bundled):
     """Without the hint the reference window (offsets 28-32) lies on EOS padding and every problem
     exits at the first forward; with it the exit waits for the answer digit's margin."""
-    from dleval import prompts, run, tasks
+    from dleval import prompts, resolve, tasks
 
     spec = tasks.load_task("synth_gsm")
     ids = [prompts.render(s, spec.prompt, bundled.tokenizer).ids for s in tasks.load_samples(spec)[:4]]
-    hinted = run.decoder_config(prophet, spec.generation, {}, "prophet")
-    reference_window = run.decoder_config(prophet, spec.generation, {"answer_start": None, "answer_length": 5}, "prophet")
+    hinted = resolve.decoder_config(prophet, spec.generation, {}, "prophet")
+    reference_window = resolve.decoder_config(prophet, spec.generation, {"answer_start": None, "answer_length": 5}, "prophet")
     for p in ids:
         plain = Counted(bundled.model)
         prophet.decode(plain, [p], reference_window)

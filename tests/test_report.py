@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dleval import report, tasks
+from dleval import report, results, tasks
 from dleval.cli import main
 from dleval.errors import UserError
+from dleval.identity import digest
 from dleval.metrics import AUPWarning, aup, pbx
+from dleval.report.runs import read_run
 from dleval.types import Record
 from tests.browser import Chromium, find_chromium
 
@@ -70,7 +72,7 @@ def test_sweep_records_every_point_and_resumes(swept, capsys):
     assert [p["settings"] for p in record["points"]] == [{"steps": "12"}, {"steps": "6"}]
     assert record["baseline"]["nfe_mean"] == GEN and [p["nfe_mean"] for p in record["points"]] == [12, 6]
     runs = {(sweep_dir / p["run_dir"]).resolve() for p in [*record["points"], record["baseline"]]}
-    assert len(runs) == 3 and all(report.is_run_dir(r) for r in runs)
+    assert len(runs) == 3 and all(results.is_run_dir(r) for r in runs)
     before = sorted((root / "runs").iterdir())
     assert main([*SWEEP, "--out", str(root / "runs"), "--sweeps-out", str(root / "sweeps")]) == 0
     assert sorted((root / "runs").iterdir()) == before  # every point resumed its finished run
@@ -174,7 +176,7 @@ def write_run(root: Path, name: str, *, decoder="fast", params=None, task="t1", 
     """A run folder in the run loop's format with records built from the arguments."""
     params = {"gen_length": 24, "steps": None, **(params or {})}
     identity = [decoder, params, task, model, seed]
-    config_hash = report._digest(identity)
+    config_hash = digest(identity)[:12]
     folder = root / name
     folder.mkdir(parents=True)
     config = {
@@ -270,7 +272,7 @@ def test_reading_is_read_only_and_tolerates_a_run_in_progress(tmp_path):
     path = folder / "samples.jsonl"
     torn = path.read_text() + '{"sample_id": "t1/9", "conf'
     path.write_text(torn)
-    assert len(report.read_run(folder).records) == 4
+    assert len(read_run(folder).records) == 4
     assert path.read_text() == torn
 
 
@@ -311,10 +313,10 @@ def test_bad_sweep_input_fails_before_any_run(args, message, tmp_path, capsys):
 def test_setting_label_always_names_skip_idle_forward():
     from types import SimpleNamespace
 
-    from dleval.report import _labels
+    from dleval.report.rows import setting_labels
 
     rows = [
         SimpleNamespace(run_id=rid, decoder_params=json.dumps({"threshold": 0.9, "cache": "prefix", "skip_idle_forward": skip}))
         for rid, skip in (("a", True), ("b", True))
     ]
-    assert _labels(rows) == {"a": "threshold=0.9, skip_idle_forward=True", "b": "threshold=0.9, skip_idle_forward=True"}
+    assert setting_labels(rows) == {"a": "threshold=0.9, skip_idle_forward=True", "b": "threshold=0.9, skip_idle_forward=True"}

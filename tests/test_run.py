@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from dleval import run as run_mod
-from dleval.run import Interrupted, RunRequest, read_records, run
+from dleval import loop, resolve, results
+from dleval.identity import sample_seed
+from dleval.run import Interrupted, RunRequest, run
 from dleval.types import Record
 
 
@@ -42,7 +43,7 @@ def test_end_to_end_twenty_samples(tmp_path):
 
 
 def test_interrupted_run_resumes_without_redoing_finished_samples(tmp_path, monkeypatch):
-    real = run_mod._decode_batch
+    real = loop._decode_batch
     calls = {"n": 0}
 
     def flaky(pipe, batch, *args, **kwargs):
@@ -51,24 +52,22 @@ def test_interrupted_run_resumes_without_redoing_finished_samples(tmp_path, monk
             raise KeyboardInterrupt
         return real(pipe, batch, *args, **kwargs)
 
-    monkeypatch.setattr(run_mod, "_decode_batch", flaky)
+    monkeypatch.setattr(loop, "_decode_batch", flaky)
     with pytest.raises(Interrupted) as stop:
         run(request(tmp_path, limit=12, batch_size=4), log=lambda m: None)
     first = stop.value.result
     assert len(first.records) == 4 and not first.complete
-    monkeypatch.setattr(run_mod, "_decode_batch", real)
+    monkeypatch.setattr(loop, "_decode_batch", real)
     seen = []
-    monkeypatch.setattr(
-        run_mod, "_decode_batch", lambda pipe, batch, *a, **k: seen.extend(s.id for s in batch) or real(pipe, batch, *a, **k)
-    )
+    monkeypatch.setattr(loop, "_decode_batch", lambda pipe, batch, *a, **k: seen.extend(s.id for s in batch) or real(pipe, batch, *a, **k))
     second = run(request(tmp_path, limit=12, batch_size=4, resume=True), log=lambda m: None)
     assert second.run_dir == first.run_dir and second.complete
     assert seen == [f"test/{i}" for i in range(4, 12)]  # only the unfinished ones
-    assert [r.sample_id for r in read_records(second.run_dir / "samples.jsonl")] == [f"test/{i}" for i in range(12)]
+    assert [r.sample_id for r in results.read_records(second.run_dir / "samples.jsonl").records] == [f"test/{i}" for i in range(12)]
 
 
 def test_torn_and_bad_lines_are_set_aside_not_a_reason_to_discard_the_shard(tmp_path, monkeypatch):
-    real = run_mod._decode_batch
+    real = loop._decode_batch
     calls = {"n": 0}
 
     def stop_at_third(pipe, batch, *a, **k):
@@ -77,10 +76,10 @@ def test_torn_and_bad_lines_are_set_aside_not_a_reason_to_discard_the_shard(tmp_
             raise KeyboardInterrupt
         return real(pipe, batch, *a, **k)
 
-    monkeypatch.setattr(run_mod, "_decode_batch", stop_at_third)
+    monkeypatch.setattr(loop, "_decode_batch", stop_at_third)
     with pytest.raises(Interrupted) as stop:
         run(request(tmp_path, limit=4, batch_size=1), log=lambda m: None)
-    monkeypatch.setattr(run_mod, "_decode_batch", real)
+    monkeypatch.setattr(loop, "_decode_batch", real)
     shard = stop.value.result.run_dir / "samples.rank-0-of-1.jsonl"
     good = shard.read_text().splitlines()
     assert len(good) == 2
@@ -88,7 +87,7 @@ def test_torn_and_bad_lines_are_set_aside_not_a_reason_to_discard_the_shard(tmp_
     logs = []
     second = run(request(tmp_path, limit=4, batch_size=1, resume=True), log=logs.append)
     assert second.run_dir == stop.value.result.run_dir and second.complete
-    assert [r.sample_id for r in read_records(second.run_dir / "samples.jsonl")] == [f"test/{i}" for i in range(4)]
+    assert [r.sample_id for r in results.read_records(second.run_dir / "samples.jsonl").records] == [f"test/{i}" for i in range(4)]
     assert any(f"{shard} line 2" in m for m in logs) and any(f"{shard} line 4" in m for m in logs)
     rejected = [json.loads(x) for x in (shard.parent / (shard.name + ".rejected")).read_text().splitlines()]
     assert [r["line"] for r in rejected] == [2, 4] and rejected[0]["text"] == "not a record"
@@ -156,12 +155,10 @@ def test_a_sweep_with_a_smaller_limit_and_a_failing_sweep_leave_a_finished_run_b
 
 
 def test_two_runs_cannot_write_one_shard(tmp_path, monkeypatch):
-    from dleval import results
-
     def stop(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_mod, "_decode_batch", stop)
+    monkeypatch.setattr(loop, "_decode_batch", stop)
     with pytest.raises(Interrupted) as first:
         run(request(tmp_path, limit=2, batch_size=2), log=lambda m: None)
     monkeypatch.undo()
@@ -176,7 +173,7 @@ def test_sample_seeds_do_not_depend_on_resume_history(tmp_path):
     run(request(tmp_path / "b", limit=2, batch_size=1, decoder_args={"temperature": "1.0"}), log=lambda m: None)
     grown = run(request(tmp_path / "b", limit=6, batch_size=1, decoder_args={"temperature": "1.0"}), log=lambda m: None)
     assert [r.raw for r in straight.records] == [r.raw for r in grown.records]
-    assert run_mod.sample_seed(1234, "test/0") != run_mod.sample_seed(1234, "test/1")
+    assert sample_seed(1234, "test/0") != sample_seed(1234, "test/1")
 
 
 def test_sample_seeds_do_not_depend_on_the_batch(tmp_path):
@@ -191,7 +188,7 @@ def test_decoder_settings_errors_name_the_decoder():
 
     spec = tasks.load_task("synth_gsm")
     with pytest.raises(UserError, match="decoder 'llada'"):
-        run_mod.decoder_config(decoders.load("llada"), spec.generation, {"block_length": "7"}, "llada")
+        resolve.decoder_config(decoders.load("llada"), spec.generation, {"block_length": "7"}, "llada")
 
 
 def test_the_checkpoint_carries_its_decoder_settings(tmp_path):
@@ -252,7 +249,7 @@ def test_code_scoring_runs_while_the_next_batch_decodes(tmp_path, monkeypatch):
     straight = run(request(tmp_path / "a", limit=8, batch_size=2), log=lambda m: None)
     scoring, decoding = [], []
     _slow_code_scoring(monkeypatch, 0.5, scoring)
-    real = run_mod._decode_batch
+    real = loop._decode_batch
 
     def timed(pipe, batch, *a, **k):
         t0 = time.perf_counter()
@@ -260,7 +257,7 @@ def test_code_scoring_runs_while_the_next_batch_decodes(tmp_path, monkeypatch):
         decoding.append((t0, time.perf_counter()))
         return out
 
-    monkeypatch.setattr(run_mod, "_decode_batch", timed)
+    monkeypatch.setattr(loop, "_decode_batch", timed)
     result = run(request(tmp_path / "b", limit=8, batch_size=2), log=lambda m: None)
     assert [(r.sample_id, r.raw, r.correct) for r in result.records] == [(r.sample_id, r.raw, r.correct) for r in straight.records]
     assert len(scoring) == 8 and len(decoding) == 4
@@ -270,7 +267,7 @@ def test_code_scoring_runs_while_the_next_batch_decodes(tmp_path, monkeypatch):
 
 def test_ctrl_c_scores_and_keeps_what_was_decoded(tmp_path, monkeypatch):
     _slow_code_scoring(monkeypatch, 0.3)
-    real = run_mod._decode_batch
+    real = loop._decode_batch
     calls = {"n": 0}
 
     def stop_at_third(pipe, batch, *a, **k):
@@ -279,8 +276,8 @@ def test_ctrl_c_scores_and_keeps_what_was_decoded(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(pipe, batch, *a, **k)
 
-    monkeypatch.setattr(run_mod, "_decode_batch", stop_at_third)
+    monkeypatch.setattr(loop, "_decode_batch", stop_at_third)
     with pytest.raises(Interrupted) as stop:
         run(request(tmp_path, limit=8, batch_size=2), log=lambda m: None)
-    kept = read_records(stop.value.result.run_dir / "samples.jsonl")
+    kept = results.read_records(stop.value.result.run_dir / "samples.jsonl").records
     assert [r.sample_id for r in kept] == [f"test/{i}" for i in range(4)]  # both decoded batches, scored after Ctrl-C

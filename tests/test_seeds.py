@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from dleval.run import RunRequest, run, sample_seed
+from dleval.identity import sample_seed
+from dleval.run import RunRequest, run
 
 
 def completions(tmp_path, name, **kw):
