@@ -1,6 +1,6 @@
 """Batched decoding throughput: samples/s, model calls and accuracy at batch 1 vs batch 16, and whether batching changed any output.
 
-Run: python benchmarks/throughput.py [--limit 500] [--batch 16] [--threads 1] [--decoders fastdllm,dparallel,eb,llada]
+Run: python benchmarks/throughput.py [--limit 500] [--batch 16] [--threads 1] [--decoders fastdllm,dparallel,eb,llada] [-D cache=delayed]
 
 For every decoder that decodes batches (`BATCHED = True`), with its bundled CPU model and the
 synth_gsm generation hints (what `dleval run --task synth_gsm` uses; T = 0), the first `--limit`
@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/throughput.py` from a checkout
 
-from dleval import decoders, models, prompts, tasks  # noqa: E402
+from dleval import decoders, models, options, prompts, tasks  # noqa: E402
 from dleval.models.base import Counted  # noqa: E402
 from dleval.resolve import decoder_config  # noqa: E402
 from dleval.scorers import completion_of  # noqa: E402
@@ -54,6 +54,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--decoders", default=",".join(n for n in decoders.names() if decoders.info(n).batched))
+    parser.add_argument(
+        "-D",
+        dest="decoder_args",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="decoder parameter for every decoder listed, as `dleval run -D` (repeatable)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     spec = tasks.load_task("synth_gsm")
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         info = decoders.info(name)
         module = decoders.load(name)
         loaded = models.load(info.cpu_model, device="cpu")
-        cfg = decoder_config(module, spec.generation, {}, name)
+        cfg = decoder_config(module, spec.generation, options.parse_pairs(args.decoder_args, "-D"), name)
         ids = [prompts.render(s, spec.prompt, loaded.tokenizer).ids for s in samples]
         eos = {loaded.model.eos_id} | ({loaded.model.eot_id} if loaded.model.eot_id is not None else set())
         counted = Counted(loaded.model)
@@ -101,7 +109,14 @@ def main(argv: list[str] | None = None) -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"{len(samples)} synth_gsm problems, batch 1 vs {args.batch}, {args.threads} thread(s), "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load}")  # fmt: skip
-    out = {"limit": len(samples), "batch": args.batch, "threads": args.threads, "load": load, "rows": rows}
+    out = {
+        "limit": len(samples),
+        "batch": args.batch,
+        "threads": args.threads,
+        "decoder_args": args.decoder_args,
+        "load": load,
+        "rows": rows,
+    }
     print(json.dumps(out))
     return out
 

@@ -50,7 +50,7 @@ def test_batch_equals_batch_one(bundled, problems, name, setting):
     check_batch_equals_batch_one(bundled.model, problems, module, module.Config(gen_length=48, block_length=16, **setting))
 
 
-def check_batch_equals_batch_one(model, problems, module, cfg):
+def check_batch_equals_batch_one(model, problems, module, cfg, varied=True):
     counted = Counted(model)
     together = module.decode(counted, problems, cfg)
     per_row, calls = counted.row_nfe(len(problems)), counted.nfe
@@ -62,7 +62,8 @@ def check_batch_equals_batch_one(model, problems, module, cfg):
     assert together == alone  # tokens, commits per forward and finish, row by row
     assert per_row == nfe  # NFE per sample is its batch-1 NFE
     assert calls < sum(nfe)  # rows share forwards
-    assert len({tuple(g.committed_per_step) for g in alone}) > 1  # rows really do progress differently here
+    if varied:
+        assert len({tuple(g.committed_per_step) for g in alone}) > 1  # rows really do progress differently here
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,8 @@ def test_d3llm_delayed_cache_with_padding(arch, setting):
 
     model = {"llada": random_llada, "dream": random_dream}[arch]()
     module = decoders.load("d3llm")
-    check_batch_equals_batch_one(model, EIGHT, module, module.Config(gen_length=32, block_length=8, **setting))
+    # (the random Dream model, under the Dream rule H < tau, commits one token per forward in every row: padding is the point here)
+    check_batch_equals_batch_one(model, EIGHT, module, module.Config(gen_length=32, block_length=8, **setting), varied=arch == "llada")
     cfg = module.Config(gen_length=32, block_length=8, temperature=0.9, **setting)
     seeds = [100 + i for i in range(len(EIGHT))]
     together = module.decode(model, EIGHT, cfg, seeds=seeds)
