@@ -331,6 +331,8 @@ def _commit(
     """Choose and commit for each row of a group from its logits (R, P+L-lo, V), then the EOS fill
     and the block counts (one host sync for the group). `filled` (N, P+L): Dream only, the masks
     each row's last EOS fill closed (the Dream util's candidates still)."""
+    if filled is None:  # LLaDA models: the thin step (issue 14)
+        return _commit_thin(model, x, P, group, sel, rows, logits, lo, cfg, noise, step)
     R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, x.device
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
@@ -413,6 +415,102 @@ def _commit(
             row.eos_at = at
             _set_masks(row.blocks, after)
         row.commits.append(n_commits)
+
+
+def _commit_thin(
+    model: Model,
+    x: torch.Tensor,
+    P: int,
+    group: list[int],
+    sel: torch.Tensor | None,
+    rows: list[_Row],
+    logits: torch.Tensor,
+    lo: int,
+    cfg: Config,
+    noise: _parts.Noise,
+    step: torch.Tensor | None,
+) -> None:
+    """Choose and commit for each row of a group from its logits (R, P+L-lo, V), then the EOS fill
+    and the block counts, from one host sync for the group (the canvas rows, read back).
+
+    Kept thin (issue 14): the progress guarantee is checked on the host after that sync (a row
+    whose first fully-activated block with masks got no commit); only such a row pays for the fix
+    and a second read-back."""
+    mask_id, dev = model.mask_id, x.device
+    s0 = max(lo, P)  # every mask lies at or after the cache end
+    ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
+    hi = max(ends)
+    lg = logits[:, s0 - lo : hi - lo]  # (R, n, V) over [s0, hi)
+    view = x[:, s0:hi]  # (N, n) view of the canvas
+    region = view if sel is None else view.index_select(0, sel)  # (R, n)
+    v = _parts.neg_entropy(lg)  # (R, n) float64, -H (the softmax is taken before the argmax writes lg)
+    if cfg.temperature == 0:
+        x0 = _parts.propose_(lg, 0.0, mask_id)  # (R, n)
+    else:  # each row's noise over its own span, from its own generator
+        x0 = region.clone()
+        for j, r in enumerate(group):
+            w = ends[j] - s0
+            x0[j : j + 1, :w] = _parts.propose(lg[j : j + 1, :w], cfg.temperature, mask_id, noise, [r])
+    masked = region == mask_id
+    if any(end < hi for end in ends):  # the row's own span [s0, active end)
+        masked &= torch.arange(s0, hi, device=dev) < torch.tensor(ends, device=dev).view(-1, 1)
+    chosen = _parts.threshold_mask(v, masked, v >= -cfg.threshold)  # each row's lowest H, plus H <= tau (exact negations)
+    if sel is None:
+        torch.where(chosen, x0, view, out=view)
+    else:
+        x[:, s0:hi].index_copy_(0, sel, torch.where(chosen, x0, region))
+    if step is not None:
+        step[group, s0:hi] = chosen
+    firsts = [next((b for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]  # before this step's commits
+    gens = _read(x, P, group, sel)  # the group's one host sync
+    for j, r in enumerate(group):
+        f = firsts[j]
+        if f is not None and gens[j][f.start - P : f.end - P].count(mask_id) == f.masks:
+            # Progress guarantee: the first fully-activated block with masks got nothing, so its
+            # lowest-entropy mask is committed with the plain argmax (the reference re-takes it
+            # here, even at T > 0); rare, so it costs a second read-back of this row.
+            a, z = f.start - s0, f.end - s0
+            q = a + int(v[j, a:z].masked_fill(~masked[j, a:z], -torch.inf).argmax())  # first of equal maxima of -H
+            # at T = 0 propose_ above already set lg's [MASK] logit to -inf
+            x[r, s0 + q] = lg[j, q].argmax() if cfg.temperature == 0 else _parts.propose(lg[j, q], 0.0, mask_id)
+            if step is not None:
+                step[r, s0 + q] = True
+            gens[j] = x[r, P:].tolist()
+        _finish_step(rows[r], gens[j], x, r, P, cfg, mask_id, model.eos_id, step)
+
+
+def _read(x: torch.Tensor, P: int, group: list[int], sel: torch.Tensor | None) -> list[list[int]]:
+    """The group's generation regions as host lists (R, L)."""
+    return (x[:, P:] if sel is None else x[:, P:].index_select(0, sel)).tolist()
+
+
+def _finish_step(
+    row: _Row, gen: list[int], x: torch.Tensor, r: int, P: int, cfg: Config, mask_id: int, eos: int, step: torch.Tensor | None
+) -> None:
+    """From the row's generation region after its commit (host list): block counts, commits, and
+    d3LLM's early stop (everything after the first EOS becomes EOS)."""
+    B, L = cfg.block_length, cfg.gen_length
+    before = [gen[i : i + B].count(mask_id) for i in range(0, L, B)]  # masks per block after the commit
+    n_commits = sum(blk.masks for blk in row.blocks[1:]) + B * (L // B - (len(row.blocks) - 1)) - sum(before)
+    _set_masks(row.blocks, before)
+    e = gen.index(eos) if eos in gen else L
+    # else the reference's loop ends before its fill
+    if cfg.early_stop and row.active(L // B) and e < L:
+        at = P + e  # the first EOS, absolute
+        x[r, at + 1 :] = eos
+        after = [blk.count(mask_id) for blk in (gen[i : min(i + B, e + 1)] for i in range(0, L, B))]  # the fill leaves these
+        n_commits += sum(before) - sum(after)  # the masks it filled
+        if step is not None:
+            step[r, at + 1 :] |= x.new_tensor([t == mask_id for t in gen[e + 1 :]], dtype=torch.bool)
+        for blk in row.blocks[1:]:
+            if blk.start > at and blk.masks:
+                blk.full = True
+        while len(row.blocks) - 1 < L // B:  # the rest of the canvas, closed: finished and never cached
+            s = row.blocks[-1].end
+            row.blocks.append(_Block(s, s + B, 0, True, done_at=row.nfe + 1, cached=True))
+        row.eos_at = at
+        _set_masks(row.blocks, after)
+    row.commits.append(n_commits)
 
 
 def _set_masks(blocks: list[_Block], counts: list[int]) -> None:
