@@ -115,7 +115,10 @@ def parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="output folder (default: tiny/distill: the package's bundled folder; filter: the model's folder)"
     )
     train.add_argument(
-        "--arch", choices=["llada", "dream"], default="llada", help="tiny: the architecture to train (dream: tiny-dream; default llada: tiny)"
+        "--arch",
+        choices=["llada", "dream"],
+        default="llada",
+        help="tiny: the architecture to train (dream: tiny-dream; default llada: tiny)",
     )
     train.add_argument("--method", choices=["dparallel", "d3llm"], default="dparallel", help="distill: which recipe (default dparallel)")
     train.add_argument("--teacher", default="tiny", help="distill: teacher model (default tiny)")

@@ -42,7 +42,9 @@ def random_dream(seed: int = 0, vocab: int = 64, layers: int = 2, kv_heads: int 
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-        model.lm_head.weight[cfg.mask_token_id] = 0  # logit 0 for [MASK], below the best of 63 random ones: never proposed, as in a trained model
+        model.lm_head.weight[cfg.mask_token_id] = (
+            0  # logit 0 for [MASK], below the best of 63 random ones: never proposed, as in a trained model
+        )
     return model.eval()
 
 

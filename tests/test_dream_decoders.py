@@ -109,5 +109,7 @@ def test_fastdllm_dream_without_cache_is_the_whole_canvas_threshold_loop():
     (g,), nfe = decode(fastdllm, fastdllm.Config(gen_length=16, block_length=8, threshold=0.0, cache="none"))
     assert list(g.committed_per_step) == [8, 8] and nfe == 2
     (g,), nfe = decode(fastdllm, fastdllm.Config(gen_length=16, block_length=8, threshold=1.0, cache="none"))
-    assert list(g.committed_per_step) == [1] * 16 and nfe == 16  # only the forced top-1 (no random-model confidence reaches 1): the loop extends past 2 steps
+    assert (
+        list(g.committed_per_step) == [1] * 16 and nfe == 16
+    )  # only the forced top-1 (no random-model confidence reaches 1): the loop extends past 2 steps
     assert 1 not in g.tokens

@@ -50,7 +50,14 @@ def test_the_history_is_per_call():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("conf_threshold", math.nan), ("conf_threshold", 1.2), ("kl_threshold", -1.0), ("kl_threshold", math.nan), ("history_length", 0), ("steps", 7)],
+    [
+        ("conf_threshold", math.nan),
+        ("conf_threshold", 1.2),
+        ("kl_threshold", -1.0),
+        ("kl_threshold", math.nan),
+        ("history_length", 0),
+        ("steps", 7),
+    ],
 )
 def test_invalid_config_is_rejected(field, value):
     with pytest.raises(ValueError):

@@ -264,7 +264,9 @@ def test_mean_aup_over_an_explicit_task_list(tmp_path):
     out = tmp_path / "out"
     report.write(built, out)
     header = (out / "board.csv").read_text().splitlines()[0]
-    assert header.startswith("rank,model,decoder,model_decoder,t1_aup,t1_pb80,t1_pb90,t1_tpf,t1_acc,t2_aup") and header.endswith("avg_aup,avg_tasks,missing_tasks")
+    assert header.startswith("rank,model,decoder,model_decoder,t1_aup,t1_pb80,t1_pb90,t1_tpf,t1_acc,t2_aup") and header.endswith(
+        "avg_aup,avg_tasks,missing_tasks"
+    )
 
 
 def test_reading_is_read_only_and_tolerates_a_run_in_progress(tmp_path):

@@ -266,26 +266,6 @@ CACHES = ("none", "prefix", "dual")
 Select = Callable[[torch.Tensor, torch.Tensor | None, list[int], list[int]], tuple[torch.Tensor, torch.Tensor]]
 
 
-# ---------------------------------------------------------------------------- EOS handling
-# Added for issue 3 part 2 (d3llm, learn2pd): where an EOS is, and d3LLM's fill after it.
-
-
-def first_token(x: torch.Tensor, token: int, start: int = 0) -> int | None:
-    """Absolute index of the first `token` in row 0 of x (1, T) at or after `start`, or None."""
-    hits = (x[0, start:] == token).nonzero()
-    return start + int(hits[0, 0]) if len(hits) else None
-
-
-def fill_after(x: torch.Tensor, e: int, token: int, mask_id: int) -> torch.Tensor:
-    """d3LLM's early stop: every position of row 0 after e becomes `token` (committed tokens,
-    not masks), whatever it held. Returns the (1, T) bool mask of the positions that were
-    masks, i.e. the commits the fill made."""
-    filled = torch.zeros_like(x, dtype=torch.bool)
-    filled[0, e + 1 :] = x[0, e + 1 :] == mask_id
-    x[0, e + 1 :] = token
-    return filled
-
-
 def propose(
     logits: torch.Tensor, temperature: float, mask_id: int, noise: Noise | None = None, rows: Sequence[int] | None = None
 ) -> torch.Tensor:

@@ -56,7 +56,9 @@ REGISTRY: dict[str, Entry] = {
     "dream-7b-instruct": Entry("Dream-org/Dream-v0-Instruct-7B", "Dream-v0-Instruct-7B (Ye et al. 2025, arXiv 2508.15487)"),
     "dream-7b-base": Entry("Dream-org/Dream-v0-Base-7B", "Dream-v0-Base-7B"),
     "diffucoder-7b-instruct": Entry("apple/DiffuCoder-7B-Instruct", "DiffuCoder-7B-Instruct (Gong et al. 2025, arXiv 2506.20639)"),
-    "dream-coder-7b-instruct": Entry("Dream-org/Dream-Coder-v0-Instruct-7B", "Dream-Coder-v0-Instruct-7B (Xie et al. 2025, arXiv 2509.01142)"),
+    "dream-coder-7b-instruct": Entry(
+        "Dream-org/Dream-Coder-v0-Instruct-7B", "Dream-Coder-v0-Instruct-7B (Xie et al. 2025, arXiv 2509.01142)"
+    ),
     "dparallel-dream-7b": Entry("Zigeng/dParallel_Dream_7B_Instruct", "dParallel-distilled Dream-v0-Instruct-7B"),
     "d3llm-dream": Entry("d3LLM/d3LLM_Dream", "d3LLM-distilled Dream-v0-Instruct-7B"),
 }

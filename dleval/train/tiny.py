@@ -117,7 +117,9 @@ def task_gen_length() -> int:
 def chat_prompt(question: str, arch: str = "llada") -> str:
     """The tiny model's chat template rendered for one user turn, as a string."""
     if arch == "dream":
-        return f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+        return (
+            f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+        )
     return (
         f"<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     )
