@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import json
 import signal
 import sys
@@ -272,9 +273,10 @@ def _open_folder(req: RunRequest, where: Ranks, setup: Setup, log: Callable[[str
             log(f"{others[-1].name} ran this configuration on another sample set: starting a new run folder for these {len(samples)}")
         else:
             log("no earlier run with this configuration: starting a new one")
-    if run_dir is None:
-        stamp = slug(where.invocation) if where.named else datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = req.out_dir / f"{stamp}_{suffix}"
+    if run_dir is None and where.named:  # every rank of one launch names the same folder
+        run_dir = req.out_dir / f"{slug(where.invocation)}_{suffix}"
+    elif run_dir is None:
+        run_dir = _new_folder(req.out_dir, datetime.now().strftime("%Y%m%d-%H%M%S"), suffix)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = environment(loaded.model.device)
     config = {
@@ -303,7 +305,26 @@ def _open_folder(req: RunRequest, where: Ranks, setup: Setup, log: Callable[[str
         config = results.read_config(run_dir)  # the first writer's, never rewritten
         if config.get("config_hash") != config_hash:
             raise UserError(f"{run_dir} holds another configuration (config hash {config.get('config_hash')}, not {config_hash})")
+        if config.get("dataset_hash") != sample_set:
+            raise UserError(
+                f"{run_dir} holds another sample set (dataset hash {config.get('dataset_hash')}, not {sample_set}): give this run its own --run-id"
+            )
     return run_dir, config, env
+
+
+def _new_folder(out_dir: Path, stamp: str, suffix: str) -> Path:
+    """A run folder that no other run has: two runs of one configuration started in the same
+    second (a sweep point beside a run, two shells) would otherwise share `<stamp>_<suffix>`, and
+    the second would append to the first's finished files. mkdir is the atomic claim."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = out_dir / (f"{stamp}_{suffix}" if n == 1 else f"{stamp}-{n}_{suffix}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
 
 
 def _finish(run_dir: Path, config: dict[str, Any], where: Ranks, req: RunRequest, interrupted: bool, log) -> RunResult:

@@ -136,6 +136,28 @@ def test_a_smaller_limit_never_touches_a_finished_run(tmp_path):
     assert same.run_dir == first.run_dir and _files(first.run_dir) == before
 
 
+def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    """Two runs of one configuration whose clocks read the same second (it made the test above
+    flaky): the second must not write into the first's folder."""
+    import datetime as dt
+
+    import dleval.run as run_mod
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime(2026, 11, 26, 19, 6, 36, tzinfo=tz)
+
+    monkeypatch.setattr(run_mod, "datetime", Frozen)
+    first = run(request(tmp_path, limit=3, batch_size=3), log=lambda m: None)
+    before = _files(first.run_dir)
+    second = run(request(tmp_path, limit=2, batch_size=2), log=lambda m: None)
+    assert first.run_dir.name.startswith("20261126-190636_") and second.run_dir.name.startswith("20261126-190636-2_")
+    assert _files(first.run_dir) == before and second.summary.n == 2
+    resumed = run(request(tmp_path, limit=2, batch_size=2, resume=True), log=lambda m: None)  # --resume still finds it
+    assert resumed.run_dir == second.run_dir
+
+
 def test_a_sweep_with_a_smaller_limit_and_a_failing_sweep_leave_a_finished_run_byte_identical(tmp_path):
     from dleval.sweep import SweepRequest, run_sweep
 
