@@ -178,6 +178,18 @@ class _Plan:
     append: int = 0  # cached forward: the cache grows by its first `append` new positions
 
 
+@dataclass(frozen=True)
+class _Decode:
+    """What stays fixed for a whole decode, passed to each group's commit as one value."""
+
+    model: Model
+    x: torch.Tensor  # (N, P+L) the canvas, left-padded, written in place
+    P: int  # prompt width
+    cfg: Config
+    noise: _parts.Noise
+    rows: list[_Row]
+
+
 @torch.inference_mode()
 def decode(
     model: Model,
@@ -195,6 +207,7 @@ def decode(
     dream = bool(getattr(model, "logit_shift", False))  # d3LLM's Dream util (module docstring)
     filled = torch.zeros_like(x, dtype=torch.bool) if dream else None  # (N, P+L) the masks each row's last EOS fill turned into EOS
     rows = [_Row([_Block(0, P, 0, True, done_at=0), _Block(P, P + B, B, full=1.0 >= cfg.decoded_token_threshold)]) for _ in range(N)]
+    d = _Decode(model, x, P, cfg, noise, rows)
     calls = 0
     while True:
         active = [r for r in range(N) if rows[r].active(n_blocks)]
@@ -217,7 +230,7 @@ def decode(
             if dream and cached and logits.shape[1] > 1:  # the Dream util's span-local shift: its first position reads its own output
                 logits = torch.cat([logits[:, 1:2], logits[:, 1:]], dim=1)
             step = torch.zeros_like(x, dtype=torch.bool) if on_step is not None else None
-            _commit(model, x, P, group, sel, rows, logits, lo, cfg, noise, step, filled)
+            _commit(d, group, sel, logits, lo, step, filled)
             calls += 1
             _parts.report_step(on_step, calls, x, step)
     finishes = ["eos" if row.eos_at is not None else "length" for row in rows]
@@ -315,24 +328,22 @@ def _stack(group: list[_Row]) -> KVCache:
 
 
 def _commit(
-    model: Model,
-    x: torch.Tensor,
-    P: int,
+    d: _Decode,
     group: list[int],
     sel: torch.Tensor | None,
-    rows: list[_Row],
     logits: torch.Tensor,
     lo: int,
-    cfg: Config,
-    noise: _parts.Noise,
     step: torch.Tensor | None,
     filled: torch.Tensor | None,
 ) -> None:
-    """Choose and commit for each row of a group from its logits (R, P+L-lo, V), then the EOS fill
-    and the block counts (one host sync for the group). `filled` (N, P+L): Dream only, the masks
-    each row's last EOS fill closed (the Dream util's candidates still)."""
+    """Choose and commit for each row of a group (`group`: row indices; `sel`: the same as a tensor,
+    None when the group is every row) from its logits (R, P+L-lo, V) of positions [lo, P+L), then
+    the EOS fill and the block counts (one host sync for the group); `d.x` is written in place,
+    `step` (N, P+L), when given, marks the commits. `filled` (N, P+L): Dream only, the masks each
+    row's last EOS fill closed (the Dream util's candidates still)."""
     if filled is None:  # LLaDA models: the thin step (issue 14)
-        return _commit_thin(model, x, P, group, sel, rows, logits, lo, cfg, noise, step)
+        return _commit_thin(d, group, sel, logits, lo, step)
+    model, x, P, cfg, noise, rows = d.model, d.x, d.P, d.cfg, d.noise, d.rows
     R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, x.device
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
@@ -418,24 +429,21 @@ def _commit(
 
 
 def _commit_thin(
-    model: Model,
-    x: torch.Tensor,
-    P: int,
+    d: _Decode,
     group: list[int],
     sel: torch.Tensor | None,
-    rows: list[_Row],
     logits: torch.Tensor,
     lo: int,
-    cfg: Config,
-    noise: _parts.Noise,
     step: torch.Tensor | None,
 ) -> None:
-    """Choose and commit for each row of a group from its logits (R, P+L-lo, V), then the EOS fill
-    and the block counts, from one host sync for the group (the canvas rows, read back).
+    """`_commit` for LLaDA models: choose and commit for each row of a group from its logits
+    (R, P+L-lo, V), then the EOS fill and the block counts, from one host sync for the group (the
+    canvas rows, read back).
 
     Kept thin (issue 14): the progress guarantee is checked on the host after that sync (a row
     whose first fully-activated block with masks got no commit); only such a row pays for the fix
     and a second read-back."""
+    model, x, P, cfg, noise, rows = d.model, d.x, d.P, d.cfg, d.noise, d.rows
     mask_id, dev = model.mask_id, x.device
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end

@@ -176,6 +176,19 @@ class _Row:
     done: bool = False
 
 
+@dataclass(frozen=True)
+class _Decode:
+    """What stays fixed for a whole decode, passed to each group's step as one value."""
+
+    model: Model
+    params: dict[str, torch.Tensor]  # the filter's weights, on the model's device
+    rows: list[_Row]
+    P: int  # prompt width
+    step_of: torch.Tensor  # (N, L): which of its forwards committed each generated position, written in place
+    cfg: Config
+    noise: _parts.Noise
+
+
 @torch.inference_mode()
 def decode(
     model: Model,
@@ -193,6 +206,7 @@ def decode(
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
     rows = [_Row(x[r : r + 1].clone(), P, _quota(B, per_block)) for r in range(N)]
     step_of = torch.full((N, L), -1, dtype=torch.long, device=x.device)  # which of its forwards committed each generated position
+    d = _Decode(model, params, rows, P, step_of, cfg, noise)
     calls = 0
     while True:
         groups: dict[int, list[int]] = {}  # canvas width -> the rows of that width: one forward each
@@ -205,7 +219,7 @@ def decode(
             mask = None
             if attention is not None and any(padded[r] for r in group):
                 mask = attention[group, :width]
-            chosen = _step(model, params, rows, group, mask, P, step_of, cfg, noise)
+            chosen = _step(d, group, mask)
             calls += 1
             if on_step is not None:
                 _report(on_step, calls, rows, chosen, P, model.eos_id)
@@ -222,22 +236,14 @@ def _quota(masks: int, per_block: int) -> list[int]:
     return [masks // per_block + (j < masks % per_block) for j in range(per_block)]
 
 
-def _step(
-    model: Model,
-    params: dict[str, torch.Tensor],
-    rows: list[_Row],
-    group: list[int],
-    mask: torch.Tensor | None,
-    P: int,
-    step_of: torch.Tensor,
-    cfg: Config,
-    noise: _parts.Noise,
-) -> dict[int, torch.Tensor]:
-    """One forward for rows of equal canvas width, each at its own block: commit, cut, move on.
+def _step(d: _Decode, group: list[int], mask: torch.Tensor | None) -> dict[int, torch.Tensor]:
+    """One forward for the rows `group` of equal canvas width (`mask`: their key padding mask, or
+    None), each at its own block: commit, cut, move on (updates `d.rows` and `d.step_of`).
     Returns each row's committed positions (1, n') over its generation region after the cut."""
+    if len(group) == 1:
+        return _step_one(d, group[0], mask)
+    model, params, rows, P, step_of, cfg, noise = d.model, d.params, d.rows, d.P, d.step_of, d.cfg, d.noise
     R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, step_of.device
-    if R == 1:
-        return _step_one(model, params, rows, group[0], mask, P, step_of, cfg, noise)
     xg = rows[group[0]].x if R == 1 else torch.cat([rows[r].x for r in group])  # (R, P+n)
     n = xg.shape[1] - P  # generation positions left after any cut
     logits = _parts.forward(model, xg, group, attention_mask=mask).logits[:, P:]  # (R, n, V): only the generation region holds masks
@@ -287,20 +293,11 @@ def _step(
     return out
 
 
-def _step_one(
-    model: Model,
-    params: dict[str, torch.Tensor],
-    rows: list[_Row],
-    r: int,
-    mask: torch.Tensor | None,
-    P: int,
-    step_of: torch.Tensor,
-    cfg: Config,
-    noise: _parts.Noise,
-) -> dict[int, torch.Tensor]:
-    """`_step` for a group of one row: the same decisions with the block as a slice (no gathers;
+def _step_one(d: _Decode, r: int, mask: torch.Tensor | None) -> dict[int, torch.Tensor]:
+    """`_step` for a group of one row `r`: the same decisions with the block as a slice (no gathers;
     after a cut inside the block, the slice is shorter and the filter's input zero-padded) and
     the host reading back only flags (issue 14: a thin step)."""
+    model, params, rows, P, step_of, cfg, noise = d.model, d.params, d.rows, d.P, d.step_of, d.cfg, d.noise
     B, mask_id, eos = cfg.block_length, model.mask_id, model.eos_id
     row = rows[r]
     xr = row.x  # (1, P+n)
