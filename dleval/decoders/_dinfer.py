@@ -68,11 +68,7 @@ def decode(
     seeds: Sequence[int] | None,
 ) -> list[Generation]:
     """One prompt at a time; `make_select` gives each prompt a fresh rule (the credit matrix is state)."""
-    out = []
-    for i, (prompt, seed) in enumerate(zip(prompts, _parts.seeds_for(seeds, len(prompts)))):
-        with _parts.seeded(seed, model.device):  # the Gumbel noise draws from the (seeded) global RNG
-            out.append(decode_one(model, prompt, cfg, make_select(), on_step, i))
-    return out
+    return _parts.one_at_a_time(model, prompts, seeds, lambda prompt, i: decode_one(model, prompt, cfg, make_select(), on_step, i))
 
 
 def decode_one(model: Model, prompt: Sequence[int], cfg: Any, select: Select, on_step: OnStep | None, row: int = 0) -> Generation:

@@ -80,6 +80,19 @@ def seeded(seed: int | None, device: torch.device | str) -> Iterator[None]:
         yield
 
 
+def one_at_a_time(
+    model: Model, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None, decode_one: Callable[[Sequence[int], int], Generation]
+) -> list[Generation]:
+    """`decode_one(prompt, row)` for each prompt in turn, each under its own seed (`seeded`): the
+    loop of the decoders that decode one prompt at a time (their Gumbel noise draws from the
+    global RNG, as their references do)."""
+    out = []
+    for i, (prompt, seed) in enumerate(zip(prompts, seeds_for(seeds, len(prompts)))):
+        with seeded(seed, model.device):
+            out.append(decode_one(prompt, i))
+    return out
+
+
 def forward(model: Model, ids: torch.Tensor, rows: Sequence[int] | None, **kwargs):
     """`model.forward(ids, **kwargs)`, telling a `Counted` model which prompts' rows `ids` holds
     (indices into decode()'s prompts), so that NFE is counted per sample. A bare model (tests,

@@ -327,6 +327,25 @@ def _stack(group: list[_Row]) -> KVCache:
     return KVCache(keys, values)
 
 
+def _draws(
+    lg: torch.Tensor,
+    region: torch.Tensor,
+    group: list[int],
+    ends: list[int],
+    s0: int,
+    temperature: float,
+    mask_id: int,
+    noise: _parts.Noise,
+) -> torch.Tensor:
+    """x0 (R, n) at T > 0: each row's Gumbel noise over its own span [s0, ends[j]), from its own
+    generator (the shape batch 1 draws); positions past a row's span keep the canvas's token."""
+    x0 = region.clone()
+    for j, r in enumerate(group):
+        w = ends[j] - s0
+        x0[j : j + 1, :w] = _parts.propose(lg[j : j + 1, :w], temperature, mask_id, noise, [r])
+    return x0
+
+
 def _commit(
     d: _Decode,
     group: list[int],
@@ -354,11 +373,8 @@ def _commit(
     inside = pos < torch.tensor(ends, device=dev).view(-1, 1)  # (R, n): the row's own span [s0, active end)
     if cfg.temperature == 0:
         x0 = _parts.propose(lg, 0.0, mask_id)  # (R, n)
-    else:  # each row's noise over its own span, from its own generator
-        x0 = region.clone()
-        for j, r in enumerate(group):
-            w = ends[j] - s0
-            x0[j : j + 1, :w] = _parts.propose(lg[j : j + 1, :w], cfg.temperature, mask_id, noise, [r])
+    else:
+        x0 = _draws(lg, region, group, ends, s0, cfg.temperature, mask_id, noise)
     h = _parts.entropy(lg)  # (R, n) float64
     real = (region == mask_id) & inside
     if filled is None:
@@ -454,11 +470,8 @@ def _commit_thin(
     v = _parts.neg_entropy(lg)  # (R, n) float64, -H (the softmax is taken before the argmax writes lg)
     if cfg.temperature == 0:
         x0 = _parts.propose_(lg, 0.0, mask_id)  # (R, n)
-    else:  # each row's noise over its own span, from its own generator
-        x0 = region.clone()
-        for j, r in enumerate(group):
-            w = ends[j] - s0
-            x0[j : j + 1, :w] = _parts.propose(lg[j : j + 1, :w], cfg.temperature, mask_id, noise, [r])
+    else:
+        x0 = _draws(lg, region, group, ends, s0, cfg.temperature, mask_id, noise)
     masked = region == mask_id
     if any(end < hi for end in ends):  # the row's own span [s0, active end)
         masked &= torch.arange(s0, hi, device=dev) < torch.tensor(ends, device=dev).view(-1, 1)

@@ -103,11 +103,7 @@ def decode(
     on_step: OnStep | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
-    out = []
-    for i, (prompt, seed) in enumerate(zip(prompts, _parts.seeds_for(seeds, len(prompts)))):
-        with _parts.seeded(seed, model.device):  # the Gumbel noise draws from the (seeded) global RNG
-            out.append(_decode_one(model, prompt, cfg, on_step, i))
-    return out
+    return _parts.one_at_a_time(model, prompts, seeds, lambda prompt, i: _decode_one(model, prompt, cfg, on_step, i))
 
 
 def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, row: int) -> Generation:

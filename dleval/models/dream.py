@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dleval.models.base import ForwardOutput, KVCache
+from dleval.models.layers import RMSNorm, init_normal
 
 
 @dataclass(frozen=True)
@@ -118,19 +118,6 @@ class DreamConfig:
 def is_dream(raw: dict[str, Any]) -> bool:
     """Whether a config.json describes a Dream-architecture checkpoint."""
     return str(raw.get("model_type", "")).lower() == "dream" or "DreamModel" in raw.get("architectures", [])
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)  # in fp32, as DreamRMSNorm
-        return self.weight * x.to(dtype)
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,16 +251,7 @@ class Dream(nn.Module):
 
     def init_weights(self, seed: int, std: float = 0.02) -> None:
         """Deterministic normal init; residual projections scaled down by depth (GPT-2 style)."""
-        gen = torch.Generator().manual_seed(seed)
-        for name, p in self.named_parameters():
-            if name.endswith("norm.weight"):
-                nn.init.ones_(p)
-            elif p.dim() == 1:
-                nn.init.zeros_(p)
-            else:
-                scale = std / math.sqrt(2 * self.cfg.num_hidden_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
-                with torch.no_grad():
-                    p.copy_(torch.randn(p.shape, generator=gen) * scale)
+        init_normal(self, seed, std, self.cfg.num_hidden_layers, residual=("o_proj.weight", "down_proj.weight"), norms=("norm.weight",))
 
     def forward(
         self,

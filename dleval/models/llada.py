@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dleval.models.base import ForwardOutput, KVCache
+from dleval.models.layers import RMSNorm, init_normal
 
 
 @dataclass(frozen=True)
@@ -125,19 +125,6 @@ class LLaDAConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)  # norm in fp32, as the reference
-        return self.weight * x.to(dtype)
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,16 +235,7 @@ class LLaDA(nn.Module):
 
     def init_weights(self, seed: int, std: float = 0.02) -> None:
         """Deterministic normal init; residual projections scaled down by depth (GPT-2 style)."""
-        gen = torch.Generator().manual_seed(seed)
-        for name, p in self.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
-                nn.init.ones_(p)
-            elif p.dim() == 1:
-                nn.init.zeros_(p)
-            else:
-                scale = std / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("attn_out.weight", "ff_out.weight")) else std
-                with torch.no_grad():
-                    p.copy_(torch.randn(p.shape, generator=gen) * scale)
+        init_normal(self, seed, std, self.cfg.n_layers, residual=("attn_out.weight", "ff_out.weight"), norms=("norm.weight", "ln_f.weight"))
 
     def forward(
         self,
