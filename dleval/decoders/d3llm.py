@@ -453,63 +453,100 @@ def _commit_thin(
     step: torch.Tensor | None,
 ) -> None:
     """`_commit` for LLaDA models: choose and commit for each row of a group from its logits
-    (R, P+L-lo, V), then the EOS fill and the block counts, from one host sync for the group (the
-    canvas rows, read back).
+    (R, P+L-lo, V), then the EOS fill and the block counts.
 
-    Kept thin (issue 14): the progress guarantee is checked on the host after that sync (a row
-    whose first fully-activated block with masks got no commit); only such a row pays for the fix
-    and a second read-back."""
+    Kept thin (issue 14): the group's canvas rows and -H come to the host once, every decision
+    (threshold, forced lowest entropy, progress guarantee, EOS fill) is taken there on lists, and
+    the rows go back in one write. -H is first taken in float32 (`_neg_entropy32`); only a row
+    with a decision within `_BAND` of flipping takes the reference's float64 scores."""
     model, x, P, cfg, noise, rows = d.model, d.x, d.P, d.cfg, d.noise, d.rows
-    mask_id, dev = model.mask_id, x.device
+    mask_id, tau = model.mask_id, cfg.threshold
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
     hi = max(ends)
     lg = logits[:, s0 - lo : hi - lo]  # (R, n, V) over [s0, hi)
-    view = x[:, s0:hi]  # (N, n) view of the canvas
-    region = view if sel is None else view.index_select(0, sel)  # (R, n)
-    v = _parts.neg_entropy(lg)  # (R, n) float64, -H (the softmax is taken before the argmax writes lg)
+    gens = (x[:, P:] if sel is None else x[:, P:].index_select(0, sel)).tolist()  # (R, L) before the commit
+    firsts = [next(((b.start - s0, b.end - s0) for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
+    cands = [[i for i in range(ends[j] - s0) if gens[j][s0 - P + i] == mask_id] for j in range(len(group))]
+    approx = _neg_entropy32(lg).tolist()  # (R, n) -H, within _BAND of the float64 scores
+    picks = [_choose(approx[j], cands[j], firsts[j], tau, _BAND) for j in range(len(group))]
+    if None in picks:  # a decision near its boundary: the reference's float64 -H (taken before the argmax writes lg)
+        exact = _parts.neg_entropy(lg).tolist()
+        picks = [p if p is not None else _choose(exact[j], cands[j], firsts[j], tau, 0.0) for j, p in enumerate(picks)]
     if cfg.temperature == 0:
-        x0 = _parts.propose_(lg, 0.0, mask_id)  # (R, n)
+        x0 = _parts.propose_(lg, 0.0, mask_id).tolist()  # (R, n)
     else:
-        x0 = _draws(lg, region, group, ends, s0, cfg.temperature, mask_id, noise)
-    masked = region == mask_id
-    if any(end < hi for end in ends):  # the row's own span [s0, active end)
-        masked &= torch.arange(s0, hi, device=dev) < torch.tensor(ends, device=dev).view(-1, 1)
-    chosen = _parts.threshold_mask(v, masked, v >= -cfg.threshold)  # each row's lowest H, plus H <= tau (exact negations)
+        region = x[:, s0:hi] if sel is None else x[:, s0:hi].index_select(0, sel)
+        x0 = _draws(lg, region, group, ends, s0, cfg.temperature, mask_id, noise).tolist()
+    marks = [[False] * (x.shape[1] - P) for _ in group] if step is not None else None
+    for j, (chosen, forced) in enumerate(picks):  # type: ignore[misc]
+        gen = gens[j]
+        for i in chosen:
+            gen[s0 - P + i] = x0[j][i]
+        if forced is not None:  # the progress guarantee takes the plain argmax, even at T > 0 (the reference re-takes it)
+            gen[s0 - P + forced] = x0[j][forced] if cfg.temperature == 0 else int(_parts.propose(lg[j, forced], 0.0, mask_id))
+        if marks is not None:
+            for i in chosen + ([forced] if forced is not None else []):
+                marks[j][s0 - P + i] = True
+        _finish_step(rows[group[j]], gen, P, cfg, mask_id, model.eos_id, None if marks is None else marks[j])
+    new = x.new_tensor(gens)  # (R, L) the group's one write
     if sel is None:
-        torch.where(chosen, x0, view, out=view)
+        x[:, P:] = new
     else:
-        x[:, s0:hi].index_copy_(0, sel, torch.where(chosen, x0, region))
+        x[:, P:].index_copy_(0, sel, new)
     if step is not None:
-        step[group, s0:hi] = chosen
-    firsts = [next((b for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]  # before this step's commits
-    gens = _read(x, P, group, sel)  # the group's one host sync
-    for j, r in enumerate(group):
-        f = firsts[j]
-        if f is not None and gens[j][f.start - P : f.end - P].count(mask_id) == f.masks:
-            # Progress guarantee: the first fully-activated block with masks got nothing, so its
-            # lowest-entropy mask is committed with the plain argmax (the reference re-takes it
-            # here, even at T > 0); rare, so it costs a second read-back of this row.
-            a, z = f.start - s0, f.end - s0
-            q = a + int(v[j, a:z].masked_fill(~masked[j, a:z], -torch.inf).argmax())  # first of equal maxima of -H
-            # at T = 0 propose_ above already set lg's [MASK] logit to -inf
-            x[r, s0 + q] = lg[j, q].argmax() if cfg.temperature == 0 else _parts.propose(lg[j, q], 0.0, mask_id)
-            if step is not None:
-                step[r, s0 + q] = True
-            gens[j] = x[r, P:].tolist()
-        _finish_step(rows[r], gens[j], x, r, P, cfg, mask_id, model.eos_id, step)
+        step[group, P:] = torch.tensor(marks, device=x.device)
 
 
-def _read(x: torch.Tensor, P: int, group: list[int], sel: torch.Tensor | None) -> list[list[int]]:
-    """The group's generation regions as host lists (R, L)."""
-    return (x[:, P:] if sel is None else x[:, P:].index_select(0, sel)).tolist()
+# float32 -H is within this of the reference's float64 -H = sum p log(p + 1e-12) (`_neg_entropy32`)
+_BAND = 1e-3
 
 
-def _finish_step(
-    row: _Row, gen: list[int], x: torch.Tensor, r: int, P: int, cfg: Config, mask_id: int, eos: int, step: torch.Tensor | None
-) -> None:
-    """From the row's generation region after its commit (host list): block counts, commits, and
-    d3LLM's early stop (everything after the first EOS becomes EOS)."""
+def _neg_entropy32(lg: torch.Tensor) -> torch.Tensor:
+    """-H = sum p log p from a float32 log_softmax, (R, n, V) -> (R, n), in a third of the
+    reference's float64 time. Its error: each log p is off by a few float32 ulps of |logit - lse|
+    (< 1e-5 for logits below 1e2), weighted by p (sum 1); exp adds a relative 1e-7 of each term;
+    the reference's + 1e-12 moves its sum by at most V * 1e-12. So |error| < 1e-4 for any
+    vocabulary under 1e7 tokens and logits below 1e2 in magnitude, and `_BAND` (1e-3) keeps ten
+    times that margin; a decision closer than that to its boundary is retaken in float64."""
+    ls = torch.log_softmax(lg, dim=-1, dtype=torch.float32)
+    return (ls.exp() * ls).sum(dim=-1)
+
+
+def _choose(v: list[float], cands: list[int], first: tuple[int, int] | None, tau: float, band: float) -> tuple[list[int], int | None] | None:
+    """One row's commits from its -H `v` over the span (positions relative to it): every
+    candidate (mask) with H <= tau, the lowest-entropy candidate always (first of equal minima),
+    and, when the first fully-activated block with masks `first` [a, z) got nothing, its
+    lowest-entropy mask (returned apart: it takes the plain argmax). None when `v` is approximate
+    (`band` > 0) and some decision lies within `band` of flipping: every answer given is then
+    the exact scores' (a comparison with tau is off by less than the error; an argmax whose
+    runner-up trails by more than twice the error cannot change)."""
+    if not cands:
+        return [], None
+    if band and any(abs(v[i] + tau) <= band for i in cands):
+        return None
+    chosen = [i for i in cands if v[i] >= -tau]
+    if not chosen:  # else the lowest-entropy candidate already passed
+        best = max(cands, key=v.__getitem__)  # first of equal maxima of -H
+        if band and any(v[i] >= v[best] - 2 * band for i in cands if i != best):
+            return None
+        chosen = [best]
+    if first is None:
+        return chosen, None
+    a, z = first
+    inside = [i for i in cands if a <= i < z]
+    if not inside or any(a <= i < z for i in chosen):
+        return chosen, None
+    q = max(inside, key=v.__getitem__)
+    if band and any(v[i] >= v[q] - 2 * band for i in inside if i != q):
+        return None
+    return chosen, q
+
+
+def _finish_step(row: _Row, gen: list[int], P: int, cfg: Config, mask_id: int, eos: int, marks: list[bool] | None) -> None:
+    """From the row's generation region after its commit (host list, written in place): block
+    counts, commits, and d3LLM's early stop (everything after the first EOS becomes EOS; `marks`,
+    when given, marks the masks it fills)."""
     B, L = cfg.block_length, cfg.gen_length
     before = [gen[i : i + B].count(mask_id) for i in range(0, L, B)]  # masks per block after the commit
     n_commits = sum(blk.masks for blk in row.blocks[1:]) + B * (L // B - (len(row.blocks) - 1)) - sum(before)
@@ -518,11 +555,12 @@ def _finish_step(
     # else the reference's loop ends before its fill
     if cfg.early_stop and row.active(L // B) and e < L:
         at = P + e  # the first EOS, absolute
-        x[r, at + 1 :] = eos
         after = [blk.count(mask_id) for blk in (gen[i : min(i + B, e + 1)] for i in range(0, L, B))]  # the fill leaves these
         n_commits += sum(before) - sum(after)  # the masks it filled
-        if step is not None:
-            step[r, at + 1 :] |= x.new_tensor([t == mask_id for t in gen[e + 1 :]], dtype=torch.bool)
+        if marks is not None:
+            for i in range(e + 1, L):
+                marks[i] = marks[i] or gen[i] == mask_id
+        gen[e + 1 :] = [eos] * (L - e - 1)
         for blk in row.blocks[1:]:
             if blk.start > at and blk.masks:
                 blk.full = True
