@@ -92,6 +92,7 @@ from its own generator (`_parts.Noise`), so it does not depend on the batch eith
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -178,6 +179,9 @@ class _Plan:
     append: int = 0  # cached forward: the cache grows by its first `append` new positions
 
 
+_FULL = _Plan(False, 0)  # a full forward that keeps no cache (every forward with cache="none")
+
+
 @dataclass(frozen=True)
 class _Decode:
     """What stays fixed for a whole decode, passed to each group's commit as one value."""
@@ -186,7 +190,7 @@ class _Decode:
     x: torch.Tensor  # (N, P+L) the canvas, left-padded, written in place
     P: int  # prompt width
     cfg: Config
-    noise: _parts.Noise
+    noise: _parts.Noise | None  # None at T = 0 without seeds
     rows: list[_Row]
 
 
@@ -199,9 +203,9 @@ def decode(
     on_step: OnStep | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
-    noise = _parts.Noise(seeds, len(prompts), model.device)
     x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)  # (N, P+L), left-padded
     N, B = x.shape[0], cfg.block_length
+    noise = _parts.Noise(seeds, N, x.device) if seeds is not None or cfg.temperature > 0 else None  # T = 0 draws nothing
     n_blocks = cfg.gen_length // B
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
     dream = bool(getattr(model, "logit_shift", False))  # d3LLM's Dream util (module docstring)
@@ -253,7 +257,7 @@ def _open_blocks(row: _Row, cfg: Config, n_blocks: int) -> None:
 def _plan(row: _Row, cfg: Config, dream: bool) -> _Plan:
     """Which forward the row needs under its cache setting; updates the blocks' cache bookkeeping."""
     if cfg.cache == "none":
-        return _Plan(False, 0)
+        return _FULL
     due: list[_Block] = []
     for blk in row.blocks:
         if blk.end <= row.cache_len:
@@ -489,9 +493,9 @@ def _commit_thin(
             for i in chosen + ([forced] if forced is not None else []):
                 marks[j][s0 - P + i] = True
         _finish_step(rows[group[j]], gen, P, cfg, mask_id, model.eos_id, None if marks is None else marks[j])
-    new = x.new_tensor(gens)  # (R, L) the group's one write
+    new = torch.frombuffer(array("q", [t for gen in gens for t in gen]), dtype=torch.long).view(len(group), -1)  # (R, L): host ints, no per-element conversion
     if sel is None:
-        x[:, P:] = new
+        x[:, P:].copy_(new)
     else:
         x[:, P:].index_copy_(0, sel, new)
     if step is not None:
