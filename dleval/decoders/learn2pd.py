@@ -60,6 +60,7 @@ is drawn over its own generation region from its own generator (`_parts.Noise`).
 from __future__ import annotations
 
 import json
+import os
 import struct
 from array import array
 from collections.abc import Mapping, Sequence
@@ -130,8 +131,9 @@ def save_filter(path: str | Path, params: Mapping[str, torch.Tensor], meta: dict
 
 
 def load_filter(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    return dict(_load(str(path.resolve()), path.stat().st_mtime_ns))
+    """The weights, read once per file version (keyed by absolute path and mtime: a retrained
+    filter is read again; no `resolve()`, whose lstat per path component each decode would pay)."""
+    return dict(_load(os.path.abspath(path), os.stat(path).st_mtime_ns))
 
 
 @lru_cache(maxsize=8)
@@ -191,6 +193,8 @@ class _Decode:
     cfg: Config
     noise: _parts.Noise | None  # None at T = 0 without seeds
     accept32: float  # accept_threshold rounded to float32, as `sigmoid(...) > accept_threshold` compares it
+    mask_id: int  # the model's, read once (through `Counted` each read is a __getattr__)
+    eos: int
 
 
 @torch.inference_mode()
@@ -202,7 +206,8 @@ def decode(
     on_step: OnStep | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
-    params = {k: v.to(model.device) for k, v in _filter_for(model, cfg).items()}
+    device = model.device
+    params = {k: v.to(device) for k, v in _filter_for(model, cfg).items()}
     x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)  # (N, P+L), left-padded
     N, B, L = x.shape[0], cfg.block_length, cfg.gen_length
     noise = _parts.Noise(seeds, N, x.device) if seeds is not None or cfg.temperature > 0 else None  # T = 0 draws nothing
@@ -211,7 +216,7 @@ def decode(
     gens = x[:, P:].tolist()
     rows = [_Row(x[r : r + 1].clone(), gens[r], [-1] * L, P, _quota(B, per_block)) for r in range(N)]
     accept32 = struct.unpack("f", struct.pack("f", cfg.accept_threshold))[0]
-    d = _Decode(model, params, rows, P, cfg, noise, accept32)
+    d = _Decode(model, params, rows, P, cfg, noise, accept32, model.mask_id, model.eos_id)
     calls = 0
     while True:
         groups: dict[int, list[int]] = {}  # canvas width -> the rows of that width: one forward each
@@ -227,7 +232,7 @@ def decode(
             chosen = _step(d, group, mask)
             calls += 1
             if on_step is not None:
-                _report(on_step, calls, rows, chosen, P, model.eos_id)
+                _report(on_step, calls, rows, chosen, P, d.eos)
     out = []
     for row in rows:
         commits = [0] * row.nfe
@@ -249,7 +254,7 @@ def _step(d: _Decode, group: list[int], mask: torch.Tensor | None) -> dict[int, 
     if len(group) == 1:
         return _step_one(d, group[0], mask)
     model, params, rows, P, cfg, noise = d.model, d.params, d.rows, d.P, d.cfg, d.noise
-    R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, rows[group[0]].x.device
+    R, B, mask_id, eos, dev = len(group), cfg.block_length, d.mask_id, d.eos, rows[group[0]].x.device
     xg = torch.cat([rows[r].x for r in group])  # (R, P+n)
     n = xg.shape[1] - P  # generation positions left after any cut
     logits = _parts.forward(model, xg, group, attention_mask=mask).logits[:, P:]  # (R, n, V): only the generation region holds masks
@@ -299,7 +304,7 @@ def _step_one(d: _Decode, r: int, mask: torch.Tensor | None) -> dict[int, list[i
     back once. After a cut inside the block, the slice is shorter and the filter's input
     zero-padded."""
     model, params, rows, P, cfg, noise = d.model, d.params, d.rows, d.P, d.cfg, d.noise
-    B, mask_id, eos = cfg.block_length, model.mask_id, model.eos_id
+    B, mask_id, eos = cfg.block_length, d.mask_id, d.eos
     row = rows[r]
     xr, gen = row.x, row.gen  # (1, P+n), its n generation positions on the host
     n = len(gen)
@@ -309,8 +314,8 @@ def _step_one(d: _Decode, r: int, mask: torch.Tensor | None) -> dict[int, list[i
     p = torch.softmax(logits, dim=-1, dtype=_parts.SCORE_DTYPES[cfg.score_dtype])  # before the argmax writes the [MASK] logit
     x0t = _parts.propose_(logits, cfg.temperature, mask_id, noise, [r])  # (1, n)
     conf_t = p.gather(-1, x0t.unsqueeze(-1)).squeeze(-1)  # (1, n)
-    cb = conf_t[:, a : a + w].to(torch.float32)
-    block_conf = cb if w == B else F.pad(cb, (0, B - w))  # (1, B), zero-padded
+    block_conf = conf_t.new_zeros((1, B), dtype=torch.float32)  # (1, B), zero-padded after a cut inside the block
+    block_conf[:, :w] = conf_t[:, a : a + w]  # cast as .to(float32)
     sig = torch.sigmoid(filter_logits(params, block_conf))[0, :w].tolist()  # float32 values: compared with accept32
     x0, conf = x0t[0].tolist(), conf_t[0].tolist()
     cands = [i for i in range(a, a + w) if gen[i] == mask_id]  # the block's masks (it has one)
