@@ -163,6 +163,7 @@ class _Row:
     cache_len: int = 0
     eos_at: int | None = None
     commits: list[int] = field(default_factory=list)
+    gen: list[int] = field(default_factory=list)  # LLaDA models: x[r, P:] on the host, kept by `_commit_thin` (unused by the Dream path)
 
     def active(self, n_blocks: int) -> bool:
         """The reference's loop condition (unopened blocks are all masks)."""
@@ -192,6 +193,8 @@ class _Decode:
     cfg: Config
     noise: _parts.Noise | None  # None at T = 0 without seeds
     rows: list[_Row]
+    mask_id: int  # the model's, read once (through `Counted` each read is a __getattr__)
+    eos: int
 
 
 @torch.inference_mode()
@@ -210,8 +213,14 @@ def decode(
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
     dream = bool(getattr(model, "logit_shift", False))  # d3LLM's Dream util (module docstring)
     filled = torch.zeros_like(x, dtype=torch.bool) if dream else None  # (N, P+L) the masks each row's last EOS fill turned into EOS
-    rows = [_Row([_Block(0, P, 0, True, done_at=0), _Block(P, P + B, B, full=1.0 >= cfg.decoded_token_threshold)]) for _ in range(N)]
-    d = _Decode(model, x, P, cfg, noise, rows)
+    mask_id = model.mask_id
+    rows = [
+        _Row(
+            [_Block(0, P, 0, True, done_at=0), _Block(P, P + B, B, full=1.0 >= cfg.decoded_token_threshold)], gen=[mask_id] * cfg.gen_length
+        )
+        for _ in range(N)
+    ]  # make_canvas appends gen_length masks
+    d = _Decode(model, x, P, cfg, noise, rows, mask_id, model.eos_id)
     calls = 0
     while True:
         active = [r for r in range(N) if rows[r].active(n_blocks)]
@@ -238,6 +247,8 @@ def decode(
             calls += 1
             _parts.report_step(on_step, calls, x, step)
     finishes = ["eos" if row.eos_at is not None else "length" for row in rows]
+    if not dream:  # the host copies: `_commit_thin` skips writing a finished row back
+        return [Generation(tuple(row.gen), tuple(row.commits), f) for row, f in zip(rows, finishes)]
     return _parts.generations(x, P, [row.commits for row in rows], finishes)
 
 
@@ -366,8 +377,8 @@ def _commit(
     row's last EOS fill closed (the Dream util's candidates still)."""
     if filled is None:  # LLaDA models: the thin step (issue 14)
         return _commit_thin(d, group, sel, logits, lo, step)
-    model, x, P, cfg, noise, rows = d.model, d.x, d.P, d.cfg, d.noise, d.rows
-    R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, x.device
+    x, P, cfg, noise, rows = d.x, d.P, d.cfg, d.noise, d.rows
+    R, B, mask_id, eos, dev = len(group), cfg.block_length, d.mask_id, d.eos, x.device
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
     hi = max(ends)
@@ -463,13 +474,13 @@ def _commit_thin(
     (threshold, forced lowest entropy, progress guarantee, EOS fill) is taken there on lists, and
     the rows go back in one write. -H is first taken in float32 (`_neg_entropy32`); only a row
     with a decision within `_BAND` of flipping takes the reference's float64 scores."""
-    model, x, P, cfg, noise, rows = d.model, d.x, d.P, d.cfg, d.noise, d.rows
-    mask_id, tau = model.mask_id, cfg.threshold
+    x, P, cfg, noise, rows, mask_id = d.x, d.P, d.cfg, d.noise, d.rows, d.mask_id
+    tau = cfg.threshold
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
     hi = max(ends)
     lg = logits[:, s0 - lo : hi - lo]  # (R, n, V) over [s0, hi)
-    gens = (x[:, P:] if sel is None else x[:, P:].index_select(0, sel)).tolist()  # (R, L) before the commit
+    gens = [rows[r].gen for r in group]  # (R, L) before the commit, the rows' own lists: written in place
     firsts = [next(((b.start - s0, b.end - s0) for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
     cands = [[i for i in range(ends[j] - s0) if gens[j][s0 - P + i] == mask_id] for j in range(len(group))]
     approx = _neg_entropy32(lg).tolist()  # (R, n) -H, within _BAND of the float64 scores
@@ -492,8 +503,11 @@ def _commit_thin(
         if marks is not None:
             for i in chosen + ([forced] if forced is not None else []):
                 marks[j][s0 - P + i] = True
-        _finish_step(rows[group[j]], gen, P, cfg, mask_id, model.eos_id, None if marks is None else marks[j])
-    new = torch.frombuffer(array("q", [t for gen in gens for t in gen]), dtype=torch.long).view(len(group), -1)  # (R, L): host ints, no per-element conversion
+        _finish_step(rows[group[j]], gen, P, cfg, mask_id, d.eos, None if marks is None else marks[j])
+    if step is None and not any(rows[r].active(cfg.gen_length // cfg.block_length) for r in group):
+        return  # every row is done: its tokens are its host list, and no one looks at the canvas
+    flat = array("q", [t for gen in gens for t in gen])  # host ints: no per-element conversion, as torch.tensor(list) makes
+    new = torch.frombuffer(flat, dtype=torch.long).view(len(group), -1)  # (R, L) the group's one write
     if sel is None:
         x[:, P:].copy_(new)
     else:
@@ -517,7 +531,9 @@ def _neg_entropy32(lg: torch.Tensor) -> torch.Tensor:
     return (ls.exp() * ls).sum(dim=-1)
 
 
-def _choose(v: list[float], cands: list[int], first: tuple[int, int] | None, tau: float, band: float) -> tuple[list[int], int | None] | None:
+def _choose(
+    v: list[float], cands: list[int], first: tuple[int, int] | None, tau: float, band: float
+) -> tuple[list[int], int | None] | None:
     """One row's commits from its -H `v` over the span (positions relative to it): every
     candidate (mask) with H <= tau, the lowest-entropy candidate always (first of equal minima),
     and, when the first fully-activated block with masks `first` [a, z) got nothing, its
