@@ -528,7 +528,7 @@ def _neg_entropy32(lg: torch.Tensor) -> torch.Tensor:
     vocabulary under 1e7 tokens and logits below 1e2 in magnitude, and `_BAND` (1e-3) keeps ten
     times that margin; a decision closer than that to its boundary is retaken in float64."""
     ls = torch.log_softmax(lg, dim=-1, dtype=torch.float32)
-    return (ls.exp() * ls).sum(dim=-1)
+    return ls.exp().mul_(ls).sum(dim=-1)
 
 
 def _choose(
