@@ -243,7 +243,10 @@ def decode(
             if dream and cached and logits.shape[1] > 1:  # the Dream util's span-local shift: its first position reads its own output
                 logits = torch.cat([logits[:, 1:2], logits[:, 1:]], dim=1)
             step = torch.zeros_like(x, dtype=torch.bool) if on_step is not None else None
-            _commit(d, group, sel, logits, lo, step, filled)
+            if filled is None:  # LLaDA models: the thin step (issue 14)
+                _commit_thin(d, group, sel, logits, lo, step)
+            else:
+                _commit_dream(d, group, sel, logits, lo, step, filled)
             calls += 1
             _parts.report_step(on_step, calls, x, step)
     finishes = ["eos" if row.eos_at is not None else "length" for row in rows]
@@ -361,22 +364,21 @@ def _draws(
     return x0
 
 
-def _commit(
+def _commit_dream(
     d: _Decode,
     group: list[int],
     sel: torch.Tensor | None,
     logits: torch.Tensor,
     lo: int,
     step: torch.Tensor | None,
-    filled: torch.Tensor | None,
+    filled: torch.Tensor,
 ) -> None:
-    """Choose and commit for each row of a group (`group`: row indices; `sel`: the same as a tensor,
-    None when the group is every row) from its logits (R, P+L-lo, V) of positions [lo, P+L), then
-    the EOS fill and the block counts (one host sync for the group); `d.x` is written in place,
-    `step` (N, P+L), when given, marks the commits. `filled` (N, P+L): Dream only, the masks each
-    row's last EOS fill closed (the Dream util's candidates still)."""
-    if filled is None:  # LLaDA models: the thin step (issue 14)
-        return _commit_thin(d, group, sel, logits, lo, step)
+    """Dream models (the module docstring's Dream bullets): choose and commit for each row of a
+    group (`group`: row indices; `sel`: the same as a tensor, None when the group is every row)
+    from its logits (R, P+L-lo, V) of positions [lo, P+L), then the EOS fill and the block counts
+    (one host sync for the group); `d.x` is written in place, `step` (N, P+L), when given, marks
+    the commits. `filled` (N, P+L): the masks each row's last EOS fill closed (the Dream util's
+    candidates still)."""
     x, P, cfg, noise, rows = d.x, d.P, d.cfg, d.noise, d.rows
     R, B, mask_id, eos, dev = len(group), cfg.block_length, d.mask_id, d.eos, x.device
     s0 = max(lo, P)  # every mask lies at or after the cache end
@@ -392,12 +394,9 @@ def _commit(
         x0 = _draws(lg, region, group, ends, s0, cfg.temperature, mask_id, noise)
     h = _parts.entropy(lg)  # (R, n) float64
     real = (region == mask_id) & inside
-    if filled is None:
-        masked = real
-        chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # each row's lowest H, plus H <= tau
-    else:  # the Dream util: the masks before its EOS fill are candidates; H < tau only, no global lowest-entropy commit
-        masked = real | ((filled[:, s0:hi] if sel is None else filled[:, s0:hi].index_select(0, sel)) & inside)
-        chosen = masked & (h < cfg.threshold)
+    # the masks before the util's EOS fill are candidates; H < tau only, no global lowest-entropy commit
+    masked = real | ((filled[:, s0:hi] if sel is None else filled[:, s0:hi].index_select(0, sel)) & inside)
+    chosen = masked & (h < cfg.threshold)
     firsts = [next((b for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
     if any(f is not None for f in firsts):  # progress guarantee in the first fully-activated block with masks
         a = torch.tensor([f.start if f else 0 for f in firsts], device=dev).view(-1, 1)
@@ -406,10 +405,7 @@ def _commit(
         need = ~(chosen & in_first).any(dim=1) & (z > a).view(-1)  # (R,)
         j = h.masked_fill(~(masked & in_first), torch.inf).argmin(dim=1)  # (R,) first of equal minima
         every = torch.arange(R, device=dev)
-        chosen[every, j] |= need
-        if filled is None:  # the LLaDA reference re-takes the plain argmax here, even at T > 0 (the Dream util keeps its draw)
-            alt = _parts.propose(lg[every, j], 0.0, mask_id)
-            x0[every, j] = torch.where(need, alt, x0[every, j])
+        chosen[every, j] |= need  # with its own x0, even at T > 0 (the LLaDA reference re-takes the plain argmax)
     new = torch.where(chosen, x0, region)
     if sel is None:
         x[:, s0:hi] = new
@@ -435,8 +431,7 @@ def _commit(
         after = synced[2 * R + R * nb + j * nb : 2 * R + R * nb + (j + 1) * nb]
         _set_masks(row.blocks, before)
         n_commits = synced[j]
-        if filled is not None:
-            filled[r] = False
+        filled[r] = False
         # else the reference's loop ends before its fill
         if cfg.early_stop and row.active(cfg.gen_length // B) and synced[R + j] < L:
             at = P + synced[R + j]  # the first EOS, absolute
@@ -444,12 +439,11 @@ def _commit(
             n_commits += sum(before) - sum(after)  # the masks it filled
             if step is not None:
                 step[r, at + 1 :] |= m[j, at + 1 - P :]
-            if filled is not None:
-                filled[r, at + 1 :] = m[j, at + 1 - P :]
+            filled[r, at + 1 :] = m[j, at + 1 - P :]
             for blk in row.blocks[1:]:
                 if blk.start > at and blk.masks:
                     blk.full = True
-                if filled is not None and blk.start > at:  # the Dream util also retires opened blocks after the EOS from the cache
+                if blk.start > at:  # the Dream util also retires opened blocks after the EOS from the cache
                     blk.cached = True
             while len(row.blocks) - 1 < nb:  # the rest of the canvas, closed: finished and never cached
                 s = row.blocks[-1].end
@@ -467,13 +461,14 @@ def _commit_thin(
     lo: int,
     step: torch.Tensor | None,
 ) -> None:
-    """`_commit` for LLaDA models: choose and commit for each row of a group from its logits
+    """LLaDA models: choose and commit for each row of a group from its logits
     (R, P+L-lo, V), then the EOS fill and the block counts.
 
-    Kept thin (issue 14): the group's canvas rows and -H come to the host once, every decision
-    (threshold, forced lowest entropy, progress guarantee, EOS fill) is taken there on lists, and
-    the rows go back in one write. -H is first taken in float32 (`_neg_entropy32`); only a row
-    with a decision within `_BAND` of flipping takes the reference's float64 scores."""
+    Kept thin (issue 14): -H and x0 come to the host once (the canvas rows are kept there,
+    `_Row.gen`), every decision (threshold, forced lowest entropy, progress guarantee, EOS fill)
+    is taken there on lists, and the rows go back in one write (none once all are done). -H is
+    first taken in float32 (`_neg_entropy32`); only a row with a decision within `_BAND` of
+    flipping takes the reference's float64 scores."""
     x, P, cfg, noise, rows, mask_id = d.x, d.P, d.cfg, d.noise, d.rows, d.mask_id
     tau = cfg.threshold
     s0 = max(lo, P)  # every mask lies at or after the cache end
