@@ -315,12 +315,6 @@ def _index(i: int, device: torch.device) -> torch.Tensor:
     return _INDICES[key]
 
 
-def entropy_threshold_mask(h: torch.Tensor, candidates: torch.Tensor | None, tau: float) -> torch.Tensor:
-    """dParallel: commit every candidate with H <= tau, and always the lowest-entropy one
-    (ties by position). All (B, T); candidates None: every position."""
-    return threshold_mask(-h, candidates, h <= tau)
-
-
 def entropy_bound_mask(h: torch.Tensor, candidates: torch.Tensor | None, gamma: float) -> torch.Tensor:
     """EB-sampler: sort the candidates by entropy ascending (ties by position) and accept the
     first k for the largest k with sum(H_1..k) - max(H_1..k) <= gamma; at least one per row

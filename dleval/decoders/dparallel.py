@@ -77,7 +77,7 @@ def decode(
             x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
             p = torch.softmax(logits, dim=-1)
             return x0, (p * torch.log(p + 1e-8)).sum(dim=-1)  # -H: the sum negated, exactly
-        v = _parts.neg_entropy(logits)  # -H: `entropy_threshold_mask` without its negations (exact)
+        v = _parts.neg_entropy(logits)  # -H: H <= tau is -H >= -tau, the negations exact
         return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v  # (R, C) each
 
     def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int]:
