@@ -110,12 +110,12 @@ def decode_one(model: Model, prompt: Sequence[int], cfg: Any, select: Select, on
 
 
 def threshold_scores(
-    rows: torch.Tensor, temperature: float, mask_id: int, block: Callable[[], torch.Tensor], lo: int
+    rows: torch.Tensor, temperature: float, mask_id: int, logits: torch.Tensor, s: int, e: int, lo: int
 ) -> tuple[list[int], list[float]]:
     """x0 and get_transfer_index_threshold's confidence p(x0) (float32, use_float64=False) of each
     row of `rows` (1, w, V), rows [lo, lo + w) of the block (`_host.draft`'s arguments)."""
     p = torch.softmax(rows, dim=-1, dtype=torch.float32)  # before the draft may write the [MASK] logit
-    x0, tokens = _host.draft(rows, temperature, mask_id, block, lo)  # (1, w, 1)
+    x0, tokens = _host.draft(rows, temperature, mask_id, logits, s, e, lo)  # (1, w, 1)
     return tokens, [c for (c,) in p.gather(-1, x0).tolist()[0]]
 
 
@@ -131,12 +131,12 @@ def threshold_pick(conf: Sequence[float], threshold32: float) -> list[bool]:
 
 
 def hierarchy_scores(
-    rows: torch.Tensor, temperature: float, mask_id: int, block: Callable[[], torch.Tensor], lo: int
+    rows: torch.Tensor, temperature: float, mask_id: int, logits: torch.Tensor, s: int, e: int, lo: int
 ) -> tuple[list[int], list[float]]:
     """x0 and HierarchyDecoder's p(x0) = exp(log_softmax(rows)[x0]), in the logits' dtype, of each
     row of `rows` (as `threshold_scores`)."""
     logp = F.log_softmax(rows, dim=-1)
-    x0, tokens = _host.draft(rows, temperature, mask_id, block, lo)  # (1, w, 1)
+    x0, tokens = _host.draft(rows, temperature, mask_id, logits, s, e, lo)  # (1, w, 1)
     return tokens, [c for (c,) in logp.gather(-1, x0).exp_().tolist()[0]]
 
 
@@ -195,7 +195,7 @@ def threshold_rule(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`dinfer`'s rule on a block's tensors, as the reference's function takes them: logits
     (1, b, V), masked (1, b) -> (x0 (1, b), chosen (1, b)). Writes the [MASK] logit of `logits`."""
-    x0, conf = threshold_scores(logits, temperature, mask_id, lambda: logits, 0)
+    x0, conf = threshold_scores(logits, temperature, mask_id, logits, 0, logits.shape[1], 0)
     return _on_block(masked, lambda at: threshold_pick([conf[j] for j in at], _host.f32(threshold)), x0)
 
 
@@ -204,6 +204,6 @@ def hierarchy_rule(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`dinfer_hierarchy`'s rule on a block's tensors, as the reference's function takes them:
     logits (1, b, V), masked (1, b) -> (x0 (1, b), chosen (1, b)). Writes the [MASK] logit of `logits`."""
-    x0, conf = hierarchy_scores(logits, temperature, mask_id, lambda: logits, 0)
+    x0, conf = hierarchy_scores(logits, temperature, mask_id, logits, 0, logits.shape[1], 0)
     high, low = _host.as_dtype(threshold, logits.dtype), _host.as_dtype(low_threshold, logits.dtype)
     return _on_block(masked, lambda at: hierarchy_pick([conf[j] for j in at], at, high, low), x0)

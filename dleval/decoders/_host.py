@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
@@ -86,17 +86,17 @@ def span(at: Sequence[int], lo: int, hi: int) -> tuple[int, int]:
 
 
 def draft(
-    rows: torch.Tensor, temperature: float, mask_id: int, block: Callable[[], torch.Tensor], lo: int
+    rows: torch.Tensor, temperature: float, mask_id: int, logits: torch.Tensor, s: int, e: int, lo: int
 ) -> tuple[torch.Tensor, list[int]]:
-    """x0 (1, w, 1) and as a list: `_parts.propose` for `rows` (1, w, V), the rows [lo, lo + w)
-    of a block.
+    """x0 (1, w, 1) and as a list: `_parts.propose` for `rows` (1, w, V) = logits[:, lo:lo + w],
+    rows of the block logits[:, s:e].
 
     At T = 0 the argmax of `rows`: argmax returns the first maximum, so when that is not [MASK] it
     is also the first maximum of the other tokens, and only a row that ranks [MASK] first (a
     random model) needs the [MASK] logit set to -inf (in `rows`, in place) and a second argmax. At
     T > 0 the reference draws its Gumbel noise over the whole block (the draws and the
-    position-dependent pow must match it): `block()`, the block's logits (1, b, V) whose rows
-    [lo, lo + w) equal `rows`, is perturbed whole (its [MASK] logit is written too)."""
+    position-dependent pow must match it), so the block is perturbed whole (its [MASK] logit is
+    written too) and its rows [lo, lo + w) are kept."""
     if temperature == 0:
         x0 = rows.argmax(dim=-1, keepdim=True)
         tokens = [t for (t,) in x0.tolist()[0]]
@@ -104,7 +104,7 @@ def draft(
             return x0, tokens
         x0 = _parts.propose_(rows, 0.0, mask_id).unsqueeze(-1)
     else:
-        x0 = _parts.propose_(block(), temperature, mask_id)[:, lo : lo + rows.shape[1]].unsqueeze(-1)
+        x0 = _parts.propose_(logits[:, s:e], temperature, mask_id)[:, lo - s : lo - s + rows.shape[1]].unsqueeze(-1)
     return x0, [t for (t,) in x0.tolist()[0]]
 
 

@@ -54,7 +54,7 @@ def decode(
 
     def select(logits: torch.Tensor, s: int, e: int, at: list[int]) -> tuple[list[int], list[bool]]:
         lo = at[0]  # scores for the span of the masks (cheaper than gathering their rows)
-        x0, conf = _dinfer.threshold_scores(logits[:, lo : at[-1] + 1], temperature, mask_id, lambda: logits[:, s:e], lo - s)
+        x0, conf = _dinfer.threshold_scores(logits[:, lo : at[-1] + 1], temperature, mask_id, logits, s, e, lo)
         return [x0[j - lo] for j in at], _dinfer.threshold_pick([conf[j - lo] for j in at], threshold)
 
     def make_select() -> _dinfer.Select:

@@ -80,5 +80,5 @@ class _Credit:
         self.credit = _dinfer.credit_update(block, None, self.credit, cfg.decay_beta, cfg.boost_gamma)
         fused = torch.log(self.credit + 1).mul_(cfg.credit_alpha).add_(block)  # = block + alpha * log(C + 1), bit for bit
         lo, hi = at[0] - s, at[-1] + 1 - s  # scores for the span of the masks
-        x0, conf = _dinfer.threshold_scores(fused[:, lo:hi], cfg.temperature, self.mask_id, lambda: fused, lo)
+        x0, conf = _dinfer.threshold_scores(fused[:, lo:hi], cfg.temperature, self.mask_id, fused, 0, e - s, lo)
         return [x0[j - s - lo] for j in at], _dinfer.threshold_pick([conf[j - s - lo] for j in at], self.threshold)

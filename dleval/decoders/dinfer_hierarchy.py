@@ -56,7 +56,7 @@ def decode(
 
     def select(logits: torch.Tensor, s: int, e: int, at: list[int]) -> tuple[list[int], list[bool]]:
         lo = at[0]  # scores for the span of the masks (cheaper than gathering their rows)
-        x0, conf = _dinfer.hierarchy_scores(logits[:, lo : at[-1] + 1], temperature, mask_id, lambda: logits[:, s:e], lo - s)
+        x0, conf = _dinfer.hierarchy_scores(logits[:, lo : at[-1] + 1], temperature, mask_id, logits, s, e, lo)
         high, low = _host.as_dtype(cfg.threshold, logits.dtype), _host.as_dtype(cfg.low_threshold, logits.dtype)  # p's dtype
         return [x0[j - lo] for j in at], _dinfer.hierarchy_pick([conf[j - lo] for j in at], at, high, low)
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dleval.decoders import _parts
+from dleval.decoders import _host, _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -94,55 +94,78 @@ def decode(
 
 
 def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, row: int) -> Generation:
-    canvas, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)
-    B, N, mask_id = cfg.block_length, P + cfg.gen_length, model.mask_id
-    x = torch.cat([canvas, torch.full((1, B), mask_id, dtype=torch.long, device=canvas.device)], dim=1)  # (1, N+B)
-    edits = _parts.Edits(x[:, P:N], mask_id)
+    B, L, T = cfg.block_length, cfg.gen_length, cfg.temperature
+    canvas = _host.Canvas(model, prompt, L + B)  # [prompt | generation | shadow]; the shadow's masks are never written
+    ids, P, mask_id, device = canvas.ids, canvas.P, model.mask_id, canvas.device
+    N = P + L
     commits: list[int] = []
-    eye = torch.eye(B, dtype=torch.bool, device=x.device)
+    last: dict[int, int] = {}  # position -> the last token committed there (a commit of another one is a rewrite)
+    revoked = rewritten = 0
     for s in range(P, N, B):
         e = s + B
-        positions = torch.cat([torch.arange(N, device=x.device), torch.arange(s, e, device=x.device)])  # (N+B,)
-        attention = torch.ones(1, N + B, N + B, dtype=torch.bool, device=x.device)
-        attention[:, :, N:] = False  # nobody sees the shadow...
-        attention[:, N:, N:] = True  # ...but the shadow itself
-        attention[:, N:, s:e] = ~eye  # shadow i sees the block except its own position
-        blk = x[:, s:e]  # (1, B) view of the block, written in place
-        masked = blk == mask_id  # (1, B)
-        left = int(masked.sum())  # the block's masks, tracked on the host from here on
+        positions = _host.longs([*range(N), *range(s, e)], device)  # (N+B,): the shadow at the block's RoPE positions
+        attention = torch.ones(1, N + B, N + B, dtype=torch.bool, device=device)
+        attention[:, :N, N:] = False  # no real position sees the shadow; the shadow sees it all...
+        attention[0, N:, s:e].fill_diagonal_(False)  # ...but shadow i does not see block position i
+        at = list(range(s, e))  # the block's masks (blocks start masked), tracked on the host
+        done: list[int] = []  # the block's committed positions
         last_accept = FIRST_LAST_ACCEPT
-        while left:
-            max_accept = min(max(int(left * ACCEPT_FRACTION), ACCEPT_MIN), ACCEPT_MAX)
-            logits = _parts.forward(model, x, [row], attention_mask=attention, positions=positions).logits  # (1, N+B, V)
-            draft = logits[:, s:e]
-            p = torch.softmax(draft, dim=-1, dtype=torch.float64)  # before the argmax writes the [MASK] logit
-            x0 = _parts.propose_(draft, cfg.temperature, mask_id)  # (1, B) drafts
-            conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1).masked_fill_(~masked, _parts.NEG_INF)
-            accept = conf > cfg.threshold
-            n = int(accept.sum())  # the step's host sync
-            if n > max_accept:
-                accept, n = _parts.top_k_mask(conf, [max_accept]), max_accept  # all above the threshold: masks
-            elif n == 0:
-                accept, n = _parts.top_k_mask(conf, [1]), 1  # the best mask (masks score >= 0, the rest -inf)
-            revoke, r = None, 0
-            if n > 1:  # only then is the shadow's verdict read: its softmax is taken only then
-                back = _parts.confidence(logits[:, N:], blk)  # (1, B): shadow's belief in each current token
-                back = back.masked_fill_(masked, float("inf"))
-                revoke = back < cfg.threshold_back
-                r = int(revoke.sum())
-                if r >= last_accept:  # at least last_accept committed tokens fail: the last_accept - 1 worst
-                    revoke, r = _parts.top_k_mask(-back, [last_accept - 1]) & ~masked, last_accept - 1
-            torch.where(accept, x0, blk, out=blk)
-            edits.commit(accept, x0, s - P)
-            if r:
-                blk.masked_fill_(revoke, mask_id)
-                edits.revoke(revoke, r)
-            masked = blk == mask_id
-            left += r - n
+        while at:
+            max_accept = min(max(int(len(at) * ACCEPT_FRACTION), ACCEPT_MIN), ACCEPT_MAX)
+            logits = _parts.forward(model, canvas.x, [row], attention_mask=attention, positions=positions).logits  # (1, N+B, V)
+            lo = at[0]
+            draft = logits[:, lo : at[-1] + 1]  # (1, w, V): the span of the masks (cheaper than gathering their rows)
+            p = torch.softmax(draft, dim=-1, dtype=torch.float64)  # before the draft may write the [MASK] logit
+            x0, tokens = _host.draft(draft, T, mask_id, logits, s, e, lo)
+            conf = p.gather(-1, x0).tolist()[0]  # [[p], ...]
+            scored = [(conf[j - lo][0], j) for j in at]
+            accept = [j for c, j in scored if c > cfg.threshold]
+            if len(accept) > max_accept or not accept:  # too many above the threshold (or none): the most confident
+                accept = sorted(j for _, j in sorted(scored, key=_best_first)[: max_accept if accept else 1])
+            n = len(accept)
+            revoke: list[int] = []
+            if n > 1 and done:  # only then is the shadow's verdict read: its softmax is taken only then
+                revoke = _revocations(logits, canvas, done, N - s, cfg.threshold_back, last_accept)
+            for j in accept:
+                token = tokens[j - lo]
+                ids[j] = token
+                if last.get(j, token) != token:
+                    rewritten += 1
+                last[j] = token
+            for j in revoke:
+                ids[j] = mask_id
+            canvas.push()
+            revoked += len(revoke)
+            taken = set(accept)
+            at = sorted([j for j in at if j not in taken] + revoke)
+            gone = set(revoke)
+            done = sorted([j for j in done if j not in gone] + accept)
             last_accept = n
             commits.append(n)
             if on_step is not None:
-                step = torch.zeros_like(canvas, dtype=torch.bool)
-                step[:, s:e] = accept if revoke is None else accept & ~revoke
-                _parts.report_step(on_step, len(commits), x[:, :N], step)
-    return Generation(tuple(x[0, P:N].tolist()), tuple(commits), "length", revoked=edits.revoked, rewritten=edits.rewritten)
+                canvas.report(on_step, len(commits), accept, N)
+    return Generation(tuple(ids[P:N]), tuple(commits), "length", revoked=revoked, rewritten=rewritten)
+
+
+def _best_first(scored: tuple[float, int]) -> tuple[float, int]:
+    """Sort key: confidence descending, ties by position (`_parts.top_k_mask`'s order)."""
+    return -scored[0], scored[1]
+
+
+def _revocations(
+    logits: torch.Tensor, canvas: _host.Canvas, done: list[int], shift: int, threshold_back: float, last_accept: int
+) -> list[int]:
+    """The committed block positions `done` (increasing) whose shadow confidence (the shadow row at
+    position + `shift`, float64 softmax at the current token) < threshold_back; when that is at
+    least `last_accept` of them, only the last_accept - 1 least confident (ties by position)."""
+    c0, c1 = done[0], done[-1]
+    current = torch.frombuffer(canvas.ids[c0 : c1 + 1], dtype=torch.long).view(1, -1, 1)  # (1, w, 1); masks inside are unused
+    if not canvas.shared:
+        current = current.to(canvas.device)
+    shadow = logits[:, c0 + shift : c1 + shift + 1]  # (1, w, V)
+    back = torch.softmax(shadow, dim=-1, dtype=torch.float64).gather(-1, current).tolist()[0]
+    scored = [(back[j - c0][0], j) for j in done]
+    revoke = [j for b, j in scored if b < threshold_back]
+    if len(revoke) >= last_accept:
+        revoke = sorted(j for _, j in sorted(scored)[: last_accept - 1])
+    return revoke
