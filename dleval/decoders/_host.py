@@ -86,7 +86,7 @@ def span(at: Sequence[int], lo: int, hi: int) -> tuple[int, int]:
 
 
 def draft(
-    rows: torch.Tensor, temperature: float, mask_id: int, logits: torch.Tensor, s: int, e: int, lo: int
+    rows: torch.Tensor, temperature: float, mask_id: int, logits: torch.Tensor | None = None, s: int = 0, e: int = 0, lo: int = 0
 ) -> tuple[torch.Tensor, list[int]]:
     """x0 (1, w, 1) and as a list: `_parts.propose` for `rows` (1, w, V) = logits[:, lo:lo + w],
     rows of the block logits[:, s:e].
@@ -104,6 +104,7 @@ def draft(
             return x0, tokens
         x0 = _parts.propose_(rows, 0.0, mask_id).unsqueeze(-1)
     else:
+        assert logits is not None
         x0 = _parts.propose_(logits[:, s:e], temperature, mask_id)[:, lo - s : lo - s + rows.shape[1]].unsqueeze(-1)
     return x0, [t for (t,) in x0.tolist()[0]]
 
