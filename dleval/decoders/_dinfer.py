@@ -110,7 +110,7 @@ def decode_one(model: Model, prompt: Sequence[int], cfg: Any, select: Select, on
 
 
 def threshold_scores(
-    rows: torch.Tensor, temperature: float, mask_id: int, logits: torch.Tensor, s: int, e: int, lo: int
+    rows: torch.Tensor, temperature: float, mask_id: int, logits: torch.Tensor | None, s: int, e: int, lo: int
 ) -> tuple[list[int], list[float]]:
     """x0 and get_transfer_index_threshold's confidence p(x0) (float32, use_float64=False) of each
     row of `rows` (1, w, V), rows [lo, lo + w) of the block (`_host.draft`'s arguments)."""
@@ -131,7 +131,7 @@ def threshold_pick(conf: Sequence[float], threshold32: float) -> list[bool]:
 
 
 def hierarchy_scores(
-    rows: torch.Tensor, temperature: float, mask_id: int, logits: torch.Tensor, s: int, e: int, lo: int
+    rows: torch.Tensor, temperature: float, mask_id: int, logits: torch.Tensor | None, s: int, e: int, lo: int
 ) -> tuple[list[int], list[float]]:
     """x0 and HierarchyDecoder's p(x0) = exp(log_softmax(rows)[x0]), in the logits' dtype, of each
     row of `rows` (as `threshold_scores`)."""

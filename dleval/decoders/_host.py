@@ -1,20 +1,21 @@
-"""Deciding on the host: the canvas and score rows of the decoders that decode one prompt at a time
+"""Deciding on the host: the canvas and scores of the decoders that decode one prompt at a time
 (wino, klass and dInfer's three).
 
 Their references decide, after every forward, which of a few block positions to commit, from a
 handful of numbers per position. Here each forward's scores are computed by torch, in the
-reference's dtype, only for the rows that need them; the few numbers the rule reads come back in
-one read-back (`.tolist()`, one synchronization per forward); the rule runs on Python lists; and
-the canvas lives as a Python list (`Canvas.ids`) whose device copy is rewritten in one copy per
-forward (`Canvas.push`). So a step is a dozen torch calls instead of thirty to forty (issue 14).
+reference's dtype, only for the span of the positions that need them (the first to the last
+mask: a slice, cheaper than gathering rows); the few numbers a rule reads come back with
+`.tolist()` (one synchronization per forward); the rule runs on Python lists; and the canvas is an
+int64 array on the host (`Canvas.ids`) that the CPU tensor the model reads shares. A step is then
+a dozen torch calls instead of thirty to forty (issue 14).
 
-Computing scores for only some rows gives the same bits as for the whole block: softmax,
-log_softmax, max/argmax and sums over the vocabulary are per row, and the elementwise exp and log
-are position independent (tests/test_host.py checks this on the machine it runs on). `pow` on a
-CPU is not: its kernel computes a contiguous tensor's tail with std::pow and the rest with SIMD,
-which can differ in the last bit, so a power is taken at the reference's layout (`pow_at`, and
-`draft` draws the Gumbel noise over the whole block). Comparisons against a Python threshold
-follow torch's rule: the scalar is rounded to the tensor's dtype first (`as_dtype`).
+Scores for some rows are the same bits as for the whole block: softmax, log_softmax, max/argmax
+and sums over the vocabulary are per row, and the elementwise exp and log are position
+independent (tests/test_host.py checks both on the machine it runs on). `pow` on a CPU is not: its
+kernel computes a contiguous tensor's tail with std::pow and the rest with SIMD, which can differ
+in the last bit, so a power keeps the reference's layout (dinfer_credit's p ** gamma over the
+whole block; `draft` draws the Gumbel noise over the whole block). A comparison of a tensor with a
+Python number rounds the number to the tensor's dtype first (`as_dtype`, `f32`).
 """
 
 from __future__ import annotations
@@ -72,14 +73,6 @@ class Canvas:
             _parts.report_step(on_step, nfe, x, step)
 
 
-def at_rows(t: torch.Tensor, at: Sequence[int]) -> torch.Tensor:
-    """t[:, at] for t (1, T, ...) and increasing positions `at` (not empty): a view when they are
-    consecutive, else a copy (index_select)."""
-    if at[-1] - at[0] + 1 == len(at):
-        return t[:, at[0] : at[-1] + 1]
-    return t.index_select(1, longs(at, t.device))
-
-
 def span(at: Sequence[int], lo: int, hi: int) -> tuple[int, int]:
     """The index range [i, j) of the increasing list `at` whose values lie in [lo, hi)."""
     return bisect_left(at, lo), bisect_left(at, hi)
@@ -107,12 +100,6 @@ def draft(
         assert logits is not None
         x0 = _parts.propose_(logits[:, s:e], temperature, mask_id)[:, lo - s : lo - s + rows.shape[1]].unsqueeze(-1)
     return x0, [t for (t,) in x0.tolist()[0]]
-
-
-def kept(before: Sequence[int], after: Sequence[int]) -> list[int]:
-    """The indices in `before` of the values of `after` (both increasing, `after` within `before`)."""
-    live = set(after)
-    return [i for i, j in enumerate(before) if j in live]
 
 
 def f32(value: float) -> float:

@@ -65,7 +65,9 @@ class _Credit:
 
     The matrix is updated on every row of the block, masked or not (the reference boosts only the
     masked rows): a row evolves on its own (every update is row-wise) and a committed position's
-    row is never read again, so the masked rows hold the reference's values bit for bit."""
+    row is never read again, so the masked rows hold the reference's values bit for bit. The
+    fused logits are taken for the span of the masks only. The matrix keeps the reference's
+    (1, b) layout for p ** gamma, whose CPU kernel is position dependent (`_host`)."""
 
     def __init__(self, cfg: Config, mask_id: int) -> None:
         self.cfg, self.mask_id, self.threshold = cfg, mask_id, _host.f32(cfg.threshold)
@@ -78,7 +80,10 @@ class _Credit:
         if s != self.start:  # a new block, a fresh matrix (the reference keys it by the block's span)
             self.start, self.credit = s, None
         self.credit = _dinfer.credit_update(block, None, self.credit, cfg.decay_beta, cfg.boost_gamma)
-        fused = torch.log(self.credit + 1).mul_(cfg.credit_alpha).add_(block)  # = block + alpha * log(C + 1), bit for bit
-        lo, hi = at[0] - s, at[-1] + 1 - s  # scores for the span of the masks
-        x0, conf = _dinfer.threshold_scores(fused[:, lo:hi], cfg.temperature, self.mask_id, fused, 0, e - s, lo)
+        lo, hi = at[0] - s, at[-1] + 1 - s  # fused logits and scores for the span of the masks only
+        fused = torch.log(self.credit[:, lo:hi] + 1).mul_(cfg.credit_alpha).add_(block[:, lo:hi])  # = z + alpha * log(C + 1), bit for bit
+        whole = None  # at T > 0 the noise is drawn over the whole block: its fused logits (1, b, V)
+        if cfg.temperature > 0:
+            whole = torch.log(self.credit + 1).mul_(cfg.credit_alpha).add_(block)
+        x0, conf = _dinfer.threshold_scores(fused, cfg.temperature, self.mask_id, whole, 0, e - s, lo)
         return [x0[j - s - lo] for j in at], _dinfer.threshold_pick([conf[j - s - lo] for j in at], self.threshold)
