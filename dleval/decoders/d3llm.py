@@ -533,29 +533,31 @@ def _choose(
     candidate (mask) with H <= tau, the lowest-entropy candidate always (first of equal minima),
     and, when the first fully-activated block with masks `first` [a, z) got nothing, its
     lowest-entropy mask (returned apart: it takes the plain argmax). None when `v` is approximate
-    (`band` > 0) and some decision lies within `band` of flipping: every answer given is then
-    the exact scores' (a comparison with tau is off by less than the error; an argmax whose
-    runner-up trails by more than twice the error cannot change)."""
+    (`band` > 0) and some decision lies within `band` of flipping (or a score is NaN): every
+    answer given is then the exact scores' (a comparison with tau is off by less than the error;
+    an argmax whose runner-up trails by more than twice the error cannot change)."""
     if not cands:
         return [], None
-    if band and any(abs(v[i] + tau) <= band for i in cands):
+    if band and any(not abs(v[i] + tau) > band for i in cands):
         return None
-    chosen = [i for i in cands if v[i] >= -tau]
-    if not chosen:  # else the lowest-entropy candidate already passed
-        best = max(cands, key=v.__getitem__)  # first of equal maxima of -H
-        if band and any(v[i] >= v[best] - 2 * band for i in cands if i != best):
-            return None
-        chosen = [best]
+    chosen = _parts.pick_threshold(v, cands, -tau)  # `threshold_mask`'s rule, on the host
+    if band and v[chosen[0]] < -tau and _near(v, cands, chosen[0], band):  # nothing passed: the forced pick is close
+        return None
     if first is None:
         return chosen, None
     a, z = first
     inside = [i for i in cands if a <= i < z]
     if not inside or any(a <= i < z for i in chosen):
         return chosen, None
-    q = max(inside, key=v.__getitem__)
-    if band and any(v[i] >= v[q] - 2 * band for i in inside if i != q):
+    q = max(inside, key=lambda i: (v[i] != v[i], v[i]))  # torch's argmax: first of equal maxima, NaN above all
+    if band and _near(v, inside, q, band):
         return None
     return chosen, q
+
+
+def _near(v: list[float], cands: list[int], best: int, band: float) -> bool:
+    """Some other candidate's approximate score is within 2 * band of the best one's."""
+    return any(v[i] >= v[best] - 2 * band for i in cands if i != best)
 
 
 def _finish_step(row: _Row, gen: list[int], P: int, cfg: Config, mask_id: int, eos: int, marks: list[bool] | None) -> None:

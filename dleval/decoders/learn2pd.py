@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -192,7 +191,7 @@ class _Decode:
     P: int  # prompt width
     cfg: Config
     noise: _parts.Noise | None  # None at T = 0 without seeds
-    accept32: float  # accept_threshold rounded to float32, as `sigmoid(...) > accept_threshold` compares it
+    accept32: float  # accept_threshold rounded to the filter's dtype (float32), as `sigmoid(...) > accept_threshold` compares it
     mask_id: int  # the model's, read once (through `Counted` each read is a __getattr__)
     eos: int
 
@@ -215,7 +214,7 @@ def decode(
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
     gens = x[:, P:].tolist()
     rows = [_Row(x[r : r + 1].clone(), gens[r], [-1] * L, P, _quota(B, per_block)) for r in range(N)]
-    accept32 = struct.unpack("f", struct.pack("f", cfg.accept_threshold))[0]
+    accept32 = _parts.as_dtype(cfg.accept_threshold, params["out.bias"].dtype)  # the sigmoid's dtype
     d = _Decode(model, params, rows, P, cfg, noise, accept32, model.mask_id, model.eos_id)
     calls = 0
     while True:
@@ -320,7 +319,7 @@ def _step_one(d: _Decode, r: int, mask: torch.Tensor | None) -> dict[int, list[i
     x0, conf = x0t[0].tolist(), conf_t[0].tolist()
     cands = [i for i in range(a, a + w) if gen[i] == mask_id]  # the block's masks (it has one)
     accepted = [i for i in cands if sig[i - a] > d.accept32]
-    top = sorted(cands, key=conf.__getitem__, reverse=True)[: row.quota[row.i]]  # stable: ties by position
+    top = _parts.pick_top_k(conf, cands, row.quota[row.i])  # ties by position
     chosen = sorted(set(accepted).union(top))
     cut = n
     if cfg.eotp:
@@ -329,7 +328,7 @@ def _step_one(d: _Decode, r: int, mask: torch.Tensor | None) -> dict[int, list[i
         if by_filter:
             cut = by_filter[0]  # the first EOS the filter accepted
         elif opened:
-            cut = max(opened, key=conf.__getitem__)  # else the most confident EOS among the masks (first of equal maxima)
+            cut = max(opened, key=lambda i: (conf[i] != conf[i], conf[i]))  # else the most confident EOS among the masks (torch's argmax)
     for i in chosen:
         gen[i] = x0[i]
         row.step_of[i] = row.nfe  # forwards before this one
