@@ -199,7 +199,7 @@ def test_float32_fast_path_equals_the_float64_path(monkeypatch):
         cfg = d3llm.Config(gen_length=24, block_length=8, threshold=tau, block_add_threshold=0.5, decoded_token_threshold=0.5)
         fast = [decode(model, p, cfg)[0] for p in PROMPTS]
         with monkeypatch.context() as m:
-            m.setattr(d3llm, "_BAND", math.inf)
+            m.setattr(d3llm, "_BAND_SCALE", math.inf)
             slow = [decode(model, p, cfg)[0] for p in PROMPTS]
         assert fast == slow
 

@@ -121,7 +121,9 @@ def test_batch_size_decodes_batches_with_batch_one_outputs_and_nfe(fake_lm_eval,
     logs, outs = {}, {}
     for size in (1, 3):
         logs[size] = tmp_path / f"speed{size}.jsonl"
-        lm = cls(model="tiny", speed_log=str(logs[size]), gen_length=32, block_length=8, cache="none", batch_size=str(size), device="cpu", **args)
+        lm = cls(
+            model="tiny", speed_log=str(logs[size]), gen_length=32, block_length=8, cache="none", batch_size=str(size), device="cpu", **args
+        )
         assert lm.batch_size == size
         outs[size] = lm.generate_until(requests)
     assert outs[3] == outs[1] and len(set(outs[1])) > 1

@@ -98,3 +98,18 @@ def test_host_canvas_writes_what_the_device_path_writes():
     assert torch.equal(shared.x, device.x) and shared.x[0, 5] == 100 and shared.x[1, 2] == 200
     shared.write(1, 0, 7)  # on the CPU the tensor is the host array: no push needed
     assert shared.x[1, 0] == 7
+
+
+@pytest.mark.parametrize("vocab", [2, 348, 126_464])
+def test_float32_entropy_stays_within_its_band(vocab):
+    """`neg_entropy32` is within `entropy32_band` of the float64 `neg_entropy` (the bound is a
+    worst case: the measured error is far inside it), on flat, peaked and huge-logit rows."""
+    g = torch.Generator().manual_seed(vocab)
+    for scale in (0.01, 1.0, 10.0, 1e3):
+        logits = torch.randn(4, vocab, generator=g) * scale
+        logits[1, 0] += 50.0  # one dominant token: H near 0
+        approx, exact = _parts.neg_entropy32(logits).tolist(), _parts.neg_entropy(logits).tolist()
+        for a, e in zip(approx, exact):
+            band = _parts.entropy32_band(vocab, -a)
+            assert abs(a - e) <= band / 10, (vocab, scale, a, e, band)
+    assert _parts.entropy32_band(348, float("nan")) == math.inf and _parts.entropy32_band(2_000_000, 0.1) == math.inf

@@ -190,6 +190,32 @@ def neg_entropy(logits: torch.Tensor) -> torch.Tensor:
     return (p * (p + 1e-12).log_()).sum(dim=-1)
 
 
+def neg_entropy32(logits: torch.Tensor) -> torch.Tensor:
+    """-H = sum p log p from a float32 log_softmax, (..., V) -> (...): a third of `neg_entropy`'s
+    float64 time, within `entropy32_band` of it. For decisions only: a caller that finds one
+    within the band of flipping retakes it on `neg_entropy` (the reference's float64 scores)."""
+    ls = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+    return ls.exp().mul_(ls).sum(dim=-1)
+
+
+def entropy32_band(vocab: int, h: float) -> float:
+    """A bound on |neg_entropy32 - neg_entropy| at a position whose float32 entropy is `h`.
+
+    With u = 2^-24 and L = ln V (the float32 log-sum-exp S lies in [1, V]): log S errs by at most
+    (V + 4 + L) u (V exps of relative error <= 4u summed with a worst-case (V - 1) u, the log's
+    rounding); each log p_i = (x_i - m) - log S adds u (2 |log p_i| + L); exp, the product and
+    the float32 sum of V same-sign terms add (|log p_i| + 4u) p_i |log p_i| and (V - 1) u H.
+    Summed with sum p_i |log p_i| = H and sum p_i log^2 p_i <= (2L + 10) H + 0.01 (terms with
+    |log p| > 2L + 10 have p < e^-10 / V^2): |error| <= u [(V + 4 + 2L) + (2V + 30 + 6L) H + 1],
+    taken twice over, with H <= 1.5 h + 1 (the true entropy from the float32 one, for V <= 1e6),
+    plus the reference's + 1e-12 inside its log (<= V * 1e-12). No assumption on the logits'
+    size: every error is relative to x - max. NaN or inf: an infinite band (always retaken)."""
+    if not h == h or math.isinf(h) or vocab > 1_000_000:
+        return math.inf
+    L, u = math.log(vocab), 2.0**-24
+    return 2 * u * ((vocab + 4 + 2 * L) + (2 * vocab + 30 + 6 * L) * (1.5 * h + 1) + 1) + vocab * 1e-12
+
+
 def margin(logits: torch.Tensor, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
     """top-1 minus top-2 of the raw logits (Prophet's exit test), subtracted in `dtype` (None:
     the logits' dtype). logits (..., V) -> (...)."""

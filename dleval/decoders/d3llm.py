@@ -467,8 +467,8 @@ def _commit_thin(
     Kept thin (issue 14): -H and x0 come to the host once (the canvas rows are kept there,
     `_Row.gen`), every decision (threshold, forced lowest entropy, progress guarantee, EOS fill)
     is taken there on lists, and the rows go back in one write (none once all are done). -H is
-    first taken in float32 (`_neg_entropy32`); only a row with a decision within `_BAND` of
-    flipping takes the reference's float64 scores."""
+    first taken in float32 (`_parts.neg_entropy32`); only a row with a decision within its band
+    (`_parts.entropy32_band`) of flipping takes the reference's float64 scores."""
     x, P, cfg, noise, rows, mask_id = d.x, d.P, d.cfg, d.noise, d.rows, d.mask_id
     tau = cfg.threshold
     s0 = max(lo, P)  # every mask lies at or after the cache end
@@ -478,8 +478,9 @@ def _commit_thin(
     gens = [rows[r].gen for r in group]  # (R, L) before the commit, the rows' own lists: written in place
     firsts = [next(((b.start - s0, b.end - s0) for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
     cands = [[i for i in range(ends[j] - s0) if gens[j][s0 - P + i] == mask_id] for j in range(len(group))]
-    approx = _neg_entropy32(lg).tolist()  # (R, n) -H, within _BAND of the float64 scores
-    picks = [_choose(approx[j], cands[j], firsts[j], tau, _BAND) for j in range(len(group))]
+    approx = _parts.neg_entropy32(lg).tolist()  # (R, n) -H, each row within `bands` of the float64 scores
+    bands = [_parts.entropy32_band(lg.shape[-1], max((-v[i] for i in c), default=0.0)) * _BAND_SCALE for v, c in zip(approx, cands)]
+    picks = [_choose(approx[j], cands[j], firsts[j], tau, bands[j]) for j in range(len(group))]
     if None in picks:  # a decision near its boundary: the reference's float64 -H (taken before the argmax writes lg)
         exact = _parts.neg_entropy(lg).tolist()
         picks = [p if p is not None else _choose(exact[j], cands[j], firsts[j], tau, 0.0) for j, p in enumerate(picks)]
@@ -511,19 +512,7 @@ def _commit_thin(
         step[group, P:] = torch.tensor(marks, device=x.device)
 
 
-# float32 -H is within this of the reference's float64 -H = sum p log(p + 1e-12) (`_neg_entropy32`)
-_BAND = 1e-3
-
-
-def _neg_entropy32(lg: torch.Tensor) -> torch.Tensor:
-    """-H = sum p log p from a float32 log_softmax, (R, n, V) -> (R, n), in a third of the
-    reference's float64 time. Its error: each log p is off by a few float32 ulps of |logit - lse|
-    (< 1e-5 for logits below 1e2), weighted by p (sum 1); exp adds a relative 1e-7 of each term;
-    the reference's + 1e-12 moves its sum by at most V * 1e-12. So |error| < 1e-4 for any
-    vocabulary under 1e7 tokens and logits below 1e2 in magnitude, and `_BAND` (1e-3) keeps ten
-    times that margin; a decision closer than that to its boundary is retaken in float64."""
-    ls = torch.log_softmax(lg, dim=-1, dtype=torch.float32)
-    return ls.exp().mul_(ls).sum(dim=-1)
+_BAND_SCALE = 1.0  # tests set it to inf: every decision on the float64 scores
 
 
 def _choose(
