@@ -122,8 +122,10 @@ def make_canvas(
     pad, mask_id = model.eos_id if pad_id is None else pad_id, model.mask_id
     if any(mask_id in p for p in prompts):
         raise ValueError("a prompt contains the mask token id")
-    # Built on the host as one list: one tensor op (and one copy to the device) per decode.
-    x = torch.tensor([[pad] * (P - len(p)) + list(p) + [mask_id] * gen_length for p in prompts], dtype=torch.long)
+    # Built on the host as one flat int64 array the tensor wraps (no per-element conversion), and
+    # one copy to the device per decode.
+    ids = array("q", [t for p in prompts for t in (*[pad] * (P - len(p)), *p, *[mask_id] * gen_length)])
+    x = torch.frombuffer(ids, dtype=torch.long).view(len(prompts), P + gen_length)
     mask = None
     if any(len(p) < P for p in prompts):
         mask = torch.tensor([[False] * (P - len(p)) + [True] * (len(p) + gen_length) for p in prompts])
@@ -593,7 +595,7 @@ class _HostCanvas:
         self.T = x.shape[1]
         self.shared = x.device.type == "cpu" if shared is None else shared  # False on a CPU: the device path (tests)
         if self.shared:
-            self.ids = array("q", x.reshape(-1).tolist())
+            self.ids = array("q", x.reshape(-1).tolist())  # x itself may wrap a buffer Python cannot index (make_canvas)
             self.x = torch.frombuffer(self.ids, dtype=torch.long).view(x.shape)  # shares `ids`' memory
         else:
             self.x = x
