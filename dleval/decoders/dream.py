@@ -110,7 +110,15 @@ def sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Ge
     The token is never [MASK]: the argmax skips it and a drawn [MASK] is replaced by that
     argmax (the draw itself is the reference's, so the random stream is the same). A trained
     model never proposes [MASK], so this equals the reference, where a sampled [MASK] would
-    leave its position masked; on a random model the canvas still fills."""
+    leave its position masked; on a random model the canvas still fills. Greedy nucleus
+    sampling (T = 0, top_p < 1, no top_k) takes `_greedy_nucleus`, the same values bit for bit."""
+    if cfg.temperature == 0 and cfg.top_k is None and cfg.top_p is not None and cfg.top_p < 1 and len(logits):
+        return _greedy_nucleus(logits, cfg, mask_id)
+    return _sample_tokens(logits, cfg, mask_id, gen)
+
+
+def _sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_tokens` as the reference computes it: filter, softmax, confidence, token."""
     probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
     conf = None
     if cfg.alg == "topk_margin":
@@ -129,6 +137,43 @@ def sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Ge
         x0 = torch.where(drawn == mask_id, x0, drawn)  # a drawn [MASK] becomes the best other token
     if conf is None:
         conf = torch.gather(probs, -1, x0[:, None]).squeeze(-1)
+    return conf, x0
+
+
+# The confidence of a one-token nucleus: its filtered distribution is one-hot (p = 1 exactly, see
+# _greedy_nucleus), so p log(p + 1e-10) sums to 0 and p(x0) = top1 - top2 = 1.
+_ONE_HOT_CONF = {"entropy": 0.0, "maskgit_plus": 1.0, "topk_margin": 1.0, "origin": 1.0}
+
+
+def _greedy_nucleus(logits: torch.Tensor, cfg: Config, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_sample_tokens` at T = 0 with a nucleus filter, without sorting every row's vocabulary.
+
+    Most rows' nucleus is one token (the reference's sorted cumulative mass is above top_p at the
+    first token: p_top > top_p). Such a row needs no sort: its filtered distribution keeps only the
+    top token, so its probabilities are one-hot exactly (exp(0) = 1 for any faithful exp, the
+    dropped logits' exp underflows to 0, 1/1 = 1) and its confidence is `_ONE_HOT_CONF`, its
+    token the argmax. A row is decided that way only when p_top, computed here by a softmax of the
+    unsorted row, exceeds top_p by more than a bound on its difference from the reference's
+    value (the first entry of the softmax of the sorted row): the same max is subtracted and the
+    same exps are summed, only in another order, and a float sum of V nonnegative terms in any
+    order is within (V - 1) u of the exact sum (u = eps / 2, relative), so the two p_top differ by
+    at most about (2 (V - 1) + 4) u = (V + 1) eps (two sums, two reciprocals, top_p's cast); the
+    band is twice that, 2 (V + 1) eps (8.3e-5 at the tiny model's V = 348 in float32, 0.036 at
+    Dream's 152k; in bfloat16 it is above 1, so every row takes the reference). A unique
+    top logit follows from p_top > 1/2, so ties in the sort do not matter. [MASK] is zeroed
+    before the max, so a row whose top token is [MASK] has p_top < 1/2 and goes to the reference
+    too (whose zeroed one-hot row gives token 0). Every other row (a nucleus of more tokens, a
+    p_top in the band, NaN) takes `_sample_tokens` itself, sort included."""
+    probs = torch.softmax(logits, dim=-1)  # (N, V), the unfiltered distribution
+    top, x0 = probs.index_fill_(-1, _parts._index(mask_id, probs.device), 0).max(dim=-1)  # (N,), (N,)
+    sure = cfg.top_p + 2 * (logits.shape[-1] + 1) * torch.finfo(logits.dtype).eps
+    hard = [j for j, p in enumerate(top.tolist()) if not p > sure]  # the step's host sync; NaN is hard
+    conf = torch.full_like(top, _ONE_HOT_CONF[cfg.alg])
+    if hard:
+        rows = torch.tensor(hard, device=logits.device)
+        c, t = _sample_tokens(logits.index_select(0, rows), cfg, mask_id, None)  # T = 0: no draw
+        conf.index_copy_(0, rows, c)
+        x0.index_copy_(0, rows, t)
     return conf, x0
 
 
