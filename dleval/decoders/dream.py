@@ -36,6 +36,7 @@ global RNG, drawn in the reference's order for one prompt).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -118,8 +119,14 @@ def sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Ge
 
 
 def _sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`sample_tokens` as the reference computes it: filter, softmax, confidence, token."""
-    probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
+    """`sample_tokens` as the reference computes it: filter, then `_score`."""
+    return _score(filter_logits(logits, cfg), cfg, mask_id, gen)
+
+
+def _score(filtered: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(confidence, token) per row from the filtered logits (N, V): the reference's softmax,
+    confidence, draw and argmax."""
+    probs = torch.softmax(filtered, dim=-1)
     conf = None
     if cfg.alg == "topk_margin":
         top = torch.sort(probs, dim=-1, descending=True).values
@@ -140,41 +147,60 @@ def _sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.G
     return conf, x0
 
 
-# The confidence of a one-token nucleus: its filtered distribution is one-hot (p = 1 exactly, see
-# _greedy_nucleus), so p log(p + 1e-10) sums to 0 and p(x0) = top1 - top2 = 1.
+# Greedy nucleus sampling without the sort (`_greedy_nucleus`). The reference sorts each row's
+# logits, and keeps the sorted prefix through the first token whose cumulative probability c_j
+# (the softmax of the sorted row, cumsum) exceeds top_p. Here c_j is computed from the unsorted
+# row's softmax instead (the same exps of the same differences to the same max, summed in another
+# order), for the first _TOP tokens of the sorted order (topk). A float sum of V nonnegative
+# terms, in any order, is within (V - 1) u of the exact sum (u = eps / 2, relative), so the two
+# c_j differ by at most about (2 (V - 1) + 4) u < (V + 1) eps (two normalizers, two reciprocals,
+# the cumulative sums, top_p's cast). A decision is taken only where every c_j it reads is more
+# than twice that, 2 (V + 1) eps, from top_p (8.3e-5 for the tiny models' V = 348 in float32,
+# 0.036 at Dream's 152k vocabulary; above 1 in bfloat16, where every row takes the sort); then
+# the reference keeps the same number of tokens m. Those are the m largest logits, a set the
+# order of equal logits cannot change when the m-th largest is strictly above the (m+1)-th, so
+# the filter is `logits < (m-th largest)`, the reference's mask. Any other row (a boundary tie,
+# a nucleus beyond _TOP, a c_j in the band, NaN) is filtered by the sort itself.
+_TOP = 16  # nucleus sizes on the tiny models at top_p 0.9: 1 (87 %) to 8
+# A one-token nucleus leaves a one-hot distribution, exactly: exp(0) = 1 for any faithful exp, the
+# dropped logits' exps underflow to 0, 1/1 = 1. So p log(p + 1e-10) sums to 0 and p(x0) = 1 - 0 = 1.
 _ONE_HOT_CONF = {"entropy": 0.0, "maskgit_plus": 1.0, "topk_margin": 1.0, "origin": 1.0}
 
 
 def _greedy_nucleus(logits: torch.Tensor, cfg: Config, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_sample_tokens` at T = 0 with a nucleus filter, without sorting every row's vocabulary.
-
-    Most rows' nucleus is one token (the reference's sorted cumulative mass is above top_p at the
-    first token: p_top > top_p). Such a row needs no sort: its filtered distribution keeps only the
-    top token, so its probabilities are one-hot exactly (exp(0) = 1 for any faithful exp, the
-    dropped logits' exp underflows to 0, 1/1 = 1) and its confidence is `_ONE_HOT_CONF`, its
-    token the argmax. A row is decided that way only when p_top, computed here by a softmax of the
-    unsorted row, exceeds top_p by more than a bound on its difference from the reference's
-    value (the first entry of the softmax of the sorted row): the same max is subtracted and the
-    same exps are summed, only in another order, and a float sum of V nonnegative terms in any
-    order is within (V - 1) u of the exact sum (u = eps / 2, relative), so the two p_top differ by
-    at most about (2 (V - 1) + 4) u = (V + 1) eps (two sums, two reciprocals, top_p's cast); the
-    band is twice that, 2 (V + 1) eps (8.3e-5 at the tiny model's V = 348 in float32, 0.036 at
-    Dream's 152k; in bfloat16 it is above 1, so every row takes the reference). A unique
-    top logit follows from p_top > 1/2, so ties in the sort do not matter. [MASK] is zeroed
-    before the max, so a row whose top token is [MASK] has p_top < 1/2 and goes to the reference
-    too (whose zeroed one-hot row gives token 0). Every other row (a nucleus of more tokens, a
-    p_top in the band, NaN) takes `_sample_tokens` itself, sort included."""
+    """`_sample_tokens` at T = 0 with a nucleus filter, equal bit for bit, without a sort per row
+    (see _TOP). A row whose top token alone clears top_p (most of them) is done with one softmax
+    and a max: its confidence is `_ONE_HOT_CONF`, its token the argmax (its top logit is unique:
+    p_top > 1/2). [MASK] is zeroed before the max, so a row whose top token is [MASK] (p_top
+    < 1/2 without it) takes the general path, which gives the reference's token 0 there."""
     probs = torch.softmax(logits, dim=-1)  # (N, V), the unfiltered distribution
-    top, x0 = probs.index_fill_(-1, _parts._index(mask_id, probs.device), 0).max(dim=-1)  # (N,), (N,)
-    sure = cfg.top_p + 2 * (logits.shape[-1] + 1) * torch.finfo(logits.dtype).eps
-    hard = [j for j, p in enumerate(top.tolist()) if not p > sure]  # the step's host sync; NaN is hard
+    top, x0 = probs.index_fill(-1, _parts._index(mask_id, probs.device), 0).max(dim=-1)  # (N,), (N,)
+    band = 2 * (logits.shape[-1] + 1) * torch.finfo(logits.dtype).eps
+    hard = [j for j, p in enumerate(top.tolist()) if not p > cfg.top_p + band]  # the step's host sync; NaN is hard
     conf = torch.full_like(top, _ONE_HOT_CONF[cfg.alg])
     if hard:
         rows = torch.tensor(hard, device=logits.device)
-        c, t = _sample_tokens(logits.index_select(0, rows), cfg, mask_id, None)  # T = 0: no draw
+        lg = logits.index_select(0, rows)  # (R, V)
+        floor = _nucleus_floor(lg, probs.index_select(0, rows), cfg.top_p, band)
+        filtered = filter_logits(lg, cfg) if floor is None else lg.masked_fill(lg < floor, torch.finfo(lg.dtype).min)
+        c, t = _score(filtered, cfg, mask_id, None)  # T = 0: no draw
         conf.index_copy_(0, rows, c)
         x0.index_copy_(0, rows, t)
     return conf, x0
+
+
+def _nucleus_floor(logits: torch.Tensor, probs: torch.Tensor, top_p: float, band: float) -> torch.Tensor | None:
+    """The smallest logit the reference's nucleus keeps, per row (R, 1), read from the first _TOP
+    of the sorted order (see _TOP); None when a row cannot be decided there."""
+    vals, order = logits.topk(min(_TOP, logits.shape[-1]))  # (R, K): the sorted order's first K
+    mass = probs.gather(-1, order).cumsum(-1)  # (R, K) the cumulative probabilities c_j
+    floor = []
+    for v, c in zip(vals.tolist(), mass.tolist()):
+        j = bisect.bisect_right(c, top_p)  # the first c_j above top_p: the last token kept
+        if not (j < len(c) - 1 and c[j] > top_p + band and (j == 0 or c[j - 1] < top_p - band) and v[j] > v[j + 1]):
+            return None
+        floor.append([v[j]])
+    return torch.tensor(floor, dtype=logits.dtype, device=logits.device)
 
 
 @torch.inference_mode()
@@ -219,26 +245,30 @@ def decode(
                 commits[row].append(int(chosen[row].sum()))
                 continue
             n = len(where_host[row])
-            where = torch.tensor(where_host[row], dtype=torch.long, device=dev)  # (n,)
-            conf, x0 = sample_tokens(logits[row, where], cfg, mask_id, gen)
             k = quota[n][i] if i < steps - 1 else n
+            if k <= 0 and cfg.temperature == 0:  # nothing to commit, no draw to make: the scores go unused
+                commits[row].append(0)
+                continue
+            where = torch.tensor(where_host[row], dtype=torch.long, device=dev)  # (n,)
+            conf, x0 = sample_tokens(logits[row].index_select(0, where), cfg, mask_id, gen)
             if k <= 0:
                 commits[row].append(0)
                 continue
-            # The reference's full_confidence: the row's own canvas (no left padding), -inf off the masks.
+            # The reference's full_confidence (1, T - offset): the row's own canvas (no left padding),
+            # -inf off the masks; one row, so topk and multinomial see the same values 1-D.
             offset = P - len(prompts[row])
-            full = torch.full((1, T - offset), float("-inf"), dtype=conf.dtype, device=dev)
-            full[0, where - offset] = conf
+            full = torch.full((T - offset,), float("-inf"), dtype=conf.dtype, device=dev)
+            full.index_copy_(0, where - offset if offset else where, conf)
             if not cfg.alg_temp:
-                picked = torch.topk(full, k).indices[0]  # torch.topk's tie order, as the reference (see module docstring)
+                picked = torch.topk(full, k).indices  # torch.topk's tie order, as the reference (see module docstring)
             else:
-                picked = torch.multinomial(F.softmax(full / cfg.alg_temp, dim=-1), num_samples=k, generator=gen)[0]
-            position = picked + offset  # (k,) masked positions (every other score is -inf)
-            x[row, position] = x0[torch.searchsorted(where, position)]  # `where` is ascending
-            done = set(position.tolist())  # the step's host sync
-            where_host[row] = [t for t in where_host[row] if t not in done]
+                picked = torch.multinomial(F.softmax(full / cfg.alg_temp, dim=-1), num_samples=k, generator=gen)
+            done = [p + offset for p in picked.tolist()]  # (k,) masked positions (every other score is -inf): the step's host sync
+            for p in done:
+                x[row, p] = x0[bisect.bisect_left(where_host[row], p)]  # where_host[row] is ascending
+            where_host[row] = [t for t in where_host[row] if t not in done]  # k is small: a list is the set
             commits[row].append(len(done))
             if chosen is not None:
-                chosen[row, position] = True
+                chosen[row, done] = True
         _parts.report_step(on_step, i + 1, x, chosen)
     return _parts.generations(x, P, commits)
