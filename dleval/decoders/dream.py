@@ -113,9 +113,15 @@ def sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Ge
     model never proposes [MASK], so this equals the reference, where a sampled [MASK] would
     leave its position masked; on a random model the canvas still fills. Greedy nucleus
     sampling (T = 0, top_p < 1, no top_k) takes `_greedy_nucleus`, the same values bit for bit."""
-    if cfg.temperature == 0 and cfg.top_k is None and cfg.top_p is not None and cfg.top_p < 1 and len(logits):
-        return _greedy_nucleus(logits, cfg, mask_id)
+    if _greedy(cfg) and len(logits):
+        conf, x0 = _greedy_nucleus(logits, cfg, mask_id)
+        return torch.tensor(conf, dtype=logits.dtype, device=logits.device), x0
     return _sample_tokens(logits, cfg, mask_id, gen)
+
+
+def _greedy(cfg: Config) -> bool:
+    """Greedy nucleus sampling: `_greedy_nucleus` applies."""
+    return cfg.temperature == 0 and cfg.top_k is None and cfg.top_p is not None and cfg.top_p < 1
 
 
 def _sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,40 +173,45 @@ _TOP = 16  # nucleus sizes on the tiny models at top_p 0.9: 1 (87 %) to 8
 _ONE_HOT_CONF = {"entropy": 0.0, "maskgit_plus": 1.0, "topk_margin": 1.0, "origin": 1.0}
 
 
-def _greedy_nucleus(logits: torch.Tensor, cfg: Config, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _greedy_nucleus(logits: torch.Tensor, cfg: Config, mask_id: int) -> tuple[list[float], torch.Tensor]:
     """`_sample_tokens` at T = 0 with a nucleus filter, equal bit for bit, without a sort per row
-    (see _TOP). A row whose top token alone clears top_p (most of them) is done with one softmax
-    and a max: its confidence is `_ONE_HOT_CONF`, its token the argmax (its top logit is unique:
-    p_top > 1/2). [MASK] is zeroed before the max, so a row whose top token is [MASK] (p_top
-    < 1/2 without it) takes the general path, which gives the reference's token 0 there."""
+    (see _TOP); the confidences come back on the host (N floats, the step's sync). A row whose
+    top token alone clears top_p (most of them) is done with one softmax and a max: its
+    confidence is `_ONE_HOT_CONF`, its token the argmax (its top logit is unique: p_top > 1/2).
+    [MASK] is zeroed before the max, so a row whose top token is [MASK] (p_top < 1/2 without
+    it) takes the general path, which gives the reference's token 0 there."""
     probs = torch.softmax(logits, dim=-1)  # (N, V), the unfiltered distribution
     top, x0 = probs.index_fill(-1, _parts._index(mask_id, probs.device), 0).max(dim=-1)  # (N,), (N,)
     band = 2 * (logits.shape[-1] + 1) * torch.finfo(logits.dtype).eps
-    hard = [j for j, p in enumerate(top.tolist()) if not p > cfg.top_p + band]  # the step's host sync; NaN is hard
-    conf = torch.full_like(top, _ONE_HOT_CONF[cfg.alg])
+    sure = cfg.top_p + band
+    hard = [j for j, p in enumerate(top.tolist()) if not p > sure]  # NaN is hard
+    conf = [_ONE_HOT_CONF[cfg.alg]] * len(logits)
     if hard:
         rows = torch.tensor(hard, device=logits.device)
-        lg = logits.index_select(0, rows)  # (R, V)
-        floor = _nucleus_floor(lg, probs.index_select(0, rows), cfg.top_p, band)
-        filtered = filter_logits(lg, cfg) if floor is None else lg.masked_fill(lg < floor, torch.finfo(lg.dtype).min)
+        lg, ph = logits.index_select(0, rows), probs.index_select(0, rows)  # (R, V)
+        floor = _nucleus_floor(ph, cfg.top_p, band)
+        filtered = filter_logits(lg, cfg) if floor is None else lg.masked_fill(ph < floor, torch.finfo(lg.dtype).min)
         c, t = _score(filtered, cfg, mask_id, None)  # T = 0: no draw
-        conf.index_copy_(0, rows, c)
+        for j, value in zip(hard, c.tolist()):
+            conf[j] = value
         x0.index_copy_(0, rows, t)
     return conf, x0
 
 
-def _nucleus_floor(logits: torch.Tensor, probs: torch.Tensor, top_p: float, band: float) -> torch.Tensor | None:
-    """The smallest logit the reference's nucleus keeps, per row (R, 1), read from the first _TOP
-    of the sorted order (see _TOP); None when a row cannot be decided there."""
-    vals, order = logits.topk(min(_TOP, logits.shape[-1]))  # (R, K): the sorted order's first K
-    mass = probs.gather(-1, order).cumsum(-1)  # (R, K) the cumulative probabilities c_j
+def _nucleus_floor(probs: torch.Tensor, top_p: float, band: float) -> torch.Tensor | None:
+    """The smallest probability the reference's nucleus keeps, per row (R, 1), read from the
+    first _TOP of the sorted order (see _TOP); None when a row cannot be decided there. probs are
+    the unfiltered softmax of the rows; the sorted order of the logits is theirs (softmax is
+    monotone), up to ties, which only matter at the boundary, where a decision needs the kept
+    token's probability strictly above the next one's (then its logit is too)."""
+    vals, _ = probs.topk(min(_TOP, probs.shape[-1]))  # (R, K): the sorted order's first K probabilities
     floor = []
-    for v, c in zip(vals.tolist(), mass.tolist()):
-        j = bisect.bisect_right(c, top_p)  # the first c_j above top_p: the last token kept
+    for v, c in zip(vals.tolist(), vals.cumsum(-1).tolist()):
+        j = bisect.bisect_right(c, top_p)  # the first cumulative mass c_j above top_p: the last token kept
         if not (j < len(c) - 1 and c[j] > top_p + band and (j == 0 or c[j - 1] < top_p - band) and v[j] > v[j + 1]):
             return None
         floor.append([v[j]])
-    return torch.tensor(floor, dtype=logits.dtype, device=logits.device)
+    return torch.tensor(floor, dtype=probs.dtype, device=probs.device)
 
 
 @torch.inference_mode()
@@ -226,6 +237,7 @@ def decode(
         if cfg.alg != "origin"
         else None
     )
+    greedy = _greedy(cfg) and cfg.alg != "origin"
     where_host = [list(range(P, T)) for _ in prompts]  # each row's masked positions, ascending, tracked on the host
     commits: list[list[int]] = [[] for _ in prompts]
     for i in range(steps):
@@ -250,15 +262,23 @@ def decode(
                 commits[row].append(0)
                 continue
             where = torch.tensor(where_host[row], dtype=torch.long, device=dev)  # (n,)
-            conf, x0 = sample_tokens(logits[row].index_select(0, where), cfg, mask_id, gen)
-            if k <= 0:
-                commits[row].append(0)
-                continue
+            lg = logits[row].index_select(0, where)  # (n, V)
             # The reference's full_confidence (1, T - offset): the row's own canvas (no left padding),
             # -inf off the masks; one row, so topk and multinomial see the same values 1-D.
             offset = P - len(prompts[row])
-            full = torch.full((T - offset,), float("-inf"), dtype=conf.dtype, device=dev)
-            full.index_copy_(0, where - offset if offset else where, conf)
+            if greedy:  # (T = 0, so k > 0 here)
+                conf, x0 = _greedy_nucleus(lg, cfg, mask_id)  # conf on the host: the canvas row is built there
+                values = [float("-inf")] * (T - offset)
+                for t, c in zip(where_host[row], conf):
+                    values[t - offset] = c
+                full = torch.tensor(values, dtype=lg.dtype, device=dev)
+            else:
+                conf, x0 = sample_tokens(lg, cfg, mask_id, gen)
+                if k <= 0:
+                    commits[row].append(0)
+                    continue
+                full = torch.full((T - offset,), float("-inf"), dtype=conf.dtype, device=dev)
+                full.index_copy_(0, where - offset if offset else where, conf)
             if not cfg.alg_temp:
                 picked = torch.topk(full, k).indices  # torch.topk's tie order, as the reference (see module docstring)
             else:
