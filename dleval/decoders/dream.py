@@ -37,7 +37,8 @@ global RNG, drawn in the reference's order for one prompt).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -111,11 +112,8 @@ def sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Ge
     The token is never [MASK]: the argmax skips it and a drawn [MASK] is replaced by that
     argmax (the draw itself is the reference's, so the random stream is the same). A trained
     model never proposes [MASK], so this equals the reference, where a sampled [MASK] would
-    leave its position masked; on a random model the canvas still fills. Greedy nucleus
-    sampling (T = 0, top_p < 1, no top_k) takes `_greedy_nucleus`, the same values bit for bit."""
-    if _greedy(cfg) and len(logits):
-        conf, x0 = _greedy_nucleus(logits, cfg, mask_id)
-        return torch.tensor(conf, dtype=logits.dtype, device=logits.device), x0
+    leave its position masked; on a random model the canvas still fills. (`decode` takes
+    `_greedy_nucleus` instead for greedy nucleus sampling: the same values bit for bit.)"""
     return _sample_tokens(logits, cfg, mask_id, gen)
 
 
@@ -170,32 +168,34 @@ def _score(filtered: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Generat
 _TOP = 16  # nucleus sizes on the tiny models at top_p 0.9: 1 (87 %) to 8
 # A one-token nucleus leaves a one-hot distribution, exactly: exp(0) = 1 for any faithful exp, the
 # dropped logits' exps underflow to 0, 1/1 = 1. So p log(p + 1e-10) sums to 0 and p(x0) = 1 - 0 = 1.
-_ONE_HOT_CONF = {"entropy": 0.0, "maskgit_plus": 1.0, "topk_margin": 1.0, "origin": 1.0}
+_ONE_HOT_CONF = {"entropy": 0.0, "maskgit_plus": 1.0, "topk_margin": 1.0}
 
 
-def _greedy_nucleus(logits: torch.Tensor, cfg: Config, mask_id: int) -> tuple[list[float], torch.Tensor]:
+def _greedy_nucleus(logits: torch.Tensor, cfg: Config, mask_id: int) -> tuple[list[float], Callable[[int], torch.Tensor]]:
     """`_sample_tokens` at T = 0 with a nucleus filter, equal bit for bit, without a sort per row
-    (see _TOP); the confidences come back on the host (N floats, the step's sync). A row whose
-    top token alone clears top_p (most of them) is done with one softmax and a max: its
-    confidence is `_ONE_HOT_CONF`, its token the argmax (its top logit is unique: p_top > 1/2).
-    [MASK] is zeroed before the max, so a row whose top token is [MASK] (p_top < 1/2 without
-    it) takes the general path, which gives the reference's token 0 there."""
-    probs = torch.softmax(logits, dim=-1)  # (N, V), the unfiltered distribution
-    top, x0 = probs.index_fill(-1, _parts._index(mask_id, probs.device), 0).max(dim=-1)  # (N,), (N,)
+    (see _TOP): the confidences on the host (N floats, the step's sync) and row j's token as
+    `token(j)`, taken only for the rows committed. A row whose top token alone clears top_p
+    (most of them) is done with one softmax and a max: its confidence is `_ONE_HOT_CONF`, its
+    token the argmax (its top logit is unique: p_top > 1/2). [MASK] is zeroed before the max, so
+    a row whose top token is [MASK] (p_top < 1/2 without it) takes the general path, which gives
+    the reference's token 0 there."""
+    probs = torch.softmax(logits, dim=-1).index_fill_(-1, _parts._index(mask_id, logits.device), 0)  # (N, V) without [MASK]
     band = 2 * (logits.shape[-1] + 1) * torch.finfo(logits.dtype).eps
     sure = cfg.top_p + band
-    hard = [j for j, p in enumerate(top.tolist()) if not p > sure]  # NaN is hard
+    hard = [j for j, p in enumerate(probs.amax(dim=-1).tolist()) if not p > sure]  # NaN is hard
     conf = [_ONE_HOT_CONF[cfg.alg]] * len(logits)
-    if hard:
-        rows = torch.tensor(hard, device=logits.device)
-        lg, ph = logits.index_select(0, rows), probs.index_select(0, rows)  # (R, V)
-        floor = _nucleus_floor(ph, cfg.top_p, band)
-        filtered = filter_logits(lg, cfg) if floor is None else lg.masked_fill(ph < floor, torch.finfo(lg.dtype).min)
-        c, t = _score(filtered, cfg, mask_id, None)  # T = 0: no draw
-        for j, value in zip(hard, c.tolist()):
-            conf[j] = value
-        x0.index_copy_(0, rows, t)
-    return conf, x0
+    if not hard:
+        return conf, lambda j: probs[j].argmax()
+    rows = torch.tensor(hard, device=logits.device)
+    lg = logits.index_select(0, rows)  # (R, V)
+    ph = torch.softmax(lg, dim=-1)  # with [MASK]: the mass the reference's filter sorts
+    floor = _nucleus_floor(ph, cfg.top_p, band)
+    filtered = filter_logits(lg, cfg) if floor is None else lg.masked_fill(ph < floor, torch.finfo(lg.dtype).min)
+    c, t = _score(filtered, cfg, mask_id, None)  # T = 0: no draw
+    at = {j: h for h, j in enumerate(hard)}
+    for j, value in zip(hard, c.tolist()):
+        conf[j] = value
+    return conf, lambda j: t[at[j]] if j in at else probs[j].argmax()
 
 
 def _nucleus_floor(probs: torch.Tensor, top_p: float, band: float) -> torch.Tensor | None:
@@ -203,10 +203,11 @@ def _nucleus_floor(probs: torch.Tensor, top_p: float, band: float) -> torch.Tens
     first _TOP of the sorted order (see _TOP); None when a row cannot be decided there. probs are
     the unfiltered softmax of the rows; the sorted order of the logits is theirs (softmax is
     monotone), up to ties, which only matter at the boundary, where a decision needs the kept
-    token's probability strictly above the next one's (then its logit is too)."""
-    vals, _ = probs.topk(min(_TOP, probs.shape[-1]))  # (R, K): the sorted order's first K probabilities
+    token's probability strictly above the next one's (then its logit is too). The cumulative
+    sums are taken on the host, in float64."""
     floor = []
-    for v, c in zip(vals.tolist(), vals.cumsum(-1).tolist()):
+    for v in probs.topk(min(_TOP, probs.shape[-1])).values.tolist():  # (R, K): the sorted order's first K
+        c = list(itertools.accumulate(v))
         j = bisect.bisect_right(c, top_p)  # the first cumulative mass c_j above top_p: the last token kept
         if not (j < len(c) - 1 and c[j] > top_p + band and (j == 0 or c[j - 1] < top_p - band) and v[j] > v[j + 1]):
             return None
@@ -267,13 +268,14 @@ def decode(
             # -inf off the masks; one row, so topk and multinomial see the same values 1-D.
             offset = P - len(prompts[row])
             if greedy:  # (T = 0, so k > 0 here)
-                conf, x0 = _greedy_nucleus(lg, cfg, mask_id)  # conf on the host: the canvas row is built there
+                conf, token = _greedy_nucleus(lg, cfg, mask_id)  # conf on the host: the canvas row is built there
                 values = [float("-inf")] * (T - offset)
                 for t, c in zip(where_host[row], conf):
                     values[t - offset] = c
                 full = torch.tensor(values, dtype=lg.dtype, device=dev)
             else:
                 conf, x0 = sample_tokens(lg, cfg, mask_id, gen)
+                token = x0.__getitem__
                 if k <= 0:
                     commits[row].append(0)
                     continue
@@ -285,7 +287,7 @@ def decode(
                 picked = torch.multinomial(F.softmax(full / cfg.alg_temp, dim=-1), num_samples=k, generator=gen)
             done = [p + offset for p in picked.tolist()]  # (k,) masked positions (every other score is -inf): the step's host sync
             for p in done:
-                x[row, p] = x0[bisect.bisect_left(where_host[row], p)]  # where_host[row] is ascending
+                x[row, p] = token(bisect.bisect_left(where_host[row], p))  # where_host[row] is ascending
             where_host[row] = [t for t in where_host[row] if t not in done]  # k is small: a list is the set
             commits[row].append(len(done))
             if chosen is not None:
