@@ -11,12 +11,21 @@ pattern of the dLLM repos' `eval_llada.py` scripts, without copying them (`lm_ev
 cannot work: lm-eval does not discover models from other packages). `--model_args` takes `decoder`,
 `model` (registry name, folder or hub id), `speed_log`, `threads` and any of the decoder's `Config`
 fields (the repos' names `gen_length`, `steps`, `block_length`, `threshold` and the aliases of
-`dleval.options`). Each request is decoded alone, as in those scripts; the text after the prompt is
-cut at the request's `until` strings and stripped of special tokens. lm-eval's results have no
-place for speed, so NFE, answer tokens and synced seconds of every request go to the sidecar JSONL
-`speed_log`, keyed by a hash of the prompt (one file per rank under a launcher:
-`speed.rank-<r>-of-<w>.jsonl`). `max_gen_toks` is ignored: a dLLM's canvas is the decoder's
-`gen_length`. Generation tasks only: log-likelihood requests raise.
+`dleval.options`). The text after the prompt is cut at the request's `until` strings and stripped
+of special tokens. lm-eval's results have no place for speed, so NFE, answer tokens and synced
+seconds of every request go to the sidecar JSONL `speed_log`, keyed by a hash of the prompt (one
+file per rank under a launcher: `speed.rank-<r>-of-<w>.jsonl`). `max_gen_toks` is ignored: a
+dLLM's canvas is the decoder's `gen_length`. Generation tasks only: log-likelihood requests raise.
+
+Batches: lm-eval's `--batch_size N` decodes N requests per `decode()` call for the decoders that
+batch (`dleval list`; the others decode one prompt at a time, as `dleval run` does), longest
+prompt first as lm-eval's own models order them, results returned in request order. A batched
+decoder gives each request its batch-1 tokens and NFE (`tests/test_batched.py`); `seconds` in the
+speed log is the batch's synced wall time split evenly over its requests, with `batch_size`
+beside it. `--batch_size auto` is taken as 1 (a dLLM's memory depends on the canvas, not
+only the batch; pick N yourself). Noise at T > 0 is drawn per request from a seed made of
+`seed` (a model arg, default 1234 as `dleval run`) and the prompt, so a request's sample does not
+depend on its batch mates, the batch size, the rank count or the request order.
 
 Chat templates: a task that pre-fills the assistant's turn (lm-eval's `gen_prefix`, e.g.
 `mbpp_instruct` opens the answer with ```` ```python ````) hands a history whose last message is
@@ -33,6 +42,7 @@ group (NCCL on CUDA, gloo on CPU). Each rank decodes on `cuda:LOCAL_RANK`, or th
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import sys
 import time
@@ -42,9 +52,10 @@ from typing import Any
 
 from dleval import launch
 from dleval.errors import UserError, did_you_mean
+from dleval.identity import sample_seed
 from dleval.ranks import Ranks, detect
 
-OWN_ARGS = ("decoder", "model", "speed_log", "device", "threads")
+OWN_ARGS = ("decoder", "model", "speed_log", "device", "threads", "seed")
 
 
 def rank_file(path: Path, rank: Ranks) -> Path:
@@ -54,8 +65,26 @@ def rank_file(path: Path, rank: Ranks) -> Path:
     return path.with_name(f"{path.stem}.rank-{rank.rank}-of-{rank.world_size}{path.suffix or '.jsonl'}")
 
 
+def batch_size_of(value: Any, log=None) -> int:
+    """lm-eval's `--batch_size` (an int, its text, or "auto[:N]") as a positive int; "auto" is 1."""
+    if value is None:
+        return 1
+    text = str(value).strip()
+    if text.startswith("auto"):
+        if log is not None:
+            log("--batch_size auto is taken as 1 (a dLLM's memory depends on its canvas); pass --batch_size N to batch")
+        return 1
+    try:
+        size = int(text)
+    except ValueError:
+        raise UserError(f"--batch_size must be a positive integer or 'auto', got {value!r}") from None
+    if size < 1:
+        raise UserError(f"--batch_size must be a positive integer, got {size}")
+    return size
+
+
 class Generator:
-    """Decode one lm-eval context with a dleval decoder; the lm-eval-independent core."""
+    """Decode lm-eval contexts with a dleval decoder, a batch at a time; the lm-eval-independent core."""
 
     def __init__(
         self,
@@ -64,6 +93,7 @@ class Generator:
         speed_log: str | None = None,
         device: str | None = None,
         threads: int | None = None,
+        seed: int = 1234,
         rank: Ranks | None = None,
         log=None,
         **decoder_args: Any,
@@ -73,6 +103,7 @@ class Generator:
         from dleval import decoders, models, options
 
         info = decoders.info(decoder)
+        self.name = info.name
         self.decoder = decoders.load(info.name)
         names = options.field_names(self.decoder.Config)
         for key in decoder_args:
@@ -95,39 +126,58 @@ class Generator:
             self.speed_log.parent.mkdir(parents=True, exist_ok=True)
             self.speed_log.touch()
         self.eos_ids = {self.loaded.model.eos_id} | ({self.loaded.model.eot_id} if self.loaded.model.eot_id is not None else set())
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise UserError(f"--model_args seed must be an integer, got {seed!r}")
+        self.seed = seed
+        self.batched = info.batched
+        self.takes_seeds = "seeds" in inspect.signature(self.decoder.decode).parameters
 
     def generate(self, context: str, until: list[str] | None = None) -> tuple[str, int]:
         """The cut completion of `context` and the NFE it took."""
+        return self.generate_batch([context], [until or []])[0]
+
+    def generate_batch(self, contexts: list[str], untils: list[list[str]]) -> list[tuple[str, int]]:
+        """The cut completion of each context and the NFE it took, decoded in one `decode()` call
+        (the decoder's own batching: per-row NFE from `Counted`, batch-1 tokens at T = 0)."""
         import torch
 
         from dleval.scorers import completion_of
 
         tokenizer = self.loaded.tokenizer
-        ids = tokenizer(context)["input_ids"]
-        device = self.loaded.model.device
+        ids = [tokenizer(c)["input_ids"] for c in contexts]
+        hashes = [hashlib.sha256(c.encode()).hexdigest() for c in contexts]
+        extra = {"seeds": [sample_seed(self.seed, h) for h in hashes]} if self.takes_seeds else {}
+        device, n = self.loaded.model.device, len(contexts)
         self.counted.reset()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        (gen,) = self.decoder.decode(self.counted, [ids], self.cfg)
+        gens = self.decoder.decode(self.counted, ids, self.cfg, **extra)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        _, text, answer_tokens = completion_of(gen.tokens, tokenizer, tuple(until or ()), self.eos_ids)
+        seconds = (time.perf_counter() - t0) / n
+        nfes = self.counted.row_nfe(n)  # per request: the forwards that computed its row
+        out, rows = [], []
+        for gen, until, h, nfe in zip(gens, untils, hashes, nfes):
+            _, text, answer_tokens = completion_of(gen.tokens, tokenizer, tuple(until), self.eos_ids)
+            out.append((text, nfe))
+            rows.append(
+                {
+                    "prompt_hash": h,
+                    "nfe": nfe,
+                    "answer_tokens": answer_tokens,
+                    "gen_tokens": sum(gen.committed_per_step),
+                    "seconds": seconds,
+                    "batch_size": n,
+                    "finish": gen.finish,
+                    "rank": self.rank.rank,
+                    "device": str(device),
+                }
+            )
         if self.speed_log is not None:
-            row = {
-                "prompt_hash": hashlib.sha256(context.encode()).hexdigest(),
-                "nfe": self.counted.nfe,
-                "answer_tokens": answer_tokens,
-                "gen_tokens": sum(gen.committed_per_step),
-                "seconds": seconds,
-                "finish": gen.finish,
-                "rank": self.rank.rank,
-                "device": str(device),
-            }
             with self.speed_log.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-        return text, self.counted.nfe
+                f.write("".join(json.dumps(row) + "\n" for row in rows))
+        return out
 
     def chat(self, history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """Render a chat; a history ending in the assistant's (pre-filled) message is continued, not closed."""
@@ -181,7 +231,15 @@ def register() -> type:
         def __init__(self, batch_size: Any = None, max_batch_size: Any = None, **kwargs: Any) -> None:
             super().__init__()
             rank = detect(run_id="lm-eval")  # lm-eval needs no shared invocation id
-            self.generator = Generator(rank=rank, log=lambda m: print(f"dleval: {m}", file=sys.stderr), **kwargs)
+
+            def log(message: str) -> None:
+                print(f"dleval: {message}", file=sys.stderr)
+
+            self.generator = Generator(rank=rank, log=log, **kwargs)
+            self.batch_size = batch_size_of(batch_size, log)
+            if self.batch_size > 1 and not self.generator.batched:
+                log(f"decoder '{self.generator.name}' decodes one prompt at a time; running with batch size 1")
+                self.batch_size = 1
             self._rank, self._world_size = rank.rank, rank.world_size
             self._device = self.generator.device
             if rank.world_size > 1:
@@ -197,20 +255,32 @@ def register() -> type:
 
             where = f" · rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""
             bar = tqdm(
-                requests,
-                desc=f"dleval · {self.generator.decoder.__name__.rsplit('.', 1)[-1]}{where}",
+                total=len(requests),
+                desc=f"dleval · {self.generator.name}{where}",
                 unit="request",
                 disable=disable_tqdm or self.rank != 0,
                 dynamic_ncols=True,
             )
-            out, nfe = [], 0
-            for request in bar:
+            contexts, untils = [], []
+            for request in requests:
                 context, gen_kwargs = request.args
                 until = gen_kwargs.get("until", [])
-                text, n = self.generator.generate(context, [until] if isinstance(until, str) else list(until))
-                out.append(text)
-                nfe += n
-                bar.set_postfix(nfe=f"{nfe / len(out):.1f}")
+                contexts.append(context)
+                untils.append([until] if isinstance(until, str) else list(until))
+            # Longest prompt first (lm-eval's own order): batches of alike lengths, and a batch too
+            # big for the device fails at the start, not hours in.
+            order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+            out: list[str] = [""] * len(contexts)
+            nfe = 0
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                done = self.generator.generate_batch([contexts[i] for i in batch], [untils[i] for i in batch])
+                for i, (text, n) in zip(batch, done):
+                    out[i] = text
+                    nfe += n
+                bar.update(len(batch))
+                bar.set_postfix(nfe=f"{nfe / min(start + len(batch), len(order)):.1f}")
+            bar.close()
             return out
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):

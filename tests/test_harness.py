@@ -6,6 +6,7 @@ Run: pytest tests/test_harness.py
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import types
@@ -104,3 +105,47 @@ def test_speed_log_gets_one_file_per_rank(tmp_path):
 
     assert harness.rank_file(tmp_path / "speed.jsonl", Ranks()) == tmp_path / "speed.jsonl"
     assert harness.rank_file(tmp_path / "speed.jsonl", Ranks(1, 2, 1, "torchrun")) == tmp_path / "speed.rank-1-of-2.jsonl"
+
+
+def _requests(n: int) -> list[Request]:
+    """n synth_gsm chat prompts of different lengths, each cut at its own `until`."""
+    return [Request((chat_prompt(synth_gsm.problem("test", i).question), {"until": ["####"] if i % 2 else []})) for i in range(n)]
+
+
+@pytest.mark.parametrize("args", [{"decoder": "fastdllm"}, {"decoder": "fastdllm", "temperature": 0.7}], ids=["T0", "T0.7"])
+def test_batch_size_decodes_batches_with_batch_one_outputs_and_nfe(fake_lm_eval, tmp_path, args):
+    """`--batch_size 3` over 5 requests: batches of 3 and 2, longest prompt first; every request gets
+    its batch-1 completion and NFE (at T > 0 too: its noise is seeded by the prompt), in request order."""
+    cls = harness.register()
+    requests = _requests(5)
+    logs, outs = {}, {}
+    for size in (1, 3):
+        logs[size] = tmp_path / f"speed{size}.jsonl"
+        lm = cls(model="tiny", speed_log=str(logs[size]), gen_length=32, block_length=8, cache="none", batch_size=str(size), device="cpu", **args)
+        assert lm.batch_size == size
+        outs[size] = lm.generate_until(requests)
+    assert outs[3] == outs[1] and len(set(outs[1])) > 1
+    rows = {size: [json.loads(line) for line in logs[size].read_text().splitlines()] for size in (1, 3)}
+    nfe = {size: {r["prompt_hash"]: r["nfe"] for r in rows[size]} for size in (1, 3)}
+    assert nfe[3] == nfe[1] and len(nfe[1]) == 5 and len(set(nfe[1].values())) > 1  # rows that finish early leave
+    assert [r["batch_size"] for r in rows[3]] == [3, 3, 3, 2, 2] and {r["batch_size"] for r in rows[1]} == {1}
+    longest = sorted(range(5), key=lambda i: -len(requests[i].args[0]))[:3]
+    first = {hashlib.sha256(requests[i].args[0].encode()).hexdigest() for i in longest}
+    assert {r["prompt_hash"] for r in rows[3][:3]} == first  # the three longest prompts made the first batch
+
+
+def test_batch_size_falls_back_to_one_for_decoders_that_do_not_batch(fake_lm_eval, capsys):
+    lm = harness.register()(decoder="klass", model="tiny", gen_length=16, block_length=16, batch_size=4, device="cpu")
+    assert lm.batch_size == 1
+    assert "decoder 'klass' decodes one prompt at a time; running with batch size 1" in capsys.readouterr().err
+
+
+def test_batch_size_values():
+    from dleval.errors import UserError
+
+    assert [harness.batch_size_of(v) for v in (None, 1, "8", " 2 ", "auto", "auto:4")] == [1, 1, 8, 2, 1, 1]
+    for bad, why in (("0", "positive integer, got 0"), ("many", "positive integer or 'auto', got 'many'"), (-3, "got -3")):
+        with pytest.raises(UserError, match=why):
+            harness.batch_size_of(bad)
+    with pytest.raises(UserError, match="seed must be an integer"):
+        harness.Generator(decoder="llada", model="tiny", device="cpu", seed="x")

@@ -180,11 +180,12 @@ def test_model_args_typo_is_one_sentence_and_exit_2(task_dir, tmp_path, monkeypa
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(), reason="no torchrun")
 def test_torchrun_two_ranks_split_requests_and_gather(task_dir, single, tmp_path):
-    """`torchrun --nproc-per-node 2 -m dleval.harness ...`: each rank decodes its share, rank 0 reports all."""
+    """`torchrun --nproc-per-node 2 -m dleval.harness ... --batch_size 2`: each rank decodes its share
+    in batches of two, rank 0 reports all, every completion as one process decoding one at a time."""
     out = tmp_path / "out"
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     tasks = "local_gsm8k,local_synth_prefill"
-    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", *harness_cmd(task_dir, out, tasks)]
+    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", *harness_cmd(task_dir, out, tasks), "--batch_size", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     one, two = samples_of(single[0]), samples_of(out)
@@ -200,3 +201,4 @@ def test_torchrun_two_ranks_split_requests_and_gather(task_dir, single, tmp_path
     # lm-eval deals documents i % 2 == rank and pads the shorter rank with a repeat of its last request.
     hashes = [{row["prompt_hash"] for row in rows} for rows in per_rank.values()]
     assert not hashes[0] & hashes[1] and len(hashes[0] | hashes[1]) == 2 * LIMIT
+    assert {row["batch_size"] for rows in per_rank.values() for row in rows} == {2}  # each rank: 2 requests per task

@@ -51,3 +51,11 @@ def test_throughput_benchmark_runs_and_batching_changes_nothing():
     (row,) = result["rows"]
     assert row["same_completion"] == 1.0 and row["same_nfe"] == 1.0
     assert row["calls_per_sample_b"] < row["calls_per_sample_1"]
+
+
+@pytest.mark.slow  # two lm-eval start-ups, ~30 s; the batching itself is checked in tests/test_lm_eval.py
+def test_lm_eval_batch_benchmark_runs_and_batching_changes_nothing():
+    pytest.importorskip("lm_eval", reason="the real lm-eval package is not installed")
+    result = script("lm_eval_batch.py", "--limit", "4", "--batch", "2")
+    assert [r["batch"] for r in result["runs"]] == [1, 2] and all(r["decode_s"] > 0 for r in result["runs"])
+    assert result["same_completion"] == 1.0 and result["same_nfe"] == 1.0

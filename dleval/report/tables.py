@@ -50,7 +50,46 @@ def build(
     notes: list[str] = []
     runs = [read_run(p, notes) for p in find_runs(paths)]
     reruns = [r for r in runs if r.timing_rerun_of and r.records]  # latency only: never a row of their own
-    runs = [r for r in runs if not r.timing_rerun_of]
+    table = _rows([r for r in runs if not r.timing_rerun_of], notes)
+    tasks = tuple(sorted({r.task for r in table.rows.values()}))
+    pinned = dict(y_max or {})
+    for task in pinned:
+        if task not in tasks:
+            raise UserError(f"--y-max names task '{task}', which is not in the report (tasks: {', '.join(tasks)})")
+    ymax = {t: pinned.get(t, max(r.accuracy_pct for r in table.rows.values() if r.task == t)) for t in tasks}
+    auto = _auto_baselines(table)
+    _speedups(table, auto, _named_baselines(table, baselines), reruns, notes)
+    ranked = _ranked(_curves(table, auto, Scale(ymax, alpha, y_min_offset, strict), notes), tasks)
+    mean_over = tuple(mean_tasks) if mean_tasks else tasks
+    for t in mean_over:
+        if t not in tasks:
+            raise UserError(f"--tasks names '{t}', which is not in the report (tasks: {', '.join(tasks)})")
+    return Report(
+        rows=tuple(r for c in ranked for r in c.rows),
+        curves=tuple(ranked),
+        board=board_of(ranked, mean_over, notes),
+        tasks=tasks,
+        mean_tasks=mean_over,
+        y_max=ymax,
+        pinned=frozenset(pinned),
+        alpha=alpha,
+        y_min_offset=y_min_offset,
+        notes=tuple(notes),
+        runs=tuple(r for g in table.members.values() for r in g),
+    )
+
+
+@dataclass
+class _Table:
+    """The leaderboard rows by setting key, with the summary and the runs behind each."""
+
+    rows: dict[str, Row]
+    summaries: dict[str, Summary]
+    members: dict[str, list[Run]]
+
+
+def _rows(runs: list[Run], notes: list[str]) -> _Table:
+    """One row per setting: its runs' records merged (seeds), superseded repeats left out."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         if run.records:
@@ -59,40 +98,46 @@ def build(
             notes.append(f"run {run.run_id} has no finished samples and is left out")
     if not groups:
         raise UserError("no run with finished samples in the given folders")
-    rows: dict[str, Row] = {}
-    summaries: dict[str, Summary] = {}
-    members: dict[str, list[Run]] = {}
+    table = _Table({}, {}, {})
     for key, group in groups.items():
         used, superseded = pick_runs(group)
         for old in superseded:
             notes.append(f"run {old.run_id} repeats the configuration of a more complete or newer run and is left out")
         records = [rec for r in used for rec in r.records]
-        summaries[key] = summarize(records)
-        rows[key] = row_of(used, summaries[key])
-        members[key] = used
+        table.summaries[key] = summarize(records)
+        table.rows[key] = row_of(used, table.summaries[key])
+        table.members[key] = used
         expected = sum(r.expected or 0 for r in used)
         if expected and len(records) < expected:
-            notes.append(f"{rows[key].run_id} is incomplete: {len(records)} of {expected} samples")
-    tasks = tuple(sorted({r.task for r in rows.values()}))
-    pinned = dict(y_max or {})
-    for task in pinned:
-        if task not in tasks:
-            raise UserError(f"--y-max names task '{task}', which is not in the report (tasks: {', '.join(tasks)})")
-    ymax = {t: pinned.get(t, max(r.accuracy_pct for r in rows.values() if r.task == t)) for t in tasks}
+            notes.append(f"{table.rows[key].run_id} is incomplete: {len(records)} of {expected} samples")
+    return table
 
-    # The one-token-per-step llada row of each curve key: the AUP baseline point.
+
+def _auto_baselines(table: _Table) -> dict[str, str]:
+    """The one-token-per-step llada row of each curve key (the most samples): the AUP baseline point."""
     auto: dict[str, str] = {}
-    for key, group in members.items():
+    for key, group in table.members.items():
         ck = group[0].curve_key
-        if group[0].one_token_per_step and (ck not in auto or rows[key].n_samples > rows[auto[ck]].n_samples):
+        if group[0].one_token_per_step and (ck not in auto or table.rows[key].n_samples > table.rows[auto[ck]].n_samples):
             auto[ck] = key
-    # Speedups: against a named baseline run of the same task and samples, else that row.
+    return auto
+
+
+def _named_baselines(table: _Table, baselines: Sequence[str]) -> list[str]:
+    """The setting keys of the `--baseline` runs (run id, folder name or path)."""
     named = []
     for name in baselines:
-        match = [k for k, g in members.items() if any(name in (r.run_id, r.path.name) or Path(name).resolve() == r.path for r in g)]
+        match = [k for k, g in table.members.items() if any(name in (r.run_id, r.path.name) or Path(name).resolve() == r.path for r in g)]
         if not match:
             raise UserError(f"--baseline '{name}' is not one of the runs in the report")
         named.append(match[0])
+    return named
+
+
+def _speedups(table: _Table, auto: dict[str, str], named: list[str], reruns: list[Run], notes: list[str]) -> None:
+    """Each row's speedups (in place): against a named baseline run of the same task and samples,
+    else its curve's one-token-per-step row; flagged where not measured side by side."""
+    rows, summaries, members = table.rows, table.summaries, table.members
     flagged: dict[str, list[str]] = defaultdict(list)
     for key, group in members.items():
         run = group[0]
@@ -119,11 +164,16 @@ def build(
             f"run {rerun.run_id} re-times {rerun.timing_rerun_of} (--retime-baseline): its latency is used for speedups measured in its invocation"
         )
 
+
+def _curves(table: _Table, auto: dict[str, str], scale: Scale, notes: list[str]) -> list[Curve]:
+    """One AUP curve per (curve key, decoder), its baseline point appended where it has one; the
+    rows take their curve's values (in place). Curves of one model + decoder on other samples of
+    the same task get their size in the label."""
+    rows, members = table.rows, table.members
     sample_sets = {key: frozenset(rec.sample_id for r in group for rec in r.records) for key, group in members.items()}
     by_curve: dict[tuple[str, str], list[str]] = defaultdict(list)
     for key, group in members.items():
         by_curve[(group[0].curve_key, group[0].decoder)].append(key)
-    scale = Scale(ymax, alpha, y_min_offset, strict)
     curves: list[Curve] = []
     for (ck, decoder), keys in sorted(by_curve.items(), key=lambda kv: (rows[kv[1][0]].task, rows[kv[1][0]].model, kv[0][1])):
         base = auto.get(ck)
@@ -132,36 +182,21 @@ def build(
         curves.append(curve_of(CurveRows(ck, decoder, curve_keys, extra, base is not None), rows, sample_sets, scale, notes))
         for k in keys:
             rows[k] = next(r for r in curves[-1].rows if r.run_id == rows[k].run_id)
-
-    # Curves of one model + decoder on other samples of the same task get their size in the label.
     labels = defaultdict(list)
     for i, c in enumerate(curves):
         labels[(c.task, c.label)].append(i)
     for same in (v for v in labels.values() if len(v) > 1):
         for i in same:
             curves[i] = dataclasses.replace(curves[i], label=f"{curves[i].label} (n={curves[i].samples})")
+    return curves
 
-    # Ranks: by curve AUP within a task; rows share their curve's rank.
+
+def _ranked(curves: list[Curve], tasks: Sequence[str]) -> list[Curve]:
+    """Ranks by curve AUP within a task; rows share their curve's rank."""
     ranked: list[Curve] = []
     for task in tasks:
         in_task = sorted((c for c in curves if c.task == task), key=lambda c: -(c.aup.value if c.aup else -1.0))
         for n, c in enumerate(in_task, 1):
             rank = n if c.aup else None
             ranked.append(dataclasses.replace(c, rows=tuple(dataclasses.replace(r, rank=rank) for r in c.rows)))
-    mean_over = tuple(mean_tasks) if mean_tasks else tasks
-    for t in mean_over:
-        if t not in tasks:
-            raise UserError(f"--tasks names '{t}', which is not in the report (tasks: {', '.join(tasks)})")
-    return Report(
-        rows=tuple(r for c in ranked for r in c.rows),
-        curves=tuple(ranked),
-        board=board_of(ranked, mean_over, notes),
-        tasks=tasks,
-        mean_tasks=mean_over,
-        y_max=ymax,
-        pinned=frozenset(pinned),
-        alpha=alpha,
-        y_min_offset=y_min_offset,
-        notes=tuple(notes),
-        runs=tuple(r for g in members.values() for r in g),
-    )
+    return ranked
