@@ -85,8 +85,11 @@ def test_filters_match_the_reference_definitions():
 def greedy_matches_reference(logits, cfg, mask_id=1):
     """The sort-free greedy nucleus equals the reference's sort-based path bit for bit."""
     want_conf, want_tok = dream._sample_tokens(logits.clone(), cfg, mask_id, None)
-    conf, token = dream._greedy_nucleus(logits.clone(), cfg, mask_id)
-    conf, tok = torch.tensor(conf), torch.stack([token(j) for j in range(len(logits))])
+    rows, hard_conf, token = dream._greedy_nucleus(logits.clone(), cfg, mask_id)
+    conf = torch.full((len(logits),), dream._ONE_HOT_CONF[cfg.alg])
+    if rows is not None:
+        conf.index_copy_(0, rows, hard_conf)
+    tok = torch.stack([token(j) for j in range(len(logits))])
     assert torch.equal(tok, want_tok)
     assert conf.numpy().tobytes() == want_conf.numpy().tobytes()  # bytes: -0.0 and NaN included
 
@@ -136,8 +139,9 @@ def test_greedy_nucleus_decides_clear_rows_without_the_sort(monkeypatch):
     logits = torch.cat([nucleus([0.95]), nucleus([0.6, 0.25, 0.1]), nucleus([0.5, 0.3, 0.15])])
     calls = []
     monkeypatch.setattr(dream, "filter_logits", lambda lg, cfg: calls.append(len(lg)))
-    conf, token = dream._greedy_nucleus(logits, dream.Config(top_p=0.9), mask_id=11)
-    assert calls == [] and [int(token(j)) for j in range(3)] == [0, 0, 0] and conf[0] == 0.0 and max(conf[1:]) < 0
+    rows, conf, token = dream._greedy_nucleus(logits, dream.Config(top_p=0.9), mask_id=11)
+    assert calls == [] and [int(token(j)) for j in range(3)] == [0, 0, 0]
+    assert rows.tolist() == [1, 2] and (conf < 0).all()  # the first row's is the one-hot confidence, 0
 
 
 def test_greedy_nucleus_row_topped_by_mask_takes_the_reference():

@@ -171,31 +171,31 @@ _TOP = 16  # nucleus sizes on the tiny models at top_p 0.9: 1 (87 %) to 8
 _ONE_HOT_CONF = {"entropy": 0.0, "maskgit_plus": 1.0, "topk_margin": 1.0}
 
 
-def _greedy_nucleus(logits: torch.Tensor, cfg: Config, mask_id: int) -> tuple[list[float], Callable[[int], torch.Tensor]]:
+def _greedy_nucleus(
+    logits: torch.Tensor, cfg: Config, mask_id: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None, Callable[[int], torch.Tensor]]:
     """`_sample_tokens` at T = 0 with a nucleus filter, equal bit for bit, without a sort per row
-    (see _TOP): the confidences on the host (N floats, the step's sync) and row j's token as
-    `token(j)`, taken only for the rows committed. A row whose top token alone clears top_p
-    (most of them) is done with one softmax and a max: its confidence is `_ONE_HOT_CONF`, its
-    token the argmax (its top logit is unique: p_top > 1/2). [MASK] is zeroed before the max, so
-    a row whose top token is [MASK] (p_top < 1/2 without it) takes the general path, which gives
-    the reference's token 0 there."""
+    (see _TOP). Returns (rows, their confidences, token): every row not in `rows` (an index
+    tensor, None when empty) has the confidence `_ONE_HOT_CONF[cfg.alg]`; row j's token is
+    `token(j)`, taken only for the rows committed. A row whose top token alone clears top_p (most
+    of them) is done with one softmax and a max (the step's host sync): its token is the argmax
+    (its top logit is unique: p_top > 1/2). [MASK] is zeroed before the max, so a row whose top
+    token is [MASK] (p_top < 1/2 without it) takes the general path, which gives the reference's
+    token 0 there."""
     probs = torch.softmax(logits, dim=-1).index_fill_(-1, _parts._index(mask_id, logits.device), 0)  # (N, V) without [MASK]
     band = 2 * (logits.shape[-1] + 1) * torch.finfo(logits.dtype).eps
     sure = cfg.top_p + band
     hard = [j for j, p in enumerate(probs.amax(dim=-1).tolist()) if not p > sure]  # NaN is hard
-    conf = [_ONE_HOT_CONF[cfg.alg]] * len(logits)
     if not hard:
-        return conf, lambda j: probs[j].argmax()
+        return None, None, lambda j: probs[j].argmax()
     rows = torch.tensor(hard, device=logits.device)
     lg = logits.index_select(0, rows)  # (R, V)
     ph = torch.softmax(lg, dim=-1)  # with [MASK]: the mass the reference's filter sorts
     floor = _nucleus_floor(ph, cfg.top_p, band)
     filtered = filter_logits(lg, cfg) if floor is None else lg.masked_fill(ph < floor, torch.finfo(lg.dtype).min)
-    c, t = _score(filtered, cfg, mask_id, None)  # T = 0: no draw
+    conf, t = _score(filtered, cfg, mask_id, None)  # T = 0: no draw
     at = {j: h for h, j in enumerate(hard)}
-    for j, value in zip(hard, c.tolist()):
-        conf[j] = value
-    return conf, lambda j: t[at[j]] if j in at else probs[j].argmax()
+    return rows, conf, lambda j: t[at[j]] if j in at else probs[j].argmax()
 
 
 def _nucleus_floor(probs: torch.Tensor, top_p: float, band: float) -> torch.Tensor | None:
@@ -267,20 +267,20 @@ def decode(
             # The reference's full_confidence (1, T - offset): the row's own canvas (no left padding),
             # -inf off the masks; one row, so topk and multinomial see the same values 1-D.
             offset = P - len(prompts[row])
+            w = where - offset if offset else where  # (n,) the masks' columns in full_confidence
+            full = torch.full((T - offset,), float("-inf"), dtype=lg.dtype, device=dev)
             if greedy:  # (T = 0, so k > 0 here)
-                conf, token = _greedy_nucleus(lg, cfg, mask_id)  # conf on the host: the canvas row is built there
-                values = [float("-inf")] * (T - offset)
-                for t, c in zip(where_host[row], conf):
-                    values[t - offset] = c
-                full = torch.tensor(values, dtype=lg.dtype, device=dev)
+                hard, conf, token = _greedy_nucleus(lg, cfg, mask_id)
+                full.index_fill_(0, w, _ONE_HOT_CONF[cfg.alg])
+                if hard is not None:
+                    full.index_copy_(0, w.index_select(0, hard), conf)
             else:
                 conf, x0 = sample_tokens(lg, cfg, mask_id, gen)
                 token = x0.__getitem__
                 if k <= 0:
                     commits[row].append(0)
                     continue
-                full = torch.full((T - offset,), float("-inf"), dtype=conf.dtype, device=dev)
-                full.index_copy_(0, where - offset if offset else where, conf)
+                full.index_copy_(0, w, conf)
             if not cfg.alg_temp:
                 picked = torch.topk(full, k).indices  # torch.topk's tie order, as the reference (see module docstring)
             else:
