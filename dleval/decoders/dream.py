@@ -31,7 +31,9 @@ Deviations, none of which change the tokens of one prompt decoded alone: scores 
 the logits' dtype, as the reference; a batch row's k comes from its own mask count (the reference takes the batch mean,
 which is the same number whenever every row holds gen_length masks, the only case it is fed);
 random draws are made row by row, from a per-prompt generator when `seeds` is given (else the
-global RNG, drawn in the reference's order for one prompt).
+global RNG, drawn in the reference's order for one prompt). Greedy nucleus sampling (T = 0,
+top_p < 1) decides most rows' nucleus without the reference's sort of the vocabulary, with a
+rounding band and the sort itself as the fallback: the same values bit for bit (see `_TOP`).
 """
 
 from __future__ import annotations
