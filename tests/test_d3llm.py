@@ -6,6 +6,7 @@ Run: pytest tests/test_d3llm.py
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ import torch
 from dleval.decoders import _parts, d3llm
 from dleval.models.base import Counted, ForwardOutput, KVCache
 from tests.conftest import random_llada
+
+_parts_neg_entropy = _parts.neg_entropy
 
 PROMPTS = [[5, 9, 12, 7, 30], [8, 3, 44, 17, 2, 60, 9]]
 
@@ -164,6 +167,41 @@ def test_progress_guarantee_commits_in_the_first_fully_activated_block():
     assert all(n == 1 for n in later[:B])  # ...while the global lowest-entropy commit goes to a later, semi-activated block
     assert list(gen.committed_per_step[:B]) == [2] * B
     assert 1 not in gen.tokens and counted.nfe == len(steps)
+
+
+@pytest.mark.parametrize("side", ["at", "below"])
+def test_float32_entropy_is_retaken_in_float64_at_the_threshold(monkeypatch, side):
+    """tau equal to (or one float below) a position's float64 entropy: the float32 -H cannot tell
+    the two apart, so the step retakes the reference's float64 scores and commits exactly the
+    positions with H <= tau (plus the lowest-entropy one)."""
+    P, L = 2, 8
+    table = torch.full((P + L, 8), -5.0)
+    for i in range(L):
+        table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) * (1 + 0.7 * i)  # entropy falls with i
+    h = _parts.entropy(table[P:]).tolist()
+    k = 4
+    tau = h[k] if side == "at" else math.nextafter(h[k], -math.inf)
+    exact = []
+    monkeypatch.setattr(_parts, "neg_entropy", lambda lg: exact.append(1) or _parts_neg_entropy(lg))
+    cfg = d3llm.Config(gen_length=L, block_length=L, threshold=tau, early_stop=False)
+    _, _, steps = decode(FixedLogits(table), [4, 5], cfg)
+    want = [hi <= tau for hi in h]
+    want[h.index(min(h))] = True
+    assert steps[0].committed[0, P:].tolist() == want
+    assert exact  # the float64 retake ran
+
+
+def test_float32_fast_path_equals_the_float64_path(monkeypatch):
+    """With the band infinite every decision is taken on the float64 scores: same tokens and
+    commits as the float32 path with its retakes, on a random model (ties, thresholds, guarantee)."""
+    model = random_llada(seed=3)
+    for tau in (0.0, 0.5, 2.0, 5.0):
+        cfg = d3llm.Config(gen_length=24, block_length=8, threshold=tau, block_add_threshold=0.5, decoded_token_threshold=0.5)
+        fast = [decode(model, p, cfg)[0] for p in PROMPTS]
+        with monkeypatch.context() as m:
+            m.setattr(d3llm, "_BAND", math.inf)
+            slow = [decode(model, p, cfg)[0] for p in PROMPTS]
+        assert fast == slow
 
 
 class ShiftedFixedLogits(FixedLogits):

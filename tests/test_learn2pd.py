@@ -50,14 +50,15 @@ def test_filter_round_trip(tmp_path):
     assert json.loads(path.with_suffix(".json").read_text())["seed"] == 3
 
 
-@pytest.mark.parametrize("gen,block", [(16, 8), (16, 16)])
-def test_rejecting_filter_without_eotp_equals_llada(tmp_path, gen, block):
-    write_random_filter(tmp_path, block, bias=-100.0)  # sigmoid never passes 0.96: only the quota commits
+@pytest.mark.parametrize("gen,block,steps", [(16, 8, 16), (16, 16, 16), (16, 8, 6)])
+def test_rejecting_filter_without_eotp_equals_llada(tmp_path, gen, block, steps):
+    write_random_filter(tmp_path, block, bias=-100.0)  # sigmoid never passes 0.96: only the quota commits (3 or 2 a step when steps=6)
     model = NoMaskLogits(random_llada(seed=5))
     for prompt in PROMPTS:
-        ours, n_ours, _ = decode(model, prompt, learn2pd.Config(gen_length=gen, block_length=block, eotp=False, filter=str(tmp_path)))
-        base, n_base, _ = decode(model, prompt, llada.Config(gen_length=gen, block_length=block), module=llada)
-        assert ours == base and n_ours.nfe == n_base.nfe == gen
+        cfg = learn2pd.Config(gen_length=gen, block_length=block, steps=steps, eotp=False, filter=str(tmp_path))
+        ours, n_ours, _ = decode(model, prompt, cfg)
+        base, n_base, _ = decode(model, prompt, llada.Config(gen_length=gen, block_length=block, steps=steps), module=llada)
+        assert ours == base and n_ours.nfe == n_base.nfe == steps
 
 
 def test_accepting_filter_commits_a_block_per_forward(tmp_path):

@@ -70,3 +70,24 @@ def test_a_model_without_custom_attention_is_rejected():
     with pytest.raises(ValueError, match="custom_attention"):
         wino.check(plain, wino.Config())
     wino.check(Counted(random_llada()), wino.Config())  # Counted passes the capability through
+
+
+def test_float32_choices_defer_to_float64_near_a_boundary():
+    band = 1e-4
+    far = [(0.95, 3), (0.2, 4), (0.7, 5)]
+    assert wino._accept(far, 0.6, 5, band) == wino._accept(far, 0.6, 5, None) == [3, 5]
+    assert wino._accept([(0.60005, 3), (0.2, 4)], 0.6, 5, band) is None  # within the band of the threshold
+    assert wino._accept([(0.3, 3), (0.30005, 4)], 0.6, 5, band) is None  # none above: the best, too close to call
+    assert wino._accept([(0.3, 3), (0.5, 4)], 0.6, 5, band) == [4]
+    assert wino._revoke([(0.5, 3), (0.89995, 4)], 0.9, 30, band) is None
+    tight = [(0.5, 3), (0.50005, 4), (0.1, 6)]  # three fail, last_accept 3: the 2 least confident, a near tie at the cut
+    assert wino._revoke(tight, 0.9, 3, band) is None and wino._revoke(tight, 0.9, 3, None) == [3, 6]
+
+
+def test_guard_band_fallbacks_give_the_float64_tokens(monkeypatch):
+    """Every float32 choice deferred to float64 (the band covers [0, 1]): the same generation."""
+    cfg = wino.Config(gen_length=32, block_length=16)
+    prompts = [[5, 9, 12], [7, 3, 30, 2]]
+    first = wino.decode(Counted(random_llada()), prompts, cfg)
+    monkeypatch.setattr(wino, "guard", lambda vocab: 1.0)
+    assert wino.decode(Counted(random_llada()), prompts, cfg) == first

@@ -25,6 +25,11 @@ Where this differs from the reference, and why:
   (`prefix_look`/`after_look`/`warmup_times`) and iteration smoothing (`cont_weight`); the
   defaults of `benchmarks/benchmark.py` use none of them.
 One prompt at a time (BATCHED = False), as `HierarchyDecoder` requires (it asserts batch size 1).
+
+The step decides on the host (`_host.py`): scores only for the block's masked rows, one read-back
+of their x0 and confidence per forward, the rule on Python lists, the canvas as a host array.
+The reference reads back once per unroll group (threshold) or once per forward (credit's mask
+check, hierarchy's boolean indexing); on a GPU this loop synchronizes once per forward.
 """
 
 from __future__ import annotations
@@ -35,14 +40,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dleval.decoders import _parts
+from dleval.decoders import _host, _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
 THRESHOLD_MARGIN = 1e-5  # get_transfer_index_threshold: max confidence - 1e-5
+MARGIN32 = _host.f32(THRESHOLD_MARGIN)  # the reference subtracts it from a float32 tensor
 
-# select(block logits (1, b, V), masked (1, b), block start) -> (x0 (1, b), chosen (1, b) within masked)
-Select = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+# select(logits (1, N, V) of the forward, block start s, block end e, the block's masked canvas
+# positions `at` (increasing, not empty)) -> (x0, chosen): a proposed token and a commit flag per
+# position of `at`. A fresh select per prompt (the credit matrix is state).
+Select = Callable[[torch.Tensor, int, int, list[int]], tuple[list[int], list[bool]]]
 
 
 def check_config(cfg: Any, probabilities: Sequence[str]) -> None:
@@ -72,74 +80,130 @@ def decode(
 
 
 def decode_one(model: Model, prompt: Sequence[int], cfg: Any, select: Select, on_step: OnStep | None, row: int = 0) -> Generation:
-    x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, N)
-    N, mask_id, eos_id = x.shape[1], model.mask_id, model.eos_id
-    counts: list[torch.Tensor] = []  # (0-d) commits per forward, on the device: synced once at the end
-    finish = "length"
-    for s in range((P // cfg.block_length) * cfg.block_length, N, cfg.block_length):  # start_block_align=True
-        e = min(s + cfg.block_length, N)
-        blk = x[:, s:e]  # (1, b) view of the block, written in place
-        while (left := int((blk == mask_id).sum())) > 0:  # one host sync per unroll group
-            for _ in range(max(min(left // cfg.expected_tpf, cfg.maximum_unroll), 1)):
-                logits = _parts.forward(model, x, [row]).logits[:, s:e]  # (1, b, V)
-                x0, chosen = select(logits, blk == mask_id, s)  # chosen lies within the masks
-                torch.where(chosen, x0, blk, out=blk)
-                counts.append(chosen.sum())
+    canvas = _host.Canvas(model, prompt, cfg.gen_length)
+    ids, P, N, B, mask_id, T = canvas.ids, canvas.P, canvas.N, cfg.block_length, model.mask_id, cfg.temperature
+    counts: list[int] = []  # commits per forward
+    for s in range((P // B) * B, N, B):  # start_block_align=True
+        e = min(s + B, N)
+        at = [j for j in range(s, e) if ids[j] == mask_id]  # the block's masks, tracked on the host
+        while at:
+            for _ in range(max(min(len(at) // cfg.expected_tpf, cfg.maximum_unroll), 1)):
+                logits = _parts.forward(model, canvas.x, [row]).logits  # (1, N, V)
+                committed: list[int] = []
+                if at:
+                    x0, chosen = select(logits, s, e, at)  # the step's read-back
+                    for j, token, c in zip(at, x0, chosen):
+                        if c:
+                            ids[j] = token
+                            committed.append(j)
+                    at = [j for j, c in zip(at, chosen) if not c]
+                    canvas.push()
+                elif T > 0:  # an idle forward commits nothing but draws the block's noise, as the reference (later draws follow it)
+                    _parts.gumbel_argmax(logits[:, s:e], T)
+                counts.append(len(committed))
                 if on_step is not None:
-                    full = torch.zeros_like(x, dtype=torch.bool)
-                    full[:, s:e] = chosen
-                    _parts.report_step(on_step, len(counts), x, full)
-        if bool((blk == eos_id).any()):  # BlockRunner early_stop, then generate()'s break
-            counts[-1] = counts[-1] + (x[:, e:] == mask_id).sum()
-            x[:, e:] = eos_id
-            finish = "eos"
-            break
-    commits = torch.stack(counts).tolist() if counts else []
-    return _parts.generations(x, P, [commits], finish)[0]
+                    canvas.report(on_step, len(counts), committed)
+        if model.eos_id in ids[s:e]:  # BlockRunner early_stop, then generate()'s break
+            counts[-1] += N - e  # every position after the block is a mask: the block's last forward fills them with EOS
+            return Generation((*ids[P:e], *[model.eos_id] * (N - e)), tuple(counts), "eos")
+    return Generation(tuple(ids[P:]), tuple(counts), "length")
+
+
+def threshold_scores(
+    rows: torch.Tensor, temperature: float, mask_id: int, logits: torch.Tensor | None, s: int, e: int, lo: int
+) -> tuple[list[int], list[float]]:
+    """x0 and get_transfer_index_threshold's confidence p(x0) (float32, use_float64=False) of each
+    row of `rows` (1, w, V), rows [lo, lo + w) of the block (`_host.draft`'s arguments)."""
+    p = torch.softmax(rows, dim=-1, dtype=torch.float32)  # before the draft may write the [MASK] logit
+    x0, tokens = _host.draft(rows, temperature, mask_id, logits, s, e, lo)  # (1, w, 1)
+    return tokens, [c for (c,) in p.gather(-1, x0).tolist()[0]]
+
+
+def threshold_pick(conf: Sequence[float], threshold32: float) -> list[bool]:
+    """get_transfer_index_threshold's choice among masks of confidence `conf`: every p(x0) >=
+    min(threshold, max p - 1e-5), so at least the most confident, in the reference's float32
+    arithmetic (threshold32 = `_host.f32(threshold)`).
+
+    max p - 1e-5 is exact as f32(max p - MARGIN32): two float32 values in [0, 1] differ by a
+    value exact in double when p >= 2**-46, and below that both round to -MARGIN32."""
+    bar = min(max(_host.f32(max(conf) - MARGIN32), -1000.0), threshold32)  # .clamp(-1000, threshold)
+    return [c >= bar for c in conf]
+
+
+def hierarchy_scores(
+    rows: torch.Tensor, temperature: float, mask_id: int, logits: torch.Tensor | None, s: int, e: int, lo: int
+) -> tuple[list[int], list[float]]:
+    """x0 and HierarchyDecoder's p(x0) = exp(log_softmax(rows)[x0]), in the logits' dtype, of each
+    row of `rows` (as `threshold_scores`)."""
+    logp = F.log_softmax(rows, dim=-1)
+    x0, tokens = _host.draft(rows, temperature, mask_id, logits, s, e, lo)  # (1, w, 1)
+    return tokens, [c for (c,) in logp.gather(-1, x0).exp_().tolist()[0]]
+
+
+def hierarchy_pick(conf: Sequence[float], at: Sequence[int], threshold: float, low_threshold: float) -> list[bool]:
+    """HierarchyDecoder.get_transfer_index's choice among masks of confidence `conf` at the
+    increasing positions `at` (a gap is a non-mask): each run of adjacent masks' most confident
+    (every tied maximum) if p > low_threshold, every mask with p > threshold, and the most
+    confident mask (the first of equal maxima). The thresholds come rounded to p's dtype
+    (`_host.as_dtype`), as torch compares a tensor with a Python number."""
+    n = len(conf)
+    chosen = [False] * n
+    best = 0
+    i = 0
+    while i < n:
+        j = i + 1  # the run of masks [i, j)
+        while j < n and at[j] == at[j - 1] + 1:
+            j += 1
+        top = max(conf[i:j])
+        for q in range(i, j):
+            c = conf[q]
+            chosen[q] = (c == top and c > low_threshold) or c > threshold
+            if c > conf[best]:
+                best = q
+        i = j
+    chosen[best] = True
+    return chosen
 
 
 def credit_update(
-    logits: torch.Tensor, masked: torch.Tensor, credit: torch.Tensor | None, decay_beta: float, boost_gamma: float
+    logits: torch.Tensor, masked: torch.Tensor | None, credit: torch.Tensor | None, decay_beta: float, boost_gamma: float
 ) -> torch.Tensor:
-    """CreditThresholdParallelDecoder._apply_credit_fusion's matrix update, float32. logits (1, b, V)."""
-    top1, idx = torch.softmax(logits, dim=-1, dtype=torch.float32).max(dim=-1)  # (1, b)
-    boost = torch.where(masked, top1.pow(boost_gamma), 0.0)  # = p ** gamma * masked (p ** gamma is finite)
-    if credit is None:
-        credit = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
-    else:
-        credit = credit * decay_beta
-    return credit.scatter_add_(2, idx.unsqueeze(-1), boost.unsqueeze(-1))
+    """CreditThresholdParallelDecoder._apply_credit_fusion's matrix update, float32: credit (1, b, V)
+    <- decay_beta * credit (zeros at a block's first forward: None), then + p_max ** boost_gamma at
+    each row's argmax, on the masked rows (masked (1, b); None: on every row). logits (1, b, V)."""
+    top1, idx = torch.softmax(logits, dim=-1, dtype=torch.float32).max(dim=-1, keepdim=True)  # (1, b, 1)
+    boost = top1.pow(boost_gamma)  # on the reference's (1, b) layout: CPU pow is position dependent (_host)
+    if masked is not None:
+        boost = torch.where(masked.unsqueeze(-1), boost, 0.0)  # = p ** gamma * masked (p ** gamma is finite)
+    credit = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device) if credit is None else credit * decay_beta
+    return credit.scatter_add_(2, idx, boost)
+
+
+def _on_block(
+    masked: torch.Tensor, rule: Callable[[list[int]], tuple[list[int], list[bool]]], x0: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    at = [j for j, m in enumerate(masked[0].tolist()) if m]
+    chosen = [False] * len(x0)
+    if at:
+        for j, c in zip(at, rule(at)):
+            chosen[j] = c
+    return torch.tensor([x0], device=masked.device), torch.tensor([chosen], device=masked.device)
 
 
 def threshold_rule(
     logits: torch.Tensor, masked: torch.Tensor, threshold: float, temperature: float, mask_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """get_transfer_index_threshold: commit p(x0) >= min(threshold, max p - 1e-5), float32 (use_float64=False).
-    Writes the [MASK] logit of `logits` (-inf): callers pass logits they are done with."""
-    p = torch.softmax(logits, dim=-1, dtype=torch.float32)
-    x0 = _parts.propose_(logits, temperature, mask_id)
-    p = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-    conf = p.masked_fill_(~masked, _parts.NEG_INF)
-    bar = (conf.amax(dim=1, keepdim=True) - THRESHOLD_MARGIN).clamp_(-1000, threshold)
-    return x0, conf >= bar  # -inf (not a mask) is below any bar >= -1000
+    """`dinfer`'s rule on a block's tensors, as the reference's function takes them: logits
+    (1, b, V), masked (1, b) -> (x0 (1, b), chosen (1, b)). Writes the [MASK] logit of `logits`."""
+    x0, conf = threshold_scores(logits, temperature, mask_id, logits, 0, logits.shape[1], 0)
+    return _on_block(masked, lambda at: threshold_pick([conf[j] for j in at], _host.f32(threshold)), x0)
 
 
 def hierarchy_rule(
     logits: torch.Tensor, masked: torch.Tensor, threshold: float, low_threshold: float, temperature: float, mask_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """HierarchyDecoder.get_transfer_index: each run of adjacent masks' best if > low_threshold,
-    every mask > threshold, and the block's best; p from log_softmax in the logits' dtype.
-    Writes the [MASK] logit of `logits` (-inf): callers pass logits they are done with."""
-    logp = F.log_softmax(logits, dim=-1)
-    x0 = _parts.propose_(logits, temperature, mask_id)
-    p = logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1).exp()
-    floor = torch.finfo(p.dtype).min
-    unmasked = ~masked
-    conf = p.masked_fill_(unmasked, floor)
-    # Two masks share a run iff no non-mask lies between them, i.e. iff as many non-masks precede
-    # them: that count is a run id in [0, b) (the reference numbers runs by their starts instead).
-    run = torch.cumsum(unmasked, dim=1).clamp_(max=masked.shape[1] - 1)  # (1, b) int64; only a trailing non-mask is clamped
-    run_max = torch.full_like(conf, floor).scatter_reduce_(1, run, conf, reduce="amax", include_self=True)
-    chosen = ((conf == run_max.gather(1, run)) & (conf > low_threshold)) | (conf > threshold)
-    chosen.scatter_(1, conf.argmax(dim=1, keepdim=True), True)  # the block's best (first of equal maxima)
-    return x0, chosen & masked
+    """`dinfer_hierarchy`'s rule on a block's tensors, as the reference's function takes them:
+    logits (1, b, V), masked (1, b) -> (x0 (1, b), chosen (1, b)). Writes the [MASK] logit of `logits`."""
+    x0, conf = hierarchy_scores(logits, temperature, mask_id, logits, 0, logits.shape[1], 0)
+    high, low = _host.as_dtype(threshold, logits.dtype), _host.as_dtype(low_threshold, logits.dtype)
+    return _on_block(masked, lambda at: hierarchy_pick([conf[j] for j in at], at, high, low), x0)

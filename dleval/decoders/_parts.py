@@ -10,6 +10,7 @@ code calls `F.softmax(logits)` as is (in bf16 that rounds the confidences and ch
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -272,11 +273,14 @@ def check_blocks(gen_length: int, block_length: int) -> int:
 CACHES = ("none", "prefix", "dual")
 
 # select(logits (R, C, V) of the columns of each row's current block that `block_loop` shows it,
-# masked (R, C) or None when all of them are masked, each row's forward index within its block,
-# the prompts the R rows are) -> (x0 (R, C) proposed tokens, never [MASK]; chosen (R, C) bool
-# positions to commit). R counts the rows forwarded, not every prompt. `select` owns the logits
-# (a view of this forward's output or a copy) and may write them.
-Select = Callable[[torch.Tensor, torch.Tensor | None, list[int], list[int]], tuple[torch.Tensor, torch.Tensor]]
+# each row's forward index within its block, the prompts the R rows are) -> (x0 (R, C) proposed
+# tokens, never [MASK]; scores (R, C) the rule's numbers). R counts the rows forwarded, not every
+# prompt. `select` owns the logits (a view of this forward's output or a copy) and may write them.
+Select = Callable[[torch.Tensor, list[int], list[int]], tuple[torch.Tensor, torch.Tensor]]
+# rule(one row's scores over the C columns (host floats: the tensor's values exactly), the
+# columns that are still masked in that row (ascending; never empty), the row's forward index,
+# the scores' dtype) -> the columns to commit: a non-empty subset of the candidates.
+Rule = Callable[[list[float], list[int], int, torch.dtype], list[int]]
 
 
 def propose(
@@ -311,12 +315,6 @@ def _index(i: int, device: torch.device) -> torch.Tensor:
     return _INDICES[key]
 
 
-def entropy_threshold_mask(h: torch.Tensor, candidates: torch.Tensor | None, tau: float) -> torch.Tensor:
-    """dParallel: commit every candidate with H <= tau, and always the lowest-entropy one
-    (ties by position). All (B, T); candidates None: every position."""
-    return threshold_mask(-h, candidates, h <= tau)
-
-
 def entropy_bound_mask(h: torch.Tensor, candidates: torch.Tensor | None, gamma: float) -> torch.Tensor:
     """EB-sampler: sort the candidates by entropy ascending (ties by position) and accept the
     first k for the largest k with sum(H_1..k) - max(H_1..k) <= gamma; at least one per row
@@ -347,12 +345,77 @@ def neg_entropy_bound_mask(v: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.empty_like(ok).scatter_(1, order, ks <= k)  # order is a permutation: every position written
 
 
+# ---------------------------------------------------------------------------- the same rules on the host
+# `block_loop` decides on the host (issue 14): a row's scores come back as Python floats (the
+# tensor's values exactly: float64 holds every float32 and bfloat16 value), and these functions
+# take the decisions the tensor rules above take, bit for bit: comparisons against a threshold
+# use the threshold rounded to the scores' dtype first, as torch compares a tensor with a Python
+# number; an argmax is the first of equal maxima with NaN above everything, as torch's; sums are
+# the sequential float64 sums `cumsum` makes.
+
+
+def _key(s: list[float]) -> Callable[[int], tuple[bool, float]]:
+    """Sort/max key of column j: NaN above everything (torch's order), else the value."""
+    return lambda j: (s[j] != s[j], s[j])
+
+
+def as_dtype(value: float, dtype: torch.dtype) -> float:
+    """`value` rounded to `dtype`, as torch rounds a Python number it compares with a tensor."""
+    return value if dtype == torch.float64 else _rounded(value, dtype)
+
+
+_ROUNDED: dict[tuple[float, torch.dtype], float] = {}
+
+
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    key = (value, dtype)
+    if key not in _ROUNDED:
+        _ROUNDED[key] = torch.tensor(value, dtype=dtype).item()
+    return _ROUNDED[key]
+
+
+def pick_threshold(s: list[float], cands: list[int], threshold: float, strict: bool = False) -> list[int]:
+    """`threshold_mask(s, cands, s >= threshold)` (`>` with strict) on the host: every candidate
+    that passes, and always the best-scored one (first of equal maxima). `threshold` is already
+    in the scores' dtype (`as_dtype`)."""
+    passed = [j for j in cands if s[j] > threshold] if strict else [j for j in cands if s[j] >= threshold]
+    if len(passed) == len(cands):
+        return passed
+    best = max(cands, key=_key(s))
+    return passed if best in passed else sorted([*passed, best])
+
+
+def pick_top_k(s: list[float], cands: list[int], k: int) -> list[int]:
+    """`top_k_mask(s with non-candidates at -inf, k) & candidates` on the host: the k best-scored
+    candidates (ties by position; NaN first, as torch's stable descending sort)."""
+    return sorted(sorted(cands, key=_key(s), reverse=True)[:k])
+
+
+def pick_entropy_bound(v: list[float], cands: list[int], gamma: float) -> list[int]:
+    """`entropy_bound_mask(-v, candidates, gamma)` on the host, given v = -H (float64): the
+    candidates by H ascending (ties by position), the first k for the largest k with
+    sum(H_1..k) - max(H_1..k) <= gamma, at least one. In v: cumsum(v) - cummin(v) >= -gamma,
+    the negations exact (see `neg_entropy_bound_mask`). A NaN score takes the tensor rule."""
+    if any(v[j] != v[j] for j in cands):
+        got = neg_entropy_bound_mask(torch.tensor([[v[j] for j in cands]], dtype=torch.float64), gamma)[0].tolist()
+        return [j for j, g in zip(cands, got) if g]
+    order = sorted(cands, key=v.__getitem__, reverse=True)  # stable: ties by position
+    k, total, low = 1, 0.0, math.inf
+    for n, j in enumerate(order, 1):
+        total += v[j]
+        low = min(low, v[j])
+        if total - low >= -gamma:
+            k = n
+    return sorted(order[:k])
+
+
 def block_loop(
     model: Model,
     prompts: Sequence[Sequence[int]],
     gen_length: int,
     block_length: int,
     select: Select,
+    rule: Rule,
     *,
     cache: str = "none",
     refresh_every: int | None = None,
@@ -360,7 +423,8 @@ def block_loop(
     on_step: OnStep | None = None,
     compact: bool = True,
 ) -> list[Generation]:
-    """Decode prompts block by block, each block until it has no mask, one `select` per forward.
+    """Decode prompts block by block, each block until it has no mask: one `select` (scores, on
+    the device) and one `rule` per row (the decision, on the host) per forward.
 
     The forwards are Fast-dLLM's (NVlabs/Fast-dLLM `llada/generate.py` @24cc59e):
     - "none": every forward is over the full canvas (`generate`, §2.2);
@@ -386,22 +450,25 @@ def block_loop(
     forwarded, until every row has finished that block; then all start the next block together
     with one full forward. Within a block every forwarded row is then at the same forward index.
 
-    `compact`: `select` sees only the block's columns that are still masked in some row (fewer
-    float64 scores over the vocabulary late in a block; the same choices). Decoders pass False
-    when `select` draws noise, whose shape must not depend on the other rows.
+    `compact`: `select` sees only the span of the block's columns from the first to the last one
+    still masked in some row (a slice: fewer float64 scores over the vocabulary late in a block;
+    the same choices, since every score is computed per position). Decoders pass False when
+    `select` draws noise, whose shape must not depend on the other rows.
 
-    The step is kept thin (issue 14): which positions are still masked is tracked on the host
-    (`open_`, updated from the step's one host sync, `chosen.tolist()`), so the canvas is never
-    read back, `select` gets masked=None when every position it sees is masked, and the commit
-    is written in place. This relies on `select` never proposing [MASK] (`propose`).
+    The step is kept thin (issue 14): which positions are still masked is tracked on the host;
+    the step's one read-back is x0 and the scores (`tolist`); the rule decides on those lists
+    (the `pick_*` functions: the tensor rules' decisions bit for bit); and the commits are
+    written into the canvas on the host (`_HostCanvas`: on the CPU its memory is the tensor's,
+    elsewhere one index write per step). This relies on `select` never proposing [MASK].
     """
     check_cache(cache, refresh_every)
     x, attention, P = make_canvas(model, prompts, gen_length)  # (N, P+L), N = len(prompts)
-    N, mask_id, dev, B = x.shape[0], model.mask_id, x.device, block_length
+    canvas = _HostCanvas(x)
+    x = canvas.x
+    N, dev, B = x.shape[0], x.device, block_length
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
     n_blocks = gen_length // B
     idle_rule = cache != "none" and refresh_every != 1 and not skip_idle_forward
-    all_cols = list(range(B))
     block = [0] * N  # each row's current block
     index = [0] * N  # forwards the row has made in its current block
     idle = [False] * N  # the block is done but its idle cached forward is still due
@@ -421,20 +488,11 @@ def block_loop(
         s = starts[0]
         same = all(t == s for t in starts)
         # The step's plan, from the host copy alone (made before the forward: nothing waits on it).
-        busy = [j for j, r in enumerate(rows) if not idle[r]]  # idle rows are forwarded and commit nothing
-        brows = [rows[j] for j in busy]
-        if not brows:
-            cols, every = all_cols, True
-        elif len(brows) == 1:  # one row: with compact, its open columns, all masked
-            o = open_[brows[0]]
-            cols = [j for j in all_cols if o[j]] if compact else all_cols
-            every = compact or all(o)
-        else:
-            union = [any(col) for col in zip(*(open_[r] for r in brows))] if brows else []
-            cols = [j for j, u in enumerate(union) if u] if compact else all_cols
-            every = all(open_[r][j] for r in brows for j in cols)
-        c = None if len(cols) == B else torch.tensor(cols, device=dev)  # (C,) the columns `select` sees
-        masked = None if every else torch.tensor([[open_[r][j] for j in cols] for r in brows], device=dev)  # (R', C)
+        brows = [r for r in rows if not idle[r]]  # idle rows are forwarded and commit nothing
+        a, z = 0, B  # the columns `select` sees: with compact, the span of the rows' open columns
+        if compact and brows:
+            a = min(o.index(True) for o in (open_[r] for r in brows))
+            z = B - min(o[::-1].index(True) for o in (open_[r] for r in brows))
         sel = None if len(rows) == N else torch.tensor(rows, device=dev)
         xr = x if sel is None else x.index_select(0, sel)  # (R, P+L)
         mask = None
@@ -442,7 +500,6 @@ def block_loop(
             mask = attention if sel is None else attention.index_select(0, sel)
         i0 = index[rows[0]]  # with a cache, every row of the forward is at the same index
         full = cache == "none" or i0 == 0 or (refresh_every is not None and i0 % refresh_every == 0)
-        at = None
         if full:
             out = forward(model, xr, rows, attention_mask=mask)
             if same:
@@ -469,36 +526,21 @@ def block_loop(
                 idle[r], block[r], index[r], open_[r] = False, block[r] + 1, 0, [True] * B
         step: list[tuple[int, int]] = []  # (prompt, absolute position) of this step's commits, for on_step
         if brows:
-            if len(busy) < len(rows):
-                logits = logits.index_select(0, torch.tensor(busy, device=dev))
-            if c is not None:
-                logits = logits.index_select(1, c)  # (R', C, V)
-            x0, chosen = select(logits, masked, [index[r] for r in brows], brows)
-            if masked is not None:
-                chosen = chosen & masked
-            flags = chosen.tolist()  # the step's one host sync
-            counts = [sum(f) for f in flags]
-            if min(counts) < 1:
-                raise AssertionError("a selection rule must commit at least one masked position")
-            if same and len(brows) == N:  # every row in one block: write in place
-                xb = x[:, s : s + B]  # (N, B) view
-                if c is None:
-                    torch.where(chosen, x0, xb, out=xb)
-                else:
-                    xb.index_copy_(1, c, torch.where(chosen, x0, mask_id if every else xb.index_select(1, c)))
-            else:  # rows in different blocks, or some rows not stepping: scatter the commits
-                hit = [(j, q) for j, f in enumerate(flags) for q, v in enumerate(f) if v]
-                vals = x0[torch.tensor([j for j, _ in hit], device=dev), torch.tensor([q for _, q in hit], device=dev)]
-                place = [(brows[j], P + block[brows[j]] * B + cols[q]) for j, q in hit]
-                x[torch.tensor([r for r, _ in place], device=dev), torch.tensor([t for _, t in place], device=dev)] = vals
+            if len(brows) < len(rows):
+                logits = logits.index_select(0, torch.tensor([j for j, r in enumerate(rows) if r in brows], device=dev))
+            x0, scores = select(logits[:, a:z], [index[r] for r in brows], brows)  # (R', z - a) each
+            tokens, values = x0.tolist(), scores.tolist()  # the step's one read-back
             for j, r in enumerate(brows):
-                o = open_[r]
-                for q, v in enumerate(flags[j]):
-                    if v:
-                        o[cols[q]] = False
-                        if on_step is not None:
-                            step.append((r, P + block[r] * B + cols[q]))
-                commits[r].append(counts[j])
+                o, base = open_[r], P + block[r] * B + a
+                picked = rule(values[j], [q for q in range(z - a) if o[a + q]], index[r], scores.dtype)
+                if not picked:
+                    raise AssertionError("a selection rule must commit at least one masked position")
+                for q in picked:
+                    o[a + q] = False
+                    canvas.write(r, base + q, tokens[j][q])
+                    if on_step is not None:
+                        step.append((r, base + q))
+                commits[r].append(len(picked))
                 index[r] += 1
                 if not any(o):  # blocks start fully masked, so the next one has masks
                     if index[r] == 1 and idle_rule:
@@ -507,6 +549,7 @@ def block_loop(
                         block[r] += 1
                         index[r] = 0
                         open_[r] = [True] * B
+            canvas.push()
         if on_step is not None:
             committed = torch.zeros_like(x, dtype=torch.bool)
             for r, t in step:
@@ -515,7 +558,38 @@ def block_loop(
     return generations(x, P, commits)
 
 
-def blocks(model: Model, prompts: Sequence[Sequence[int]], cfg, select: Select, on_step: OnStep | None, compact: bool) -> list[Generation]:
+class _HostCanvas:
+    """The canvas x (N, T) written from the host. On the CPU `x` is a view of a host int64
+    array, so a write is a store into it (no tensor op); elsewhere the step's writes are
+    collected and `push()` makes them one index write on the device."""
+
+    def __init__(self, x: torch.Tensor, shared: bool | None = None) -> None:
+        self.T = x.shape[1]
+        self.shared = x.device.type == "cpu" if shared is None else shared  # False on a CPU: the device path (tests)
+        if self.shared:
+            self.ids = array("q", x.reshape(-1).tolist())
+            self.x = torch.frombuffer(self.ids, dtype=torch.long).view(x.shape)  # shares `ids`' memory
+        else:
+            self.x = x
+            self.pending: list[tuple[int, int, int]] = []
+
+    def write(self, row: int, position: int, token: int) -> None:
+        if self.shared:
+            self.ids[row * self.T + position] = token
+        else:
+            self.pending.append((row, position, token))
+
+    def push(self) -> None:
+        if not self.shared and self.pending:
+            r, t, v = zip(*self.pending)
+            dev = self.x.device
+            self.x[torch.tensor(r, device=dev), torch.tensor(t, device=dev)] = torch.tensor(v, device=dev)
+            self.pending = []
+
+
+def blocks(
+    model: Model, prompts: Sequence[Sequence[int]], cfg, select: Select, rule: Rule, on_step: OnStep | None, compact: bool
+) -> list[Generation]:
     """`block_loop` with the block and cache fields of a threshold decoder's Config (fastdllm,
     dparallel, eb: gen_length, block_length, cache, refresh_every, skip_idle_forward)."""
     return block_loop(
@@ -524,6 +598,7 @@ def blocks(model: Model, prompts: Sequence[Sequence[int]], cfg, select: Select, 
         cfg.gen_length,
         cfg.block_length,
         select,
+        rule,
         cache=cfg.cache,
         refresh_every=cfg.refresh_every,
         skip_idle_forward=cfg.skip_idle_forward,

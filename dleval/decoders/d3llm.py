@@ -92,6 +92,7 @@ from its own generator (`_parts.Noise`), so it does not depend on the batch eith
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -162,6 +163,7 @@ class _Row:
     cache_len: int = 0
     eos_at: int | None = None
     commits: list[int] = field(default_factory=list)
+    gen: list[int] = field(default_factory=list)  # LLaDA models: x[r, P:] on the host, kept by `_commit_thin` (unused by the Dream path)
 
     def active(self, n_blocks: int) -> bool:
         """The reference's loop condition (unopened blocks are all masks)."""
@@ -178,6 +180,9 @@ class _Plan:
     append: int = 0  # cached forward: the cache grows by its first `append` new positions
 
 
+_FULL = _Plan(False, 0)  # a full forward that keeps no cache (every forward with cache="none")
+
+
 @dataclass(frozen=True)
 class _Decode:
     """What stays fixed for a whole decode, passed to each group's commit as one value."""
@@ -186,8 +191,10 @@ class _Decode:
     x: torch.Tensor  # (N, P+L) the canvas, left-padded, written in place
     P: int  # prompt width
     cfg: Config
-    noise: _parts.Noise
+    noise: _parts.Noise | None  # None at T = 0 without seeds
     rows: list[_Row]
+    mask_id: int  # the model's, read once (through `Counted` each read is a __getattr__)
+    eos: int
 
 
 @torch.inference_mode()
@@ -199,15 +206,21 @@ def decode(
     on_step: OnStep | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
-    noise = _parts.Noise(seeds, len(prompts), model.device)
     x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)  # (N, P+L), left-padded
     N, B = x.shape[0], cfg.block_length
+    noise = _parts.Noise(seeds, N, x.device) if seeds is not None or cfg.temperature > 0 else None  # T = 0 draws nothing
     n_blocks = cfg.gen_length // B
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
     dream = bool(getattr(model, "logit_shift", False))  # d3LLM's Dream util (module docstring)
     filled = torch.zeros_like(x, dtype=torch.bool) if dream else None  # (N, P+L) the masks each row's last EOS fill turned into EOS
-    rows = [_Row([_Block(0, P, 0, True, done_at=0), _Block(P, P + B, B, full=1.0 >= cfg.decoded_token_threshold)]) for _ in range(N)]
-    d = _Decode(model, x, P, cfg, noise, rows)
+    mask_id = model.mask_id
+    rows = [
+        _Row(
+            [_Block(0, P, 0, True, done_at=0), _Block(P, P + B, B, full=1.0 >= cfg.decoded_token_threshold)], gen=[mask_id] * cfg.gen_length
+        )
+        for _ in range(N)
+    ]  # make_canvas appends gen_length masks
+    d = _Decode(model, x, P, cfg, noise, rows, mask_id, model.eos_id)
     calls = 0
     while True:
         active = [r for r in range(N) if rows[r].active(n_blocks)]
@@ -230,10 +243,15 @@ def decode(
             if dream and cached and logits.shape[1] > 1:  # the Dream util's span-local shift: its first position reads its own output
                 logits = torch.cat([logits[:, 1:2], logits[:, 1:]], dim=1)
             step = torch.zeros_like(x, dtype=torch.bool) if on_step is not None else None
-            _commit(d, group, sel, logits, lo, step, filled)
+            if filled is None:  # LLaDA models: the thin step (issue 14)
+                _commit_thin(d, group, sel, logits, lo, step)
+            else:
+                _commit_dream(d, group, sel, logits, lo, step, filled)
             calls += 1
             _parts.report_step(on_step, calls, x, step)
     finishes = ["eos" if row.eos_at is not None else "length" for row in rows]
+    if not dream:  # the host copies: `_commit_thin` skips writing a finished row back
+        return [Generation(tuple(row.gen), tuple(row.commits), f) for row, f in zip(rows, finishes)]
     return _parts.generations(x, P, [row.commits for row in rows], finishes)
 
 
@@ -253,7 +271,7 @@ def _open_blocks(row: _Row, cfg: Config, n_blocks: int) -> None:
 def _plan(row: _Row, cfg: Config, dream: bool) -> _Plan:
     """Which forward the row needs under its cache setting; updates the blocks' cache bookkeeping."""
     if cfg.cache == "none":
-        return _Plan(False, 0)
+        return _FULL
     due: list[_Block] = []
     for blk in row.blocks:
         if blk.end <= row.cache_len:
@@ -346,24 +364,23 @@ def _draws(
     return x0
 
 
-def _commit(
+def _commit_dream(
     d: _Decode,
     group: list[int],
     sel: torch.Tensor | None,
     logits: torch.Tensor,
     lo: int,
     step: torch.Tensor | None,
-    filled: torch.Tensor | None,
+    filled: torch.Tensor,
 ) -> None:
-    """Choose and commit for each row of a group (`group`: row indices; `sel`: the same as a tensor,
-    None when the group is every row) from its logits (R, P+L-lo, V) of positions [lo, P+L), then
-    the EOS fill and the block counts (one host sync for the group); `d.x` is written in place,
-    `step` (N, P+L), when given, marks the commits. `filled` (N, P+L): Dream only, the masks each
-    row's last EOS fill closed (the Dream util's candidates still)."""
-    if filled is None:  # LLaDA models: the thin step (issue 14)
-        return _commit_thin(d, group, sel, logits, lo, step)
-    model, x, P, cfg, noise, rows = d.model, d.x, d.P, d.cfg, d.noise, d.rows
-    R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, x.device
+    """Dream models (the module docstring's Dream bullets): choose and commit for each row of a
+    group (`group`: row indices; `sel`: the same as a tensor, None when the group is every row)
+    from its logits (R, P+L-lo, V) of positions [lo, P+L), then the EOS fill and the block counts
+    (one host sync for the group); `d.x` is written in place, `step` (N, P+L), when given, marks
+    the commits. `filled` (N, P+L): the masks each row's last EOS fill closed (the Dream util's
+    candidates still)."""
+    x, P, cfg, noise, rows = d.x, d.P, d.cfg, d.noise, d.rows
+    R, B, mask_id, eos, dev = len(group), cfg.block_length, d.mask_id, d.eos, x.device
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
     hi = max(ends)
@@ -377,12 +394,9 @@ def _commit(
         x0 = _draws(lg, region, group, ends, s0, cfg.temperature, mask_id, noise)
     h = _parts.entropy(lg)  # (R, n) float64
     real = (region == mask_id) & inside
-    if filled is None:
-        masked = real
-        chosen = _parts.threshold_mask(-h, masked, h <= cfg.threshold)  # each row's lowest H, plus H <= tau
-    else:  # the Dream util: the masks before its EOS fill are candidates; H < tau only, no global lowest-entropy commit
-        masked = real | ((filled[:, s0:hi] if sel is None else filled[:, s0:hi].index_select(0, sel)) & inside)
-        chosen = masked & (h < cfg.threshold)
+    # the masks before the util's EOS fill are candidates; H < tau only, no global lowest-entropy commit
+    masked = real | ((filled[:, s0:hi] if sel is None else filled[:, s0:hi].index_select(0, sel)) & inside)
+    chosen = masked & (h < cfg.threshold)
     firsts = [next((b for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
     if any(f is not None for f in firsts):  # progress guarantee in the first fully-activated block with masks
         a = torch.tensor([f.start if f else 0 for f in firsts], device=dev).view(-1, 1)
@@ -391,10 +405,7 @@ def _commit(
         need = ~(chosen & in_first).any(dim=1) & (z > a).view(-1)  # (R,)
         j = h.masked_fill(~(masked & in_first), torch.inf).argmin(dim=1)  # (R,) first of equal minima
         every = torch.arange(R, device=dev)
-        chosen[every, j] |= need
-        if filled is None:  # the LLaDA reference re-takes the plain argmax here, even at T > 0 (the Dream util keeps its draw)
-            alt = _parts.propose(lg[every, j], 0.0, mask_id)
-            x0[every, j] = torch.where(need, alt, x0[every, j])
+        chosen[every, j] |= need  # with its own x0, even at T > 0 (the LLaDA reference re-takes the plain argmax)
     new = torch.where(chosen, x0, region)
     if sel is None:
         x[:, s0:hi] = new
@@ -420,8 +431,7 @@ def _commit(
         after = synced[2 * R + R * nb + j * nb : 2 * R + R * nb + (j + 1) * nb]
         _set_masks(row.blocks, before)
         n_commits = synced[j]
-        if filled is not None:
-            filled[r] = False
+        filled[r] = False
         # else the reference's loop ends before its fill
         if cfg.early_stop and row.active(cfg.gen_length // B) and synced[R + j] < L:
             at = P + synced[R + j]  # the first EOS, absolute
@@ -429,12 +439,11 @@ def _commit(
             n_commits += sum(before) - sum(after)  # the masks it filled
             if step is not None:
                 step[r, at + 1 :] |= m[j, at + 1 - P :]
-            if filled is not None:
-                filled[r, at + 1 :] = m[j, at + 1 - P :]
+            filled[r, at + 1 :] = m[j, at + 1 - P :]
             for blk in row.blocks[1:]:
                 if blk.start > at and blk.masks:
                     blk.full = True
-                if filled is not None and blk.start > at:  # the Dream util also retires opened blocks after the EOS from the cache
+                if blk.start > at:  # the Dream util also retires opened blocks after the EOS from the cache
                     blk.cached = True
             while len(row.blocks) - 1 < nb:  # the rest of the canvas, closed: finished and never cached
                 s = row.blocks[-1].end
@@ -452,64 +461,109 @@ def _commit_thin(
     lo: int,
     step: torch.Tensor | None,
 ) -> None:
-    """`_commit` for LLaDA models: choose and commit for each row of a group from its logits
-    (R, P+L-lo, V), then the EOS fill and the block counts, from one host sync for the group (the
-    canvas rows, read back).
+    """LLaDA models: choose and commit for each row of a group from its logits
+    (R, P+L-lo, V), then the EOS fill and the block counts.
 
-    Kept thin (issue 14): the progress guarantee is checked on the host after that sync (a row
-    whose first fully-activated block with masks got no commit); only such a row pays for the fix
-    and a second read-back."""
-    model, x, P, cfg, noise, rows = d.model, d.x, d.P, d.cfg, d.noise, d.rows
-    mask_id, dev = model.mask_id, x.device
+    Kept thin (issue 14): -H and x0 come to the host once (the canvas rows are kept there,
+    `_Row.gen`), every decision (threshold, forced lowest entropy, progress guarantee, EOS fill)
+    is taken there on lists, and the rows go back in one write (none once all are done). -H is
+    first taken in float32 (`_neg_entropy32`); only a row with a decision within `_BAND` of
+    flipping takes the reference's float64 scores."""
+    x, P, cfg, noise, rows, mask_id = d.x, d.P, d.cfg, d.noise, d.rows, d.mask_id
+    tau = cfg.threshold
     s0 = max(lo, P)  # every mask lies at or after the cache end
     ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
     hi = max(ends)
     lg = logits[:, s0 - lo : hi - lo]  # (R, n, V) over [s0, hi)
-    view = x[:, s0:hi]  # (N, n) view of the canvas
-    region = view if sel is None else view.index_select(0, sel)  # (R, n)
-    v = _parts.neg_entropy(lg)  # (R, n) float64, -H (the softmax is taken before the argmax writes lg)
+    gens = [rows[r].gen for r in group]  # (R, L) before the commit, the rows' own lists: written in place
+    firsts = [next(((b.start - s0, b.end - s0) for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
+    cands = [[i for i in range(ends[j] - s0) if gens[j][s0 - P + i] == mask_id] for j in range(len(group))]
+    approx = _neg_entropy32(lg).tolist()  # (R, n) -H, within _BAND of the float64 scores
+    picks = [_choose(approx[j], cands[j], firsts[j], tau, _BAND) for j in range(len(group))]
+    if None in picks:  # a decision near its boundary: the reference's float64 -H (taken before the argmax writes lg)
+        exact = _parts.neg_entropy(lg).tolist()
+        picks = [p if p is not None else _choose(exact[j], cands[j], firsts[j], tau, 0.0) for j, p in enumerate(picks)]
     if cfg.temperature == 0:
-        x0 = _parts.propose_(lg, 0.0, mask_id)  # (R, n)
+        x0 = _parts.propose_(lg, 0.0, mask_id).tolist()  # (R, n)
     else:
-        x0 = _draws(lg, region, group, ends, s0, cfg.temperature, mask_id, noise)
-    masked = region == mask_id
-    if any(end < hi for end in ends):  # the row's own span [s0, active end)
-        masked &= torch.arange(s0, hi, device=dev) < torch.tensor(ends, device=dev).view(-1, 1)
-    chosen = _parts.threshold_mask(v, masked, v >= -cfg.threshold)  # each row's lowest H, plus H <= tau (exact negations)
+        region = x[:, s0:hi] if sel is None else x[:, s0:hi].index_select(0, sel)
+        x0 = _draws(lg, region, group, ends, s0, cfg.temperature, mask_id, noise).tolist()
+    marks = [[False] * (x.shape[1] - P) for _ in group] if step is not None else None
+    for j, (chosen, forced) in enumerate(picks):  # type: ignore[misc]
+        gen = gens[j]
+        for i in chosen:
+            gen[s0 - P + i] = x0[j][i]
+        if forced is not None:  # the progress guarantee takes the plain argmax, even at T > 0 (the reference re-takes it)
+            gen[s0 - P + forced] = x0[j][forced] if cfg.temperature == 0 else int(_parts.propose(lg[j, forced], 0.0, mask_id))
+        if marks is not None:
+            for i in chosen + ([forced] if forced is not None else []):
+                marks[j][s0 - P + i] = True
+        _finish_step(rows[group[j]], gen, P, cfg, mask_id, d.eos, None if marks is None else marks[j])
+    if step is None and not any(rows[r].active(cfg.gen_length // cfg.block_length) for r in group):
+        return  # every row is done: its tokens are its host list, and no one looks at the canvas
+    flat = array("q", [t for gen in gens for t in gen])  # host ints: no per-element conversion, as torch.tensor(list) makes
+    new = torch.frombuffer(flat, dtype=torch.long).view(len(group), -1)  # (R, L) the group's one write
     if sel is None:
-        torch.where(chosen, x0, view, out=view)
+        x[:, P:].copy_(new)
     else:
-        x[:, s0:hi].index_copy_(0, sel, torch.where(chosen, x0, region))
+        x[:, P:].index_copy_(0, sel, new)
     if step is not None:
-        step[group, s0:hi] = chosen
-    firsts = [next((b for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]  # before this step's commits
-    gens = _read(x, P, group, sel)  # the group's one host sync
-    for j, r in enumerate(group):
-        f = firsts[j]
-        if f is not None and gens[j][f.start - P : f.end - P].count(mask_id) == f.masks:
-            # Progress guarantee: the first fully-activated block with masks got nothing, so its
-            # lowest-entropy mask is committed with the plain argmax (the reference re-takes it
-            # here, even at T > 0); rare, so it costs a second read-back of this row.
-            a, z = f.start - s0, f.end - s0
-            q = a + int(v[j, a:z].masked_fill(~masked[j, a:z], -torch.inf).argmax())  # first of equal maxima of -H
-            # at T = 0 propose_ above already set lg's [MASK] logit to -inf
-            x[r, s0 + q] = lg[j, q].argmax() if cfg.temperature == 0 else _parts.propose(lg[j, q], 0.0, mask_id)
-            if step is not None:
-                step[r, s0 + q] = True
-            gens[j] = x[r, P:].tolist()
-        _finish_step(rows[r], gens[j], x, r, P, cfg, mask_id, model.eos_id, step)
+        step[group, P:] = torch.tensor(marks, device=x.device)
 
 
-def _read(x: torch.Tensor, P: int, group: list[int], sel: torch.Tensor | None) -> list[list[int]]:
-    """The group's generation regions as host lists (R, L)."""
-    return (x[:, P:] if sel is None else x[:, P:].index_select(0, sel)).tolist()
+# float32 -H is within this of the reference's float64 -H = sum p log(p + 1e-12) (`_neg_entropy32`)
+_BAND = 1e-3
 
 
-def _finish_step(
-    row: _Row, gen: list[int], x: torch.Tensor, r: int, P: int, cfg: Config, mask_id: int, eos: int, step: torch.Tensor | None
-) -> None:
-    """From the row's generation region after its commit (host list): block counts, commits, and
-    d3LLM's early stop (everything after the first EOS becomes EOS)."""
+def _neg_entropy32(lg: torch.Tensor) -> torch.Tensor:
+    """-H = sum p log p from a float32 log_softmax, (R, n, V) -> (R, n), in a third of the
+    reference's float64 time. Its error: each log p is off by a few float32 ulps of |logit - lse|
+    (< 1e-5 for logits below 1e2), weighted by p (sum 1); exp adds a relative 1e-7 of each term;
+    the reference's + 1e-12 moves its sum by at most V * 1e-12. So |error| < 1e-4 for any
+    vocabulary under 1e7 tokens and logits below 1e2 in magnitude, and `_BAND` (1e-3) keeps ten
+    times that margin; a decision closer than that to its boundary is retaken in float64."""
+    ls = torch.log_softmax(lg, dim=-1, dtype=torch.float32)
+    return ls.exp().mul_(ls).sum(dim=-1)
+
+
+def _choose(
+    v: list[float], cands: list[int], first: tuple[int, int] | None, tau: float, band: float
+) -> tuple[list[int], int | None] | None:
+    """One row's commits from its -H `v` over the span (positions relative to it): every
+    candidate (mask) with H <= tau, the lowest-entropy candidate always (first of equal minima),
+    and, when the first fully-activated block with masks `first` [a, z) got nothing, its
+    lowest-entropy mask (returned apart: it takes the plain argmax). None when `v` is approximate
+    (`band` > 0) and some decision lies within `band` of flipping (or a score is NaN): every
+    answer given is then the exact scores' (a comparison with tau is off by less than the error;
+    an argmax whose runner-up trails by more than twice the error cannot change)."""
+    if not cands:
+        return [], None
+    if band and any(not abs(v[i] + tau) > band for i in cands):
+        return None
+    chosen = _parts.pick_threshold(v, cands, -tau)  # `threshold_mask`'s rule, on the host
+    if band and v[chosen[0]] < -tau and _near(v, cands, chosen[0], band):  # nothing passed: the forced pick is close
+        return None
+    if first is None:
+        return chosen, None
+    a, z = first
+    inside = [i for i in cands if a <= i < z]
+    if not inside or any(a <= i < z for i in chosen):
+        return chosen, None
+    q = max(inside, key=lambda i: (v[i] != v[i], v[i]))  # torch's argmax: first of equal maxima, NaN above all
+    if band and _near(v, inside, q, band):
+        return None
+    return chosen, q
+
+
+def _near(v: list[float], cands: list[int], best: int, band: float) -> bool:
+    """Some other candidate's approximate score is within 2 * band of the best one's."""
+    return any(v[i] >= v[best] - 2 * band for i in cands if i != best)
+
+
+def _finish_step(row: _Row, gen: list[int], P: int, cfg: Config, mask_id: int, eos: int, marks: list[bool] | None) -> None:
+    """From the row's generation region after its commit (host list, written in place): block
+    counts, commits, and d3LLM's early stop (everything after the first EOS becomes EOS; `marks`,
+    when given, marks the masks it fills)."""
     B, L = cfg.block_length, cfg.gen_length
     before = [gen[i : i + B].count(mask_id) for i in range(0, L, B)]  # masks per block after the commit
     n_commits = sum(blk.masks for blk in row.blocks[1:]) + B * (L // B - (len(row.blocks) - 1)) - sum(before)
@@ -518,11 +572,12 @@ def _finish_step(
     # else the reference's loop ends before its fill
     if cfg.early_stop and row.active(L // B) and e < L:
         at = P + e  # the first EOS, absolute
-        x[r, at + 1 :] = eos
         after = [blk.count(mask_id) for blk in (gen[i : min(i + B, e + 1)] for i in range(0, L, B))]  # the fill leaves these
         n_commits += sum(before) - sum(after)  # the masks it filled
-        if step is not None:
-            step[r, at + 1 :] |= x.new_tensor([t == mask_id for t in gen[e + 1 :]], dtype=torch.bool)
+        if marks is not None:
+            for i in range(e + 1, L):
+                marks[i] = marks[i] or gen[i] == mask_id
+        gen[e + 1 :] = [eos] * (L - e - 1)
         for blk in row.blocks[1:]:
             if blk.start > at and blk.masks:
                 blk.full = True

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dleval.decoders import _dinfer
+from dleval.decoders import _dinfer, _host
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -50,7 +50,14 @@ def decode(
     on_step: OnStep | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
+    threshold, temperature, mask_id = _host.f32(cfg.threshold), cfg.temperature, model.mask_id
+
+    def select(logits: torch.Tensor, s: int, e: int, at: list[int]) -> tuple[list[int], list[bool]]:
+        lo = at[0]  # scores for the span of the masks (cheaper than gathering their rows)
+        x0, conf = _dinfer.threshold_scores(logits[:, lo : at[-1] + 1], temperature, mask_id, logits, s, e, lo)
+        return [x0[j - lo] for j in at], _dinfer.threshold_pick([conf[j - lo] for j in at], threshold)
+
     def make_select() -> _dinfer.Select:
-        return lambda logits, masked, start: _dinfer.threshold_rule(logits, masked, cfg.threshold, cfg.temperature, model.mask_id)
+        return select  # no state
 
     return _dinfer.decode(model, prompts, cfg, make_select, on_step, seeds)

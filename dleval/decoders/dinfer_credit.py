@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dleval.decoders import _dinfer
+from dleval.decoders import _dinfer, _host
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -57,14 +57,33 @@ def decode(
     on_step: OnStep | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
-    def make_select() -> _dinfer.Select:
-        credit: dict[int, torch.Tensor] = {}  # block start -> (1, b, V) credit matrix
+    return _dinfer.decode(model, prompts, cfg, lambda: _Credit(cfg, model.mask_id), on_step, seeds)
 
-        def select(logits: torch.Tensor, masked: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-            credit[start] = _dinfer.credit_update(logits, masked, credit.get(start), cfg.decay_beta, cfg.boost_gamma)
-            fused = logits + cfg.credit_alpha * torch.log(credit[start] + 1)
-            return _dinfer.threshold_rule(fused, masked, cfg.threshold, cfg.temperature, model.mask_id)
 
-        return select
+class _Credit:
+    """The credit rule and its state for one prompt: the current block's credit matrix (1, b, V).
 
-    return _dinfer.decode(model, prompts, cfg, make_select, on_step, seeds)
+    The matrix is updated on every row of the block, masked or not (the reference boosts only the
+    masked rows): a row evolves on its own (every update is row-wise) and a committed position's
+    row is never read again, so the masked rows hold the reference's values bit for bit. The
+    fused logits are taken for the span of the masks only. The matrix keeps the reference's
+    (1, b) layout for p ** gamma, whose CPU kernel is position dependent (`_host`)."""
+
+    def __init__(self, cfg: Config, mask_id: int) -> None:
+        self.cfg, self.mask_id, self.threshold = cfg, mask_id, _host.f32(cfg.threshold)
+        self.start = -1
+        self.credit: torch.Tensor | None = None
+
+    def __call__(self, logits: torch.Tensor, s: int, e: int, at: list[int]) -> tuple[list[int], list[bool]]:
+        cfg = self.cfg
+        block = logits[:, s:e]  # (1, b, V)
+        if s != self.start:  # a new block, a fresh matrix (the reference keys it by the block's span)
+            self.start, self.credit = s, None
+        self.credit = _dinfer.credit_update(block, None, self.credit, cfg.decay_beta, cfg.boost_gamma)
+        lo, hi = at[0] - s, at[-1] + 1 - s  # fused logits and scores for the span of the masks only
+        fused = torch.log(self.credit[:, lo:hi] + 1).mul_(cfg.credit_alpha).add_(block[:, lo:hi])  # = z + alpha * log(C + 1), bit for bit
+        whole = None  # at T > 0 the noise is drawn over the whole block: its fused logits (1, b, V)
+        if cfg.temperature > 0:
+            whole = torch.log(self.credit + 1).mul_(cfg.credit_alpha).add_(block)
+        x0, conf = _dinfer.threshold_scores(fused, cfg.temperature, self.mask_id, whole, 0, e - s, lo)
+        return [x0[j - s - lo] for j in at], _dinfer.threshold_pick([conf[j - s - lo] for j in at], self.threshold)

@@ -72,14 +72,16 @@ def decode(
     mask_id = model.mask_id
     dream = bool(getattr(model, "logit_shift", False))
 
-    def select(logits: torch.Tensor, masked: torch.Tensor | None, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if dream:  # the Dream path's `sample_tokens_with_entropy`: H in the logits' dtype, log(p + 1e-8), H < tau
             x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
             p = torch.softmax(logits, dim=-1)
-            h = -(p * torch.log(p + 1e-8)).sum(dim=-1)
-            return x0, _parts.threshold_mask(-h, masked, h < cfg.threshold)
-        v = _parts.neg_entropy(logits)  # -H: `entropy_threshold_mask` without its negations (exact)
-        x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
-        return x0, _parts.threshold_mask(v, masked, v >= -cfg.threshold)  # lowest H always, and every H <= tau
+            return x0, (p * torch.log(p + 1e-8)).sum(dim=-1)  # -H: the sum negated, exactly
+        v = _parts.neg_entropy(logits)  # -H: H <= tau is -H >= -tau, the negations exact
+        return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v  # (R, C) each
 
-    return _parts.blocks(model, prompts, cfg, select, on_step, compact=cfg.temperature == 0)  # noise: full blocks
+    def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int]:
+        # the lowest H always, and every H <= tau (Dream: H < tau, i.e. -H > -tau; negation is exact)
+        return _parts.pick_threshold(v, cands, -_parts.as_dtype(cfg.threshold, dtype), strict=dream)
+
+    return _parts.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks

@@ -63,11 +63,11 @@ def decode(
 
     mask_id = model.mask_id
 
-    def select(logits: torch.Tensor, masked: torch.Tensor | None, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         v = _parts.neg_entropy(logits)  # -H
-        x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
-        if masked is None:
-            return x0, _parts.neg_entropy_bound_mask(v, cfg.gamma)
-        return x0, _parts.entropy_bound_mask(-v, masked, cfg.gamma)
+        return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v  # (R, C) each
 
-    return _parts.blocks(model, prompts, cfg, select, on_step, compact=cfg.temperature == 0)  # noise: full blocks
+    def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int]:
+        return _parts.pick_entropy_bound(v, cands, cfg.gamma)
+
+    return _parts.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks

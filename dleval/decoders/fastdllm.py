@@ -99,8 +99,9 @@ def decode(
 ) -> list[Generation]:
     noise = _parts.Noise(seeds, len(prompts), model.device)
     per_block = cfg.total_steps // (cfg.gen_length // cfg.block_length)
-    # Blocks start fully masked, so the quota (k_0..k_{s-1}) is the same for every block.
-    k = _parts.quota(torch.tensor([cfg.block_length]), per_block)[0].tolist()
+    # Blocks start fully masked, so the quota (k_0..k_{s-1}) is the same for every block: LLaDA's
+    # floor(n / steps) each, the first n mod steps one more (`_parts.quota`).
+    k = [cfg.block_length // per_block + (i < cfg.block_length % per_block) for i in range(per_block)]
 
     dream = bool(getattr(model, "logit_shift", False)) and cfg.threshold is not None
     if dream and cfg.cache == "none":
@@ -108,32 +109,27 @@ def decode(
 
     mask_id = model.mask_id
 
-    def select(logits: torch.Tensor, masked: torch.Tensor | None, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if dream:  # Fast-dLLM's Dream `sample_tokens` (see _dream_propose, _dream_confidence)
             x0 = _dream_propose(logits, cfg, mask_id, noise, rows)
-            conf = _dream_confidence(logits, x0) if cfg.remasking == "low_confidence" else noise.uniform(x0.shape[1:], rows)
-        elif cfg.remasking == "low_confidence":  # the softmax first: the argmax then writes the logits
+            return x0, _dream_confidence(logits, x0) if cfg.remasking == "low_confidence" else noise.uniform(x0.shape[1:], rows)
+        if cfg.remasking == "low_confidence":  # the softmax first: the argmax then writes the logits
             p = torch.softmax(logits, dim=-1, dtype=torch.float64)
             x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
-            conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-        else:
-            x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, rows)
-            conf = noise.uniform(x0.shape[1:], rows)
-        if cfg.threshold is None:
-            scores = conf if masked is None else conf.masked_fill(~masked, _parts.NEG_INF)
-            chosen = _parts.top_k_mask(scores, [k[i] for i in index])
-            return x0, chosen if masked is None else chosen & masked
-        chosen = _parts.threshold_mask(conf, masked, conf >= cfg.threshold)
-        if dream and 0 in index:  # Fast-dLLM dream/: a block-start forward commits the block's first position only
-            first = torch.zeros_like(chosen)
-            first[:, 0] = True
-            starts = torch.tensor([i == 0 for i in index], device=chosen.device).unsqueeze(1)  # (R, 1)
-            chosen = torch.where(starts, first, chosen)
-        return x0, chosen
+            return x0, p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, rows)
+        return x0, noise.uniform(x0.shape[1:], rows)
+
+    def rule(conf: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int]:
+        if cfg.threshold is None:  # LLaDA's quota
+            return _parts.pick_top_k(conf, cands, k[index])
+        if dream and index == 0:  # Fast-dLLM dream/: a block-start forward commits the block's first position only
+            return [0] if cands[0] == 0 else []
+        return _parts.pick_threshold(conf, cands, _parts.as_dtype(cfg.threshold, dtype))
 
     # noise, Dream's block start: full blocks
     return _parts.blocks(
-        model, prompts, cfg, select, on_step, compact=cfg.temperature == 0 and cfg.remasking == "low_confidence" and not dream
+        model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0 and cfg.remasking == "low_confidence" and not dream
     )
 
 

@@ -14,7 +14,7 @@ mask is *ready* when all its recent KLs are < `kl_threshold` and its confidence 
 `conf_threshold`. Every ready mask of the block is committed; when none is ready, the step's
 quota of the most confident masks is. A block ends when it has no mask or its
 `steps / num_blocks` forwards are spent, so NFE <= steps. The history is decoder state across
-steps: it lives in a `_History` inside one decode() call and nowhere else.
+steps: it lives inside one decode() call and nowhere else, on the host (see `_decode_one`).
 
 Where this differs from the reference, and why:
 - The reference hard-codes mask_id = 126336 inside the function; the model's mask id is used.
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dleval.decoders import _parts
+from dleval.decoders import _host, _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -72,28 +72,6 @@ class Config:
         return self.gen_length if self.steps is None else self.steps
 
 
-class _History:
-    """The per-position state KLASS carries across forwards: log(p_prev + 1e-12) of the previous
-    distribution (1, L, V) (the log it needs of p_prev, kept instead of recomputed) and the last
-    `length` KLs (1, L, length), both over the generation region; the KLs are a ring (only
-    "all of them below" is asked, which does not depend on their order)."""
-
-    def __init__(self, L: int, V: int, length: int, device: torch.device) -> None:
-        self.log_prev = torch.log(torch.zeros(1, L, V, dtype=torch.float64, device=device) + KL_EPS)  # p_prev = 0
-        self.kl = torch.zeros(1, L, length, dtype=torch.float64, device=device)
-        self.at = 0
-
-    def update(self, p: torch.Tensor) -> None:
-        """p (1, L, V): this forward's distributions."""
-        log_p = torch.log(p + KL_EPS)
-        self.kl[..., self.at] = (p * (log_p - self.log_prev)).sum(dim=-1)  # (1, L)
-        self.at = (self.at + 1) % self.kl.shape[-1]
-        self.log_prev = log_p
-
-    def stable(self, threshold: float) -> torch.Tensor:
-        return (self.kl < threshold).all(dim=-1)  # (1, L)
-
-
 @torch.inference_mode()
 def decode(
     model: Model,
@@ -107,54 +85,67 @@ def decode(
 
 
 def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, row: int) -> Generation:
-    x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
-    L, B, mask_id = cfg.gen_length, cfg.block_length, model.mask_id
+    L, B, H, T = cfg.gen_length, cfg.block_length, cfg.history_length, cfg.temperature
+    canvas = _host.Canvas(model, prompt, L)  # (1, P+L)
+    ids, P, mask_id = canvas.ids, canvas.P, model.mask_id
     per_block = cfg.total_steps // (L // B)
-    history: _History | None = None
-    counts: list[int | torch.Tensor] = []  # commits per forward: known on the host, or a 0-d tensor
+    # The history, on the host and for the masks only (a committed position is never asked again,
+    # and every step below is row-wise): at = the generation's masks; calm[j] = how many forwards
+    # in a row gave position j a KL < kl_threshold, so "its last H KLs are all below" is
+    # calm[j] >= H (every mask has a KL from every forward, and a check comes after >= H of them).
+    at = list(range(P, P + L))
+    calm = dict.fromkeys(at, 0)
+    log_prev: torch.Tensor | None = None  # (1, w, V) log(p_prev + 1e-12) over the span at[0]..at[-1] of the last forward
+    held = P  # where that span starts
+    counts: list[int] = []
     for s in range(P, P + L, B):
         e = s + B
-        blk = x[:, s:e]  # (1, B) view of the block, written in place
-        left = int((blk == mask_id).sum())  # masks left in the block, tracked on the host
-        quota = _parts.quota(torch.tensor([left]), per_block)[0].tolist()  # (per_block,)
+        left = sum(1 for j in range(s, e) if ids[j] == mask_id)  # masks left in the block, tracked on the host
+        base, extra = divmod(left, per_block)  # _parts.quota: floor(n / steps) per step, the first n mod steps one more
         for step in range(per_block):
             if not left:
                 break
-            masked = blk == mask_id  # (1, B)
-            logits = _parts.forward(model, x, [row]).logits[:, P:]  # (1, L, V)
-            if history is None:
-                history = _History(L, logits.shape[-1], cfg.history_length, logits.device)
-            if cfg.temperature > 0:  # llada_klass.py: softmax of the perturbed exp-logits
-                logits = logits.to(torch.float64)
-                logits = logits.exp() / (-torch.log(torch.rand_like(logits))) ** cfg.temperature
-            p = torch.softmax(logits, dim=-1, dtype=torch.float64)  # (1, L, V)
-            history.update(p)  # before the argmax below writes p's [MASK] column
-            pb = p[:, s - P : e - P]  # (1, B, V)
-            x0 = _parts.propose_(pb, 0.0, mask_id)  # (1, B); writes only the [MASK] column, never x0's
-            conf = pb.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (1, B)
-            n = 0
-            if step >= cfg.history_length - 1:  # before, no mask is ready: no need to look
-                chosen = history.stable(cfg.kl_threshold)[:, s - P : e - P] & (conf > cfg.conf_threshold) & masked
-                n = int(chosen.sum())  # the step's host sync
-            if n:
-                torch.where(chosen, x0, blk, out=blk)
-            else:  # no mask ready: the quota of the most confident masks (clamped to the masks left)
-                k = min(quota[step], left)
-                scores = conf.masked_fill_(~masked, _parts.NEG_INF)
-                if k == 1:  # the best-scored mask (argmax: first of equal maxima, the stable sort's choice)
-                    best = scores.argmax(dim=1, keepdim=True)
-                    blk.scatter_(1, best, x0.gather(1, best))
-                    chosen = torch.zeros_like(masked).scatter_(1, best, True) if on_step is not None else None
-                    n = 1
-                else:
-                    chosen = _parts.top_k_mask(scores, [k]) & masked
-                    torch.where(chosen, x0, blk, out=blk)
-                    n = k  # k <= the masks left, whose scores are never -inf: exactly k commits
-            left -= n
-            counts.append(n)
+            logits = _parts.forward(model, canvas.x, [row]).logits  # (1, P+L, V)
+            lo, hi = at[0], at[-1] + 1  # scores for the span of the masks (cheaper than gathering their rows)
+            if T > 0:  # llada_klass.py: softmax of the perturbed exp-logits, drawn over the whole generation
+                g = logits[:, P:].to(torch.float64)
+                rows = (g.exp() / (-torch.log(torch.rand_like(g))) ** T)[:, lo - P : hi - P]
+            else:
+                rows = logits[:, lo:hi]
+            p = torch.softmax(rows, dim=-1, dtype=torch.float64)  # (1, w, V)
+            log_p = (p + KL_EPS).log_()
+            if log_prev is None:  # before the first forward p_prev = 0
+                log_prev = torch.full((), KL_EPS, dtype=torch.float64, device=p.device).log_()
+            else:
+                log_prev = log_prev[:, lo - held : hi - held]
+            kl = (log_p - log_prev).mul_(p).sum(dim=-1).tolist()[0]  # = sum p (log_p - log_prev), bit for bit
+            log_prev, held = log_p, lo
+            for j in at:
+                calm[j] = calm[j] + 1 if kl[j - lo] < cfg.kl_threshold else 0
+            i, k = _host.span(at, s, e)  # the block's masks: at[i:k]
+            a = at[i]
+            pb = p[:, a - lo : at[k - 1] + 1 - lo]  # (1, w', V) the span of the block's masks
+            x0, tokens = _host.draft(pb, 0.0, mask_id)  # the argmax of p (it may write [MASK]'s column, after the KL)
+            conf = pb.gather(-1, x0).tolist()[0]  # [[p(x0)], ...]
+            scored = [(conf[j - a][0], j) for j in at[i:k]]
+            chosen: list[int] = []
+            if step >= H - 1:  # before, no mask is ready: no need to look
+                chosen = [j for c, j in scored if calm[j] >= H and c > cfg.conf_threshold]
+            if not chosen:  # no mask ready: the quota of the most confident masks (clamped to the masks left)
+                quota = min(base + (step < extra), left)
+                chosen = sorted(j for _, j in sorted(scored, key=_best_first)[:quota])
+            for j in chosen:
+                ids[j] = tokens[j - a]
+            canvas.push()
+            taken = set(chosen)
+            at = [j for j in at if j not in taken]
+            left -= len(chosen)
+            counts.append(len(chosen))
             if on_step is not None:
-                full = torch.zeros_like(x, dtype=torch.bool)
-                if chosen is not None:
-                    full[:, s:e] = chosen
-                _parts.report_step(on_step, len(counts), x, full)
-    return _parts.generations(x, P, [counts])[0]
+                canvas.report(on_step, len(counts), chosen)
+    return Generation(tuple(ids[P:]), tuple(counts), "length")
+
+
+def _best_first(scored: tuple[float, int]) -> tuple[float, int]:
+    """Sort key: confidence descending, ties by position (`_parts.top_k_mask`'s order)."""
+    return -scored[0], scored[1]

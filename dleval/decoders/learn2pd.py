@@ -60,6 +60,8 @@ is drawn over its own generation region from its own generator (`_parts.Noise`).
 from __future__ import annotations
 
 import json
+import os
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -128,8 +130,9 @@ def save_filter(path: str | Path, params: Mapping[str, torch.Tensor], meta: dict
 
 
 def load_filter(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    return dict(_load(str(path.resolve()), path.stat().st_mtime_ns))
+    """The weights, read once per file version (keyed by absolute path and mtime: a retrained
+    filter is read again; no `resolve()`, whose lstat per path component each decode would pay)."""
+    return dict(_load(os.path.abspath(path), os.stat(path).st_mtime_ns))
 
 
 @lru_cache(maxsize=8)
@@ -169,6 +172,8 @@ class _Row:
     """One prompt's state: its canvas (cut by EoTP at its own length), block, quota and steps."""
 
     x: torch.Tensor  # (1, P+n): the prompt (left-padded to P) and the n generation positions left after any cut
+    gen: list[int]  # x[0, P:] on the host (the decisions are taken there)
+    step_of: list[int]  # (L,) which of its forwards committed each generated position (-1: none yet)
     block: int  # absolute start of the current block
     quota: list[int]  # LLaDA's quota for each step of the current block
     i: int = 0  # steps taken in the current block
@@ -184,9 +189,11 @@ class _Decode:
     params: dict[str, torch.Tensor]  # the filter's weights, on the model's device
     rows: list[_Row]
     P: int  # prompt width
-    step_of: torch.Tensor  # (N, L): which of its forwards committed each generated position, written in place
     cfg: Config
-    noise: _parts.Noise
+    noise: _parts.Noise | None  # None at T = 0 without seeds
+    accept32: float  # accept_threshold rounded to the filter's dtype (float32), as `sigmoid(...) > accept_threshold` compares it
+    mask_id: int  # the model's, read once (through `Counted` each read is a __getattr__)
+    eos: int
 
 
 @torch.inference_mode()
@@ -198,15 +205,17 @@ def decode(
     on_step: OnStep | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
-    params = {k: v.to(model.device) for k, v in _filter_for(model, cfg).items()}
-    noise = _parts.Noise(seeds, len(prompts), model.device)
+    device = model.device
+    params = {k: v.to(device) for k, v in _filter_for(model, cfg).items()}
     x, attention, P = _parts.make_canvas(model, prompts, cfg.gen_length)  # (N, P+L), left-padded
     N, B, L = x.shape[0], cfg.block_length, cfg.gen_length
+    noise = _parts.Noise(seeds, N, x.device) if seeds is not None or cfg.temperature > 0 else None  # T = 0 draws nothing
     per_block = cfg.total_steps // (L // B)
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
-    rows = [_Row(x[r : r + 1].clone(), P, _quota(B, per_block)) for r in range(N)]
-    step_of = torch.full((N, L), -1, dtype=torch.long, device=x.device)  # which of its forwards committed each generated position
-    d = _Decode(model, params, rows, P, step_of, cfg, noise)
+    gens = x[:, P:].tolist()
+    rows = [_Row(x[r : r + 1].clone(), gens[r], [-1] * L, P, _quota(B, per_block)) for r in range(N)]
+    accept32 = _parts.as_dtype(cfg.accept_threshold, params["out.bias"].dtype)  # the sigmoid's dtype
+    d = _Decode(model, params, rows, P, cfg, noise, accept32, model.mask_id, model.eos_id)
     calls = 0
     while True:
         groups: dict[int, list[int]] = {}  # canvas width -> the rows of that width: one forward each
@@ -222,12 +231,13 @@ def decode(
             chosen = _step(d, group, mask)
             calls += 1
             if on_step is not None:
-                _report(on_step, calls, rows, chosen, P, model.eos_id)
+                _report(on_step, calls, rows, chosen, P, d.eos)
     out = []
-    for r, row in enumerate(rows):
-        kept = step_of[r, : row.x.shape[1] - P]
-        commits = torch.bincount(kept, minlength=row.nfe).tolist() if row.nfe else []
-        out.append(_parts.generations(row.x, P, [commits], "eos" if row.x.shape[1] < P + L else "length")[0])
+    for row in rows:
+        commits = [0] * row.nfe
+        for s in row.step_of[: len(row.gen)]:  # every kept position was committed by some forward
+            commits[s] += 1
+        out.append(Generation(tuple(row.gen), tuple(commits), "eos" if len(row.gen) < L else "length"))
     return out
 
 
@@ -236,15 +246,15 @@ def _quota(masks: int, per_block: int) -> list[int]:
     return [masks // per_block + (j < masks % per_block) for j in range(per_block)]
 
 
-def _step(d: _Decode, group: list[int], mask: torch.Tensor | None) -> dict[int, torch.Tensor]:
+def _step(d: _Decode, group: list[int], mask: torch.Tensor | None) -> dict[int, list[int]]:
     """One forward for the rows `group` of equal canvas width (`mask`: their key padding mask, or
-    None), each at its own block: commit, cut, move on (updates `d.rows` and `d.step_of`).
-    Returns each row's committed positions (1, n') over its generation region after the cut."""
+    None), each at its own block: commit, cut, move on (updates `d.rows`).
+    Returns each row's committed positions in its generation region, up to its cut."""
     if len(group) == 1:
         return _step_one(d, group[0], mask)
-    model, params, rows, P, step_of, cfg, noise = d.model, d.params, d.rows, d.P, d.step_of, d.cfg, d.noise
-    R, B, mask_id, eos, dev = len(group), cfg.block_length, model.mask_id, model.eos_id, step_of.device
-    xg = rows[group[0]].x if R == 1 else torch.cat([rows[r].x for r in group])  # (R, P+n)
+    model, params, rows, P, cfg, noise = d.model, d.params, d.rows, d.P, d.cfg, d.noise
+    R, B, mask_id, eos, dev = len(group), cfg.block_length, d.mask_id, d.eos, rows[group[0]].x.device
+    xg = torch.cat([rows[r].x for r in group])  # (R, P+n)
     n = xg.shape[1] - P  # generation positions left after any cut
     logits = _parts.forward(model, xg, group, attention_mask=mask).logits[:, P:]  # (R, n, V): only the generation region holds masks
     x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, group)  # (R, n)
@@ -268,88 +278,83 @@ def _step(d: _Decode, group: list[int], mask: torch.Tensor | None) -> dict[int, 
     chosen = accept | (in_block & top.gather(1, rel))
     new = torch.where(chosen, x0, gen)
     xg[:, P:] = new
-    nfe = torch.tensor([rows[r].nfe for r in group], device=dev).view(-1, 1)  # forwards before this one
-    sel = torch.tensor(group, device=dev)
-    step_of[sel, :n] = torch.where(chosen, nfe, step_of[sel, :n])
     if cfg.eotp:
         cut = _end_of_text(x0, conf, masked, accept, eos)  # (R,), n: no cut
     else:
         cut = torch.full((R,), n, device=dev)
     left = ((new == mask_id) & in_block & (pos <= cut.view(-1, 1))).sum(dim=1)  # masks left in the block after the cut
-    synced = torch.cat([cut, left]).tolist()  # the group's one host sync
+    synced = torch.cat([cut, left]).tolist()  # the group's host sync
+    news, chosens = new.tolist(), chosen.tolist()
     out = {}
     for j, r in enumerate(group):
-        row, c = rows[r], synced[j]
-        row.nfe += 1
-        row.x = xg[j : j + 1, : P + c + 1] if c < n else xg[j : j + 1]
-        out[r] = chosen[j : j + 1, : c + 1]
-        row.i += 1
-        if synced[R + j] == 0:  # the block is done: the next one, if the canvas still reaches it
-            row.block += B
-            if row.block >= row.x.shape[1]:
-                row.done = True
-            else:  # nothing commits outside the current block, so what is left of it is all masks
-                row.quota, row.i = _quota(min(B, row.x.shape[1] - row.block), cfg.total_steps // (cfg.gen_length // B)), 0
+        row, c = rows[r], min(synced[j], n - 1)
+        out[r] = [i for i in range(c + 1) if chosens[j][i]]
+        for i in out[r]:
+            row.step_of[i] = row.nfe
+        row.x, row.gen = xg[j : j + 1, : P + c + 1], news[j][: c + 1]
+        _advance(row, synced[R + j], cfg)
     return out
 
 
-def _step_one(d: _Decode, r: int, mask: torch.Tensor | None) -> dict[int, torch.Tensor]:
-    """`_step` for a group of one row `r`: the same decisions with the block as a slice (no gathers;
-    after a cut inside the block, the slice is shorter and the filter's input zero-padded) and
-    the host reading back only flags (issue 14: a thin step)."""
-    model, params, rows, P, step_of, cfg, noise = d.model, d.params, d.rows, d.P, d.step_of, d.cfg, d.noise
-    B, mask_id, eos = cfg.block_length, model.mask_id, model.eos_id
+def _step_one(d: _Decode, r: int, mask: torch.Tensor | None) -> dict[int, list[int]]:
+    """`_step` for a group of one row `r` (issue 14: a thin step): the device takes the scores
+    (argmax, confidence, the filter over the block as a slice) and the host, from one read-back,
+    takes every decision (the filter's accepts, the quota, EoTP) on lists, then writes the block
+    back once. After a cut inside the block, the slice is shorter and the filter's input
+    zero-padded."""
+    model, params, rows, P, cfg, noise = d.model, d.params, d.rows, d.P, d.cfg, d.noise
+    B, mask_id, eos = cfg.block_length, d.mask_id, d.eos
     row = rows[r]
-    xr = row.x  # (1, P+n)
-    n = xr.shape[1] - P
+    xr, gen = row.x, row.gen  # (1, P+n), its n generation positions on the host
+    n = len(gen)
     a = row.block - P  # the block [a, a + w) in generation coordinates, inside [0, n)
     w = min(B, n - a)  # shorter than B after a cut inside the block
     logits = _parts.forward(model, xr, [r], attention_mask=mask).logits[:, P:]  # (1, n, V)
     p = torch.softmax(logits, dim=-1, dtype=_parts.SCORE_DTYPES[cfg.score_dtype])  # before the argmax writes the [MASK] logit
-    x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, [r])  # (1, n)
-    conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (1, n)
-    gen = xr[:, P:]
-    masked = gen == mask_id  # (1, n), before the commit
-    blk, mb, cb = gen[:, a : a + w], masked[:, a : a + w], conf[:, a : a + w]
-    block_conf = cb.to(torch.float32) if w == B else F.pad(cb.to(torch.float32), (0, B - w))  # (1, B), zero-padded
-    accept = (torch.sigmoid(filter_logits(params, block_conf))[:, :w] > cfg.accept_threshold) & mb  # (1, w)
-    k = row.quota[row.i]
-    if k == 1:  # the best-scored mask of the block (it has one; argmax: the first of equal maxima)
-        chosen = accept.scatter(1, cb.masked_fill(~mb, _parts.NEG_INF).argmax(dim=1, keepdim=True), True)
-    else:
-        chosen = accept | (_parts.top_k_mask(cb.masked_fill(~mb, _parts.NEG_INF), [k]) & mb)
-    torch.where(chosen, x0[:, a : a + w], blk, out=blk)
-    step_of[r, a : a + w].masked_fill_(chosen[0], row.nfe)  # forwards before this one
+    x0t = _parts.propose_(logits, cfg.temperature, mask_id, noise, [r])  # (1, n)
+    conf_t = p.gather(-1, x0t.unsqueeze(-1)).squeeze(-1)  # (1, n)
+    block_conf = conf_t.new_zeros((1, B), dtype=torch.float32)  # (1, B), zero-padded after a cut inside the block
+    block_conf[:, :w] = conf_t[:, a : a + w]  # cast as .to(float32)
+    sig = torch.sigmoid(filter_logits(params, block_conf))[0, :w].tolist()  # float32 values: compared with accept32
+    x0, conf = x0t[0].tolist(), conf_t[0].tolist()
+    cands = [i for i in range(a, a + w) if gen[i] == mask_id]  # the block's masks (it has one)
+    accepted = [i for i in cands if sig[i - a] > d.accept32]
+    top = _parts.pick_top_k(conf, cands, row.quota[row.i])  # ties by position
+    chosen = sorted(set(accepted).union(top))
+    cut = n
     if cfg.eotp:
-        predicted = x0 == eos  # (1, n)
-        open_eos = predicted & masked
-        best_open = conf.masked_fill(~open_eos, _parts.NEG_INF).argmax(dim=1)  # first of equal maxima
-        flags = torch.cat([predicted[:, a : a + w] & accept, open_eos, mb & ~chosen], dim=1)[0].tolist()  # the step's host sync
-        by_filter, opened, still = flags[:w], flags[w : w + n], flags[w + n :]
-        if True in by_filter:
-            cut = a + by_filter.index(True)  # the first EOS the filter accepted
-        elif True in opened:
-            cut = int(best_open)  # else the most confident EOS among the masks
-        else:
-            cut = n
-    else:
-        still, cut = (mb & ~chosen)[0].tolist(), n
-    left = sum(still[: max(0, cut + 1 - a)])  # masks left in the block after the cut
+        by_filter = [i for i in accepted if x0[i] == eos]
+        opened = [i for i in range(n) if x0[i] == eos and gen[i] == mask_id]  # masks before the commit
+        if by_filter:
+            cut = by_filter[0]  # the first EOS the filter accepted
+        elif opened:
+            cut = max(opened, key=lambda i: (conf[i] != conf[i], conf[i]))  # else the most confident EOS among the masks (torch's argmax)
+    for i in chosen:
+        gen[i] = x0[i]
+        row.step_of[i] = row.nfe  # forwards before this one
+    xr[0, P + a : P + a + w].copy_(torch.frombuffer(array("q", gen[a : a + w]), dtype=torch.long))  # the step's one write
+    left = sum(1 for i in cands if i <= cut and gen[i] == mask_id)  # masks left in the block after the cut
+    if cut < n:
+        row.x, row.gen = xr[:, : P + cut + 1], gen[: cut + 1]
+    _advance(row, left, cfg)
+    return {r: [i for i in chosen if i <= cut]}
+
+
+def _advance(row: _Row, left: int, cfg: Config) -> None:
+    """After a row's forward: count it, and move to the next block when this one has no mask
+    `left` (done when the canvas no longer reaches it)."""
     row.nfe += 1
-    row.x = xr[:, : P + cut + 1] if cut < n else xr
     row.i += 1
-    if left == 0:  # the block is done: the next one, if the canvas still reaches it
-        row.block += B
+    if left == 0:
+        row.block += cfg.block_length
         if row.block >= row.x.shape[1]:
             row.done = True
         else:  # nothing commits outside the current block, so what is left of it is all masks
-            row.quota, row.i = _quota(min(B, row.x.shape[1] - row.block), cfg.total_steps // (cfg.gen_length // B)), 0
-    committed = torch.zeros_like(masked)
-    committed[:, a : a + w] = chosen
-    return {r: committed[:, : cut + 1]}
+            per_block = cfg.total_steps // (cfg.gen_length // cfg.block_length)
+            row.quota, row.i = _quota(min(cfg.block_length, row.x.shape[1] - row.block), per_block), 0
 
 
-def _report(on_step: OnStep, calls: int, rows: list[_Row], chosen: dict[int, torch.Tensor], P: int, eos: int) -> None:
+def _report(on_step: OnStep, calls: int, rows: list[_Row], chosen: dict[int, list[int]], P: int, eos: int) -> None:
     """The canvas (N, P+n_max) after a model call, with the commits of the rows it held: rows cut
     shorter than the longest are shown EOS-filled."""
     width = max(row.x.shape[1] for row in rows)
@@ -357,8 +362,8 @@ def _report(on_step: OnStep, calls: int, rows: list[_Row], chosen: dict[int, tor
     committed = torch.zeros_like(canvas, dtype=torch.bool)
     for r, row in enumerate(rows):
         canvas[r, : row.x.shape[1]] = row.x[0]
-        if r in chosen:
-            committed[r, P : P + chosen[r].shape[1]] = chosen[r][0]
+        for i in chosen.get(r, ()):
+            committed[r, P + i] = True
     _parts.report_step(on_step, calls, canvas, committed)
 
 

@@ -30,7 +30,11 @@ Where this differs from the reference, and why:
 - The draft argmax skips [MASK] (`_parts.propose`): a trained model never ranks it first, a
   random one could, and the reference would then "commit" a mask and leave it in the output.
 - Confidences are float64 as in the reference; ties break by position instead of
-  `torch.topk`'s unspecified order (decoders.md §0.3).
+  `torch.topk`'s unspecified order (decoders.md §0.3). A step (T = 0) first scores in float32 and
+  keeps that choice only where a guard band shows the float64 scores make the same one (no
+  confidence within the band of a threshold, no near tie at a top-k cut: `guard`, `_accept`,
+  `_revoke`); otherwise it takes the float64 scores (on synth_gsm ~13% of the draft choices,
+  none of the revocations). The choices, hence the tokens, are the float64 ones.
 Needs a model with `custom_attention` (RoPE positions and a per-query attention mask; the native
 LLaDA and Dream have it). The reference has no Dream path: on a Dream model the decoder is
 unchanged and the model keeps the shadow's meaning under its logit shift, verifying block position
@@ -46,13 +50,14 @@ from dataclasses import dataclass
 
 import torch
 
-from dleval.decoders import _parts
+from dleval.decoders import _host, _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
 BATCHED = False
 FIRST_LAST_ACCEPT = 30  # decoding_wino: `last_accept = 30` before a block's first step
 ACCEPT_FRACTION, ACCEPT_MIN, ACCEPT_MAX = 0.7, 5, 20  # decoding_wino: min(max(int(masks * 0.7), 5), 20)
+FLOAT32_EXACT = (torch.float32, torch.bfloat16, torch.float16)  # logits whose float32 cast is exact (see `guard`)
 
 
 @dataclass(frozen=True)
@@ -94,55 +99,132 @@ def decode(
 
 
 def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, row: int) -> Generation:
-    canvas, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)
-    B, N, mask_id = cfg.block_length, P + cfg.gen_length, model.mask_id
-    x = torch.cat([canvas, torch.full((1, B), mask_id, dtype=torch.long, device=canvas.device)], dim=1)  # (1, N+B)
-    edits = _parts.Edits(x[:, P:N], mask_id)
+    B, L, T = cfg.block_length, cfg.gen_length, cfg.temperature
+    canvas = _host.Canvas(model, prompt, L + B)  # [prompt | generation | shadow]; the shadow's masks are never written
+    ids, P, mask_id, device = canvas.ids, canvas.P, model.mask_id, canvas.device
+    N = P + L
     commits: list[int] = []
-    eye = torch.eye(B, dtype=torch.bool, device=x.device)
+    last: dict[int, int] = {}  # position -> the last token committed there (a commit of another one is a rewrite)
+    revoked = rewritten = 0
     for s in range(P, N, B):
         e = s + B
-        positions = torch.cat([torch.arange(N, device=x.device), torch.arange(s, e, device=x.device)])  # (N+B,)
-        attention = torch.ones(1, N + B, N + B, dtype=torch.bool, device=x.device)
-        attention[:, :, N:] = False  # nobody sees the shadow...
-        attention[:, N:, N:] = True  # ...but the shadow itself
-        attention[:, N:, s:e] = ~eye  # shadow i sees the block except its own position
-        blk = x[:, s:e]  # (1, B) view of the block, written in place
-        masked = blk == mask_id  # (1, B)
-        left = int(masked.sum())  # the block's masks, tracked on the host from here on
+        positions = _host.longs([*range(N), *range(s, e)], device)  # (N+B,): the shadow at the block's RoPE positions
+        attention = torch.ones(1, N + B, N + B, dtype=torch.bool, device=device)
+        attention[:, :N, N:] = False  # no real position sees the shadow; the shadow sees it all...
+        attention[0, N:, s:e].fill_diagonal_(False)  # ...but shadow i does not see block position i
+        at = list(range(s, e))  # the block's masks (blocks start masked), tracked on the host
+        done: list[int] = []  # the block's committed positions
         last_accept = FIRST_LAST_ACCEPT
-        while left:
-            max_accept = min(max(int(left * ACCEPT_FRACTION), ACCEPT_MIN), ACCEPT_MAX)
-            logits = _parts.forward(model, x, [row], attention_mask=attention, positions=positions).logits  # (1, N+B, V)
-            draft = logits[:, s:e]
-            p = torch.softmax(draft, dim=-1, dtype=torch.float64)  # before the argmax writes the [MASK] logit
-            x0 = _parts.propose_(draft, cfg.temperature, mask_id)  # (1, B) drafts
-            conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1).masked_fill_(~masked, _parts.NEG_INF)
-            accept = conf > cfg.threshold
-            n = int(accept.sum())  # the step's host sync
-            if n > max_accept:
-                accept, n = _parts.top_k_mask(conf, [max_accept]), max_accept  # all above the threshold: masks
-            elif n == 0:
-                accept, n = _parts.top_k_mask(conf, [1]), 1  # the best mask (masks score >= 0, the rest -inf)
-            revoke, r = None, 0
-            if n > 1:  # only then is the shadow's verdict read: its softmax is taken only then
-                back = _parts.confidence(logits[:, N:], blk)  # (1, B): shadow's belief in each current token
-                back = back.masked_fill_(masked, float("inf"))
-                revoke = back < cfg.threshold_back
-                r = int(revoke.sum())
-                if r >= last_accept:  # at least last_accept committed tokens fail: the last_accept - 1 worst
-                    revoke, r = _parts.top_k_mask(-back, [last_accept - 1]) & ~masked, last_accept - 1
-            torch.where(accept, x0, blk, out=blk)
-            edits.commit(accept, x0, s - P)
-            if r:
-                blk.masked_fill_(revoke, mask_id)
-                edits.revoke(revoke, r)
-            masked = blk == mask_id
-            left += r - n
+        while at:
+            max_accept = min(max(int(len(at) * ACCEPT_FRACTION), ACCEPT_MIN), ACCEPT_MAX)
+            logits = _parts.forward(model, canvas.x, [row], attention_mask=attention, positions=positions).logits  # (1, N+B, V)
+            lo = at[0]
+            draft = logits[:, lo : at[-1] + 1]  # (1, w, V): the span of the masks (cheaper than gathering their rows)
+            accept, tokens = None, []
+            if T == 0 and draft.dtype in FLOAT32_EXACT:  # float32 scores, decided where a guard band allows
+                p = torch.softmax(draft, dim=-1, dtype=torch.float32)
+                x0 = draft.argmax(dim=-1, keepdim=True)  # (no [MASK] logit written: the float64 path may follow)
+                tokens = [t for (t,) in x0.tolist()[0]]
+                if mask_id not in tokens:  # (a row that ranks [MASK] first takes the reference's path)
+                    conf = p.gather(-1, x0).tolist()[0]  # [[p], ...]
+                    accept = _accept([(conf[j - lo][0], j) for j in at], cfg.threshold, max_accept, guard(logits.shape[-1]))
+            if accept is None:  # the reference's float64 scores
+                p = torch.softmax(draft, dim=-1, dtype=torch.float64)  # before the draft may write the [MASK] logit
+                x0, tokens = _host.draft(draft, T, mask_id, logits, s, e, lo)
+                conf = p.gather(-1, x0).tolist()[0]
+                accept = _accept([(conf[j - lo][0], j) for j in at], cfg.threshold, max_accept, None)
+                assert accept is not None
+            n = len(accept)
+            revoke: list[int] = []
+            if n > 1 and done:  # only then is the shadow's verdict read: its softmax is taken only then
+                revoke = _revocations(logits, canvas, done, N - s, cfg.threshold_back, last_accept)
+            for j in accept:
+                token = tokens[j - lo]
+                ids[j] = token
+                if last.get(j, token) != token:
+                    rewritten += 1
+                last[j] = token
+            for j in revoke:
+                ids[j] = mask_id
+            canvas.push()
+            revoked += len(revoke)
+            taken = set(accept)
+            at = sorted([j for j in at if j not in taken] + revoke)
+            gone = set(revoke)
+            done = sorted([j for j in done if j not in gone] + accept)
             last_accept = n
             commits.append(n)
             if on_step is not None:
-                step = torch.zeros_like(canvas, dtype=torch.bool)
-                step[:, s:e] = accept if revoke is None else accept & ~revoke
-                _parts.report_step(on_step, len(commits), x[:, :N], step)
-    return Generation(tuple(x[0, P:N].tolist()), tuple(commits), "length", revoked=edits.revoked, rewritten=edits.rewritten)
+                canvas.report(on_step, len(commits), accept, N)
+    return Generation(tuple(ids[P:N]), tuple(commits), "length", revoked=revoked, rewritten=rewritten)
+
+
+def _best_first(scored: tuple[float, int]) -> tuple[float, int]:
+    """Sort key: confidence descending, ties by position (`_parts.top_k_mask`'s order)."""
+    return -scored[0], scored[1]
+
+
+def guard(vocab: int) -> float:
+    """A bound on |float32 softmax - float64 softmax| of a probability over `vocab` float32 logits,
+    with a factor 2 to spare: exp and the final scaling err by a few float32 ulps, x - max by at
+    most 88 ulps of exp's argument (below that exp underflows), and the sum of `vocab` terms by
+    at most vocab - 1 ulps, all relative, and p <= 1 (measured on the tiny models: <= 2.1e-6,
+    against 5.3e-5 here for 348 tokens)."""
+    return 2 * (vocab + 100) * 2.0**-24
+
+
+def _accept(scored: list[tuple[float, int]], threshold: float, max_accept: int, band: float | None) -> list[int] | None:
+    """WINO's wide-in choice from (confidence, position) of every mask: every confidence >
+    threshold, at most max_accept (the most confident), at least the best one. `band`: the
+    confidences are float32 approximations of the reference's float64 ones, within band/2; the
+    choice is returned only where they decide it as the float64 ones would (no confidence
+    within band of the threshold, a gap > band at a top-k cut), else None."""
+    if band is not None and any(abs(c - threshold) <= band for c, _ in scored):
+        return None
+    accept = [j for c, j in scored if c > threshold]
+    if len(accept) > max_accept or not accept:  # too many above the threshold (or none): the most confident
+        k = max_accept if accept else 1
+        ranked = sorted(scored, key=_best_first)
+        if band is not None and k < len(ranked) and ranked[k - 1][0] - ranked[k][0] <= band:
+            return None
+        accept = sorted(j for _, j in ranked[:k])
+    return accept
+
+
+def _revoke(scored: list[tuple[float, int]], threshold_back: float, last_accept: int, band: float | None) -> list[int] | None:
+    """WINO's narrow-out choice from (shadow confidence, position) of the committed positions:
+    every confidence < threshold_back; when that is at least `last_accept` of them, only the
+    last_accept - 1 least confident (ties by position). `band` as in `_accept`."""
+    if band is not None and any(abs(c - threshold_back) <= band for c, _ in scored):
+        return None
+    revoke = [j for c, j in scored if c < threshold_back]
+    if len(revoke) >= last_accept:
+        k = last_accept - 1
+        ranked = sorted(scored)
+        if band is not None and 0 < k < len(ranked) and ranked[k][0] - ranked[k - 1][0] <= band:
+            return None
+        revoke = sorted(j for _, j in ranked[:k])
+    return revoke
+
+
+def _revocations(
+    logits: torch.Tensor, canvas: _host.Canvas, done: list[int], shift: int, threshold_back: float, last_accept: int
+) -> list[int]:
+    """The committed block positions `done` (increasing) to revoke: their shadow confidences (the
+    shadow row at position + `shift`, softmax at the current token: float32 where the guard band
+    decides, else the reference's float64) through `_revoke`."""
+    c0, c1 = done[0], done[-1]
+    current = torch.frombuffer(canvas.ids[c0 : c1 + 1], dtype=torch.long).view(1, -1, 1)  # (1, w, 1); masks inside are unused
+    if not canvas.shared:
+        current = current.to(canvas.device)
+    shadow = logits[:, c0 + shift : c1 + shift + 1]  # (1, w, V)
+
+    def scored(dtype: torch.dtype) -> list[tuple[float, int]]:
+        back = torch.softmax(shadow, dim=-1, dtype=dtype).gather(-1, current).tolist()[0]
+        return [(back[j - c0][0], j) for j in done]
+
+    if shadow.dtype in FLOAT32_EXACT:
+        revoke = _revoke(scored(torch.float32), threshold_back, last_accept, guard(logits.shape[-1]))
+        if revoke is not None:
+            return revoke
+    return _revoke(scored(torch.float64), threshold_back, last_accept, None) or []

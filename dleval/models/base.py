@@ -112,25 +112,44 @@ class Counted:
 
     def __init__(self, model: Model) -> None:
         self.inner = model
-        self.nfe = 0
-        self.rows = 0
-        self.positions = 0
-        self._row_nfe: dict[int, int] = {}
-        self._row_rows: dict[int, int] = {}
+        # One entry per forward: (sequences, token positions, the prompts named or None). The
+        # counts are summed when read: a forward only appends (issue 14: the step stays thin).
+        self._calls: list[tuple[int, int, list[int] | None]] = []
 
     def __getattr__(self, name: str):  # attributes such as mask_id come from the wrapped model
         return getattr(self.inner, name)
 
+    @property
+    def nfe(self) -> int:
+        return len(self._calls)
+
+    @property
+    def rows(self) -> int:
+        return sum(c[0] for c in self._calls)
+
+    @property
+    def positions(self) -> int:
+        return sum(c[1] for c in self._calls)
+
     def reset(self) -> None:
-        self.nfe = self.rows = self.positions = 0
-        self._row_nfe = {}
-        self._row_rows = {}
+        self._calls = []
 
     def row_nfe(self, n: int) -> list[int]:
-        return [self._row_nfe.get(r, 0) for r in range(n)]
+        return self._per_row(n)[0]
 
     def row_rows(self, n: int) -> list[int]:
-        return [self._row_rows.get(r, 0) for r in range(n)]
+        return self._per_row(n)[1]
+
+    def _per_row(self, n: int) -> tuple[list[int], list[int]]:
+        nfe, rows = [0] * n, [0] * n
+        for sequences, _, names in self._calls:
+            names = range(sequences) if names is None else names
+            per = sequences // max(len(names), 1)  # a CFG pair: two sequences for one prompt
+            for r in names:
+                if r < n:
+                    nfe[r] += 1
+                    rows[r] += per
+        return nfe, rows
 
     def forward(
         self,
@@ -143,14 +162,7 @@ class Counted:
         rows: list[int] | None = None,
     ) -> ForwardOutput:
         """`Model.forward`, counted; `rows` names the prompts whose rows `ids` holds (see the class)."""
-        self.nfe += 1
-        self.rows += int(ids.shape[0])
-        self.positions += int(ids.numel())
-        names = range(int(ids.shape[0])) if rows is None else rows
-        per = int(ids.shape[0]) // max(len(names), 1)  # a CFG pair: two sequences for one prompt
-        for r in names:
-            self._row_nfe[r] = self._row_nfe.get(r, 0) + 1
-            self._row_rows[r] = self._row_rows.get(r, 0) + per
+        self._calls.append((ids.shape[0], ids.numel(), rows))
         if positions is None:  # models without the custom_attention capability lack the keyword
             return self.inner.forward(ids, start=start, cache=cache, attention_mask=attention_mask)
         return self.inner.forward(ids, start=start, cache=cache, attention_mask=attention_mask, positions=positions)
