@@ -82,6 +82,74 @@ def test_filters_match_the_reference_definitions():
     assert kept[0, 0] == 3.0 and (kept[0, 1:] == low).all()
 
 
+def greedy_matches_reference(logits, cfg, mask_id=1):
+    """The sort-free greedy nucleus equals the reference's sort-based path bit for bit."""
+    want_conf, want_tok = dream._sample_tokens(logits.clone(), cfg, mask_id, None)
+    rows, hard_conf, token = dream._greedy_nucleus(logits.clone(), cfg, mask_id)
+    conf = torch.full((len(logits),), dream._ONE_HOT_CONF[cfg.alg])
+    if rows is not None:
+        conf.index_copy_(0, rows, hard_conf)
+    tok = torch.stack([token(j) for j in range(len(logits))])
+    assert torch.equal(tok, want_tok)
+    assert conf.numpy().tobytes() == want_conf.numpy().tobytes()  # bytes: -0.0 and NaN included
+
+
+@pytest.mark.parametrize("alg", ["entropy", "maskgit_plus", "topk_margin"])
+@pytest.mark.parametrize("top_p", [0.9, 0.95, 0.5])
+def test_greedy_nucleus_equals_the_sorting_filter(alg, top_p):
+    gen = torch.Generator().manual_seed(0)
+    V = 348  # the tiny models' vocabulary
+    rows = [torch.randn(64, V, generator=gen) * scale for scale in (0.01, 1.0, 3.0, 6.0, 12.0)]
+    rows.append(torch.randn(64, V, generator=gen).round())  # many equal logits
+    peaked = torch.randn(V, V, generator=gen)
+    peaked[torch.arange(V), torch.arange(V)] = 30.0  # a one-token nucleus at every vocabulary position
+    rows.append(peaked)
+    cfg = dream.Config(alg=alg, top_p=top_p)
+    for logits in rows:
+        greedy_matches_reference(logits, cfg)
+
+
+def nucleus(probs: list[float], V: int = 12) -> torch.Tensor:
+    """One row of logits with these leading probabilities, the rest spread evenly."""
+    rest = (1 - sum(probs)) / (V - len(probs))
+    return torch.tensor([probs + [rest] * (V - len(probs))], dtype=torch.float64).log().float()
+
+
+@pytest.mark.parametrize(
+    "probs",
+    [
+        [0.9 + 1e-6, 0.05],  # p_top inside the rounding band (3.1e-6 at V = 12) above top_p: not decided without the sort
+        [0.9 - 1e-6, 0.05],  # the same below it
+        [0.6, 0.3 + 1e-6, 0.05],  # the cumulative mass at the second token inside the band
+        [0.85, 0.06, 0.06],  # equal logits straddle the nucleus boundary
+        [1.0 / 40] * 36,  # a flat distribution: the nucleus is longer than the topk read (16)
+    ],
+)
+def test_greedy_nucleus_falls_back_to_the_sort(monkeypatch, probs):
+    V = 40 if len(probs) > 12 else 12
+    logits = torch.cat([nucleus(probs, V), nucleus([0.99], V)])  # a decidable row alongside
+    calls = []
+    sort_filter = dream.filter_logits
+    monkeypatch.setattr(dream, "filter_logits", lambda lg, cfg: calls.append(len(lg)) or sort_filter(lg, cfg))
+    greedy_matches_reference(logits, dream.Config(top_p=0.9))
+    assert calls == [2, 1]  # the reference sorted both rows; the greedy path only the undecidable one
+
+
+def test_greedy_nucleus_decides_clear_rows_without_the_sort(monkeypatch):
+    logits = torch.cat([nucleus([0.95]), nucleus([0.6, 0.25, 0.1]), nucleus([0.5, 0.3, 0.15])])
+    calls = []
+    monkeypatch.setattr(dream, "filter_logits", lambda lg, cfg: calls.append(len(lg)))
+    rows, conf, token = dream._greedy_nucleus(logits, dream.Config(top_p=0.9), mask_id=11)
+    assert calls == [] and [int(token(j)) for j in range(3)] == [0, 0, 0]
+    assert rows.tolist() == [1, 2] and (conf < 0).all()  # the first row's is the one-hot confidence, 0
+
+
+def test_greedy_nucleus_row_topped_by_mask_takes_the_reference():
+    logits = nucleus([0.95])
+    greedy_matches_reference(logits, dream.Config(top_p=0.9), mask_id=0)  # the reference's zeroed one-hot row: token 0
+    greedy_matches_reference(torch.full((2, 8), float("nan")), dream.Config(top_p=0.9))
+
+
 @pytest.mark.parametrize("bad", [{"alg": "greedy"}, {"top_p": 0.0}, {"top_k": 0}, {"temperature": -1}, {"eps": 1.0}])
 def test_bad_configs_are_rejected(bad):
     with pytest.raises(ValueError):

@@ -108,6 +108,28 @@ def test_exit_step_follows_the_schedule_and_commits_everything(gap, exit_at):
     assert sum(gen.committed_per_step) == L - 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_gaps_on_the_host_equal_the_device_subtraction(dtype):
+    """The exit test's top-1 minus top-2 gaps, subtracted on the host, are the device's bit for bit
+    (float32: a float64 difference rounded to float32), including far-apart and equal top values."""
+    gen = torch.Generator().manual_seed(0)
+    window = torch.randn(3, 64, 50, generator=gen) * torch.logspace(-30, 30, 64).view(1, 64, 1)
+    window[2, :, 0] = 1 + torch.rand(64, generator=gen)  # top-2 in lower binades: differences that round
+    window[2, :, 1] = torch.rand(64, generator=gen) * 0.9
+    window[2, :, 2:] = -1.0
+    window[0, :8, 1] = window[0, :8, 0] = 1.0  # equal top values: a zero gap
+    window[1, :8, 0] = 3e38  # a top far above the second
+    window = window.to(dtype)
+    top = torch.topk(window, 2, dim=-1).values
+    want = (top[..., 0] - top[..., 1]).tolist()
+    got = prophet._gaps(window, None)
+    assert [[math.copysign(1, g) for g in row] for row in got] == [[math.copysign(1, g) for g in row] for row in want]
+    assert got == want
+    assert prophet._gaps(window.float(), torch.float64) == (lambda t: (t[..., 0] - t[..., 1]).tolist())(
+        torch.topk(window.double(), 2, -1).values
+    )
+
+
 def test_out_of_range_prefix_is_ignored_without_a_tokenizer():
     model = random_llada(seed=4)  # no encode
     base, _, _ = decode(llada, model, PROMPTS[0], llada.Config(gen_length=16, block_length=8))

@@ -31,12 +31,16 @@ Deviations, none of which change the tokens of one prompt decoded alone: scores 
 the logits' dtype, as the reference; a batch row's k comes from its own mask count (the reference takes the batch mean,
 which is the same number whenever every row holds gen_length masks, the only case it is fed);
 random draws are made row by row, from a per-prompt generator when `seeds` is given (else the
-global RNG, drawn in the reference's order for one prompt).
+global RNG, drawn in the reference's order for one prompt). Greedy nucleus sampling (T = 0,
+top_p < 1) decides most rows' nucleus without the reference's sort of the vocabulary, with a
+rounding band and the sort itself as the fallback: the same values bit for bit (see `_TOP`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -110,8 +114,25 @@ def sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Ge
     The token is never [MASK]: the argmax skips it and a drawn [MASK] is replaced by that
     argmax (the draw itself is the reference's, so the random stream is the same). A trained
     model never proposes [MASK], so this equals the reference, where a sampled [MASK] would
-    leave its position masked; on a random model the canvas still fills."""
-    probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
+    leave its position masked; on a random model the canvas still fills. (`decode` takes
+    `_greedy_nucleus` instead for greedy nucleus sampling: the same values bit for bit.)"""
+    return _sample_tokens(logits, cfg, mask_id, gen)
+
+
+def _greedy(cfg: Config) -> bool:
+    """Greedy nucleus sampling: `_greedy_nucleus` applies."""
+    return cfg.temperature == 0 and cfg.top_k is None and cfg.top_p is not None and cfg.top_p < 1
+
+
+def _sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_tokens` as the reference computes it: filter, then `_score`."""
+    return _score(filter_logits(logits, cfg), cfg, mask_id, gen)
+
+
+def _score(filtered: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(confidence, token) per row from the filtered logits (N, V): the reference's softmax,
+    confidence, draw and argmax."""
+    probs = torch.softmax(filtered, dim=-1)
     conf = None
     if cfg.alg == "topk_margin":
         top = torch.sort(probs, dim=-1, descending=True).values
@@ -130,6 +151,70 @@ def sample_tokens(logits: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Ge
     if conf is None:
         conf = torch.gather(probs, -1, x0[:, None]).squeeze(-1)
     return conf, x0
+
+
+# Greedy nucleus sampling without the sort (`_greedy_nucleus`). The reference sorts each row's
+# logits, and keeps the sorted prefix through the first token whose cumulative probability c_j
+# (the softmax of the sorted row, cumsum) exceeds top_p. Here c_j is computed from the unsorted
+# row's softmax instead (the same exps of the same differences to the same max, summed in another
+# order), for the first _TOP tokens of the sorted order (topk). A float sum of V nonnegative
+# terms, in any order, is within (V - 1) u of the exact sum (u = eps / 2, relative), so the two
+# c_j differ by at most about (2 (V - 1) + 4) u < (V + 1) eps (two normalizers, two reciprocals,
+# the cumulative sums, top_p's cast). A decision is taken only where every c_j it reads is more
+# than twice that, 2 (V + 1) eps, from top_p (8.3e-5 for the tiny models' V = 348 in float32,
+# 0.036 at Dream's 152k vocabulary; above 1 in bfloat16, where every row takes the sort); then
+# the reference keeps the same number of tokens m. Those are the m largest logits, a set the
+# order of equal logits cannot change when the m-th largest is strictly above the (m+1)-th, so
+# the filter is `logits < (m-th largest)`, the reference's mask. Any other row (a boundary tie,
+# a nucleus beyond _TOP, a c_j in the band, NaN) is filtered by the sort itself.
+_TOP = 16  # nucleus sizes on the tiny models at top_p 0.9: 1 (87 %) to 8
+# A one-token nucleus leaves a one-hot distribution, exactly: exp(0) = 1 for any faithful exp, the
+# dropped logits' exps underflow to 0, 1/1 = 1. So p log(p + 1e-10) sums to 0 and p(x0) = 1 - 0 = 1.
+_ONE_HOT_CONF = {"entropy": 0.0, "maskgit_plus": 1.0, "topk_margin": 1.0}
+
+
+def _greedy_nucleus(
+    logits: torch.Tensor, cfg: Config, mask_id: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None, Callable[[int], torch.Tensor]]:
+    """`_sample_tokens` at T = 0 with a nucleus filter, equal bit for bit, without a sort per row
+    (see _TOP). Returns (rows, their confidences, token): every row not in `rows` (an index
+    tensor, None when empty) has the confidence `_ONE_HOT_CONF[cfg.alg]`; row j's token is
+    `token(j)`, taken only for the rows committed. A row whose top token alone clears top_p (most
+    of them) is done with one softmax and a max (the step's host sync): its token is the argmax
+    (its top logit is unique: p_top > 1/2). [MASK] is zeroed before the max, so a row whose top
+    token is [MASK] (p_top < 1/2 without it) takes the general path, which gives the reference's
+    token 0 there."""
+    probs = torch.softmax(logits, dim=-1).index_fill_(-1, _parts._index(mask_id, logits.device), 0)  # (N, V) without [MASK]
+    band = 2 * (logits.shape[-1] + 1) * torch.finfo(logits.dtype).eps
+    sure = cfg.top_p + band
+    hard = [j for j, p in enumerate(probs.amax(dim=-1).tolist()) if not p > sure]  # NaN is hard
+    if not hard:
+        return None, None, lambda j: probs[j].argmax()
+    rows = torch.tensor(hard, device=logits.device)
+    lg = logits.index_select(0, rows)  # (R, V)
+    ph = torch.softmax(lg, dim=-1)  # with [MASK]: the mass the reference's filter sorts
+    floor = _nucleus_floor(ph, cfg.top_p, band)
+    filtered = filter_logits(lg, cfg) if floor is None else lg.masked_fill(ph < floor, torch.finfo(lg.dtype).min)
+    conf, t = _score(filtered, cfg, mask_id, None)  # T = 0: no draw
+    at = {j: h for h, j in enumerate(hard)}
+    return rows, conf, lambda j: t[at[j]] if j in at else probs[j].argmax()
+
+
+def _nucleus_floor(probs: torch.Tensor, top_p: float, band: float) -> torch.Tensor | None:
+    """The smallest probability the reference's nucleus keeps, per row (R, 1), read from the
+    first _TOP of the sorted order (see _TOP); None when a row cannot be decided there. probs are
+    the unfiltered softmax of the rows; the sorted order of the logits is theirs (softmax is
+    monotone), up to ties, which only matter at the boundary, where a decision needs the kept
+    token's probability strictly above the next one's (then its logit is too). The cumulative
+    sums are taken on the host, in float64."""
+    floor = []
+    for v in probs.topk(min(_TOP, probs.shape[-1])).values.tolist():  # (R, K): the sorted order's first K
+        c = list(itertools.accumulate(v))
+        j = bisect.bisect_right(c, top_p)  # the first cumulative mass c_j above top_p: the last token kept
+        if not (j < len(c) - 1 and c[j] > top_p + band and (j == 0 or c[j - 1] < top_p - band) and v[j] > v[j + 1]):
+            return None
+        floor.append([v[j]])
+    return torch.tensor(floor, dtype=probs.dtype, device=probs.device)
 
 
 @torch.inference_mode()
@@ -155,6 +240,7 @@ def decode(
         if cfg.alg != "origin"
         else None
     )
+    greedy = _greedy(cfg) and cfg.alg != "origin"
     where_host = [list(range(P, T)) for _ in prompts]  # each row's masked positions, ascending, tracked on the host
     commits: list[list[int]] = [[] for _ in prompts]
     for i in range(steps):
@@ -174,26 +260,39 @@ def decode(
                 commits[row].append(int(chosen[row].sum()))
                 continue
             n = len(where_host[row])
-            where = torch.tensor(where_host[row], dtype=torch.long, device=dev)  # (n,)
-            conf, x0 = sample_tokens(logits[row, where], cfg, mask_id, gen)
             k = quota[n][i] if i < steps - 1 else n
-            if k <= 0:
+            if k <= 0 and cfg.temperature == 0:  # nothing to commit, no draw to make: the scores go unused
                 commits[row].append(0)
                 continue
-            # The reference's full_confidence: the row's own canvas (no left padding), -inf off the masks.
+            where = torch.tensor(where_host[row], dtype=torch.long, device=dev)  # (n,)
+            lg = logits[row].index_select(0, where)  # (n, V)
+            # The reference's full_confidence (1, T - offset): the row's own canvas (no left padding),
+            # -inf off the masks; one row, so topk and multinomial see the same values 1-D.
             offset = P - len(prompts[row])
-            full = torch.full((1, T - offset), float("-inf"), dtype=conf.dtype, device=dev)
-            full[0, where - offset] = conf
-            if not cfg.alg_temp:
-                picked = torch.topk(full, k).indices[0]  # torch.topk's tie order, as the reference (see module docstring)
+            w = where - offset if offset else where  # (n,) the masks' columns in full_confidence
+            full = torch.full((T - offset,), float("-inf"), dtype=lg.dtype, device=dev)
+            if greedy:  # (T = 0, so k > 0 here)
+                hard, conf, token = _greedy_nucleus(lg, cfg, mask_id)
+                full.index_fill_(0, w, _ONE_HOT_CONF[cfg.alg])
+                if hard is not None:
+                    full.index_copy_(0, w.index_select(0, hard), conf)
             else:
-                picked = torch.multinomial(F.softmax(full / cfg.alg_temp, dim=-1), num_samples=k, generator=gen)[0]
-            position = picked + offset  # (k,) masked positions (every other score is -inf)
-            x[row, position] = x0[torch.searchsorted(where, position)]  # `where` is ascending
-            done = set(position.tolist())  # the step's host sync
-            where_host[row] = [t for t in where_host[row] if t not in done]
+                conf, x0 = sample_tokens(lg, cfg, mask_id, gen)
+                token = x0.__getitem__
+                if k <= 0:
+                    commits[row].append(0)
+                    continue
+                full.index_copy_(0, w, conf)
+            if not cfg.alg_temp:
+                picked = torch.topk(full, k).indices  # torch.topk's tie order, as the reference (see module docstring)
+            else:
+                picked = torch.multinomial(F.softmax(full / cfg.alg_temp, dim=-1), num_samples=k, generator=gen)
+            done = [p + offset for p in picked.tolist()]  # (k,) masked positions (every other score is -inf): the step's host sync
+            for p in done:
+                x[row, p] = token(bisect.bisect_left(where_host[row], p))  # where_host[row] is ascending
+            where_host[row] = [t for t in where_host[row] if t not in done]  # k is small: a list is the set
             commits[row].append(len(done))
             if chosen is not None:
-                chosen[row, position] = True
+                chosen[row, done] = True
         _parts.report_step(on_step, i + 1, x, chosen)
     return _parts.generations(x, P, commits)

@@ -40,6 +40,7 @@ batch-1 tokens and NFE.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -160,14 +161,13 @@ def decode(
             mask = None
             if attention is not None and any(padded[r] for r in live):
                 mask = attention if sel is None else attention.index_select(0, sel)
-            logits = _parts.forward(model, xr, live, attention_mask=mask).logits[:, P:]  # (R, L, V): only the generation region holds masks
+            out = _parts.forward(model, xr, live, attention_mask=mask).logits  # (R, P+L, V)
             exits = [False] * len(live)
             if window:  # the exit test: the step's one host sync
-                gaps = _neg_margin(logits[:, w0:w1], dtype).tolist()  # (R, A, 1): minus the gaps, exactly
-                exits = [_mean([-g for (g,) in row]) >= cfg.threshold_at(nfe / steps) for row in gaps]
+                exits = [_mean(row) >= cfg.threshold_at(nfe / steps) for row in _gaps(out[:, P + w0 : P + w1], dtype)]
             if any(exits):
                 ks = [k[r][i] for r in live]
-                chosen = _exit_step(x, xr, sel, logits, live, exits, ks, a, z, mask_id, cfg, noise, dtype)  # (R, L)
+                chosen = _exit_step(x, xr, sel, out[:, P:], live, exits, ks, a, z, mask_id, cfg, noise, dtype)  # (R, L)
                 entries.append((live, chosen.sum(dim=1)))
                 for j, r in enumerate(live):
                     if exits[j]:
@@ -176,7 +176,7 @@ def decode(
                 live = [r for j, r in enumerate(live) if not exits[j]]
                 continue
             blk = xr[:, s : s + B]  # (R, B) view, written in place
-            lb = logits[:, a:z]  # (R, B, V)
+            lb = out[:, s : s + B]  # (R, B, V)
             ks = [k[r][i] for r in live]
             chosen = None
             if all(n == 0 for n in ks):  # a quota of 0 (a block with constraint positions): nothing to commit
@@ -194,7 +194,7 @@ def decode(
                 if cfg.temperature == 0:  # no noise: the block's argmax is all the step uses
                     x0 = lb.argmax(dim=-1)  # (R, B)
                 else:  # the noise is drawn over the whole region, as always
-                    x0 = _parts.gumbel_argmax(logits, cfg.temperature, noise, live)[:, a:z]
+                    x0 = _parts.gumbel_argmax(out[:, P:], cfg.temperature, noise, live)[:, a:z]
                 score = _parts.confidence(lb, x0, dtype)  # (R, B)
                 if all(n == 1 for n in ks):  # one commit per row: the best-scored mask (see llada)
                     best = score.masked_fill_(blk != mask_id, _parts.NEG_INF).argmax(dim=1, keepdim=True)
@@ -219,10 +219,23 @@ def decode(
     return _parts.generations(x, P, commits, finish)
 
 
-def _neg_margin(logits: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """top-2 minus top-1 of the raw logits, (..., 1), in `dtype` (None: the logits' dtype): minus
-    `_parts.margin` bit for bit (IEEE rounding is symmetric), in one op fewer."""
-    return torch.topk(logits if dtype is None else logits.to(dtype), 2, dim=-1).values.diff(dim=-1)
+def _gaps(window: torch.Tensor, dtype: torch.dtype | None) -> list[list[float]]:
+    """The top-1 minus top-2 gaps of the window's raw logits (R, A, V) -> (R, A), taken in `dtype`
+    (None: the logits' dtype) as the reference does, on the host: the two top values come back
+    (the step's sync) and are subtracted there. In float32 the difference is taken in float64 and
+    rounded to float32, which is the float32 subtraction bit for bit (two float32 values whose
+    exponents differ by at most 28 have an exact float64 difference; further apart, the smaller
+    is far below half an ulp of the larger, and both roundings give the larger). Other dtypes
+    subtract on the device."""
+    top = torch.topk(window if dtype is None else window.to(dtype), 2, dim=-1).values  # (R, A, 2)
+    if top.dtype == torch.float64:
+        return [[a - b for a, b in row] for row in top.tolist()]
+    if top.dtype == torch.float32:
+        return [[_F32.unpack(_F32.pack(a - b))[0] for a, b in row] for row in top.tolist()]
+    return (top[..., 0] - top[..., 1]).tolist()
+
+
+_F32 = struct.Struct("f")  # a Python float rounded to float32 (to nearest, as IEEE arithmetic)
 
 
 def _exit_step(x, xr, sel, logits, live, exits, ks, a, z, mask_id, cfg, noise, dtype) -> torch.Tensor:
