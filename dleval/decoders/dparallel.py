@@ -67,7 +67,8 @@ def decode(
     on_step: OnStep | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
-    noise = _parts.Noise(seeds, len(prompts), model.device)
+    # Noise only where it is drawn (a per-decode cost); with seeds always (it checks their count)
+    noise = _parts.Noise(seeds, len(prompts), model.device) if cfg.temperature > 0 or seeds is not None else None
 
     mask_id = model.mask_id
     dream = bool(getattr(model, "logit_shift", False))

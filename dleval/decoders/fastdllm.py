@@ -97,7 +97,10 @@ def decode(
     on_step: OnStep | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
-    noise = _parts.Noise(seeds, len(prompts), model.device)
+    # Noise only where it is drawn (a per-decode cost); with seeds always (it checks their count)
+    noise = (
+        _parts.Noise(seeds, len(prompts), model.device) if cfg.temperature > 0 or cfg.remasking == "random" or seeds is not None else None
+    )
     per_block = cfg.total_steps // (cfg.gen_length // cfg.block_length)
     # Blocks start fully masked, so the quota (k_0..k_{s-1}) is the same for every block: LLaDA's
     # floor(n / steps) each, the first n mod steps one more (`_parts.quota`).
@@ -133,7 +136,7 @@ def decode(
     )
 
 
-def _dream_propose(logits: torch.Tensor, cfg: Config, mask_id: int, noise: _parts.Noise, rows: Sequence[int]) -> torch.Tensor:
+def _dream_propose(logits: torch.Tensor, cfg: Config, mask_id: int, noise: _parts.Noise | None, rows: Sequence[int]) -> torch.Tensor:
     """x0 as Fast-dLLM's Dream `sample_tokens` takes it at T = 0: the first maximum of softmax(logits)
     in the logits' dtype, which in bf16 ties tokens whose logits differ (the logits' argmax would
     not); [MASK] skipped as in `_parts.propose`. At T > 0, the harness's Gumbel draw."""
@@ -151,7 +154,9 @@ def _dream_confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
     return torch.gather(torch.softmax(logits, dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def _dream_no_cache(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, noise: _parts.Noise, row: int) -> Generation:
+def _dream_no_cache(
+    model: Model, prompt: Sequence[int], cfg: Config, on_step: OnStep | None, noise: _parts.Noise | None, row: int
+) -> Generation:
     """Fast-dLLM's Dream loop without a cache (`generation_utils.py`, alg confidence_threshold)."""
     x, _, P = _parts.make_canvas(model, [prompt], cfg.gen_length)  # (1, P+L)
     steps = cfg.gen_length // cfg.block_length  # dream/eval_gsm8k.sh: diffusion_steps = length / block_length
