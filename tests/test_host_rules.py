@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from dleval.decoders import _parts
+from dleval.decoders import _blocks, _parts
 
 
 def rows(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
@@ -89,7 +89,7 @@ def test_pick_entropy_bound_is_entropy_bound_mask():
 
 def test_host_canvas_writes_what_the_device_path_writes():
     x = torch.arange(12).view(2, 6)
-    shared, device = _parts._HostCanvas(x.clone()), _parts._HostCanvas(x.clone(), shared=False)
+    shared, device = _blocks._HostCanvas(x.clone()), _blocks._HostCanvas(x.clone(), shared=False)
     for c in (shared, device):
         c.write(0, 5, 100)
         c.write(1, 2, 200)

@@ -1,4 +1,5 @@
-"""Pieces shared by the decoders: canvas setup, scores, commit rules, block schedules.
+"""Pieces shared by the decoders: canvas setup, scores, commit rules on tensors and on the host
+(the threshold decoders' block loop is `_blocks.py`).
 
 Conventions from decoders.md §0: scores come from the raw logits (temperature only enters the
 Gumbel perturbation of the argmax); ties break deterministically by (score, then position
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
-from dleval.models.base import Counted, KVCache, Model
+from dleval.models.base import Counted, Model
 from dleval.types import Generation, OnStep, Step
 
 NEG_INF = float("-inf")
@@ -294,21 +295,10 @@ def check_blocks(gen_length: int, block_length: int) -> int:
     return gen_length // block_length
 
 
-# ---------------------------------------------------------------------------- threshold rules and the block-cache loop
-# Added for issue 3 (fastdllm, dparallel, eb). Fast-dLLM's three loops (decoders.md §2.2-2.4) are
-# one function here because dParallel and EB reuse them with another selection rule.
+# ---------------------------------------------------------------------------- threshold rules
+# Added for issue 3 (fastdllm, dparallel, eb; their block loop is `_blocks.block_loop`).
 
 CACHES = ("none", "prefix", "dual")
-
-# select(logits (R, C, V) of the columns of each row's current block that `block_loop` shows it,
-# each row's forward index within its block, the prompts the R rows are) -> (x0 (R, C) proposed
-# tokens, never [MASK]; scores (R, C) the rule's numbers). R counts the rows forwarded, not every
-# prompt. `select` owns the logits (a view of this forward's output or a copy) and may write them.
-Select = Callable[[torch.Tensor, list[int], list[int]], tuple[torch.Tensor, torch.Tensor]]
-# rule(one row's scores over the C columns (host floats: the tensor's values exactly), the
-# columns that are still masked in that row (ascending; never empty), the row's forward index,
-# the scores' dtype) -> the columns to commit: a non-empty subset of the candidates.
-Rule = Callable[[list[float], list[int], int, torch.dtype], list[int]]
 
 
 def propose(
@@ -435,204 +425,6 @@ def pick_entropy_bound(v: list[float], cands: list[int], gamma: float) -> list[i
         if total - low >= -gamma:
             k = n
     return sorted(order[:k])
-
-
-def block_loop(
-    model: Model,
-    prompts: Sequence[Sequence[int]],
-    gen_length: int,
-    block_length: int,
-    select: Select,
-    rule: Rule,
-    *,
-    cache: str = "none",
-    refresh_every: int | None = None,
-    skip_idle_forward: bool = False,
-    on_step: OnStep | None = None,
-    compact: bool = True,
-) -> list[Generation]:
-    """Decode prompts block by block, each block until it has no mask: one `select` (scores, on
-    the device) and one `rule` per row (the decision, on the host) per forward.
-
-    The forwards are Fast-dLLM's (NVlabs/Fast-dLLM `llada/generate.py` @24cc59e):
-    - "none": every forward is over the full canvas (`generate`, §2.2);
-    - "prefix": the block's first forward is over the full canvas and keeps the K/V of
-      [0, block_start); later forwards run x[block_start:] against that prefix (§2.3);
-    - "dual": the first forward keeps the K/V of the whole canvas; later forwards run only the
-      block, overwriting its K/V in place, against the rest of the cache (§2.4).
-    A full forward also decodes (it is the block's first step) and is one NFE like any other.
-    `refresh_every=N` repeats that full forward every N forwards within a block as well (N=1:
-    every forward is full, which equals "none"). As in the reference, whose cached inner loop
-    runs at least once, a block that its block-start forward already completed still gets one
-    cached forward, which commits nothing (an entry 0 in committed_per_step) and counts as one
-    NFE. `skip_idle_forward=True` (ours, a cheaper variant with the same tokens) leaves it out.
-
-    Batches (the reference decodes one prompt at a time): prompts are left-padded so that
-    every row's generation region has the same offsets, and each row advances on its own: its
-    block ends when its own masks are gone (after its idle forward, if it has one), and a row
-    with nothing left to do leaves the forward. So a row sees exactly the forwards it would see
-    alone, and its NFE (counted per row by `Counted`) is its batch-1 NFE. With cache="none" rows
-    move on to their next block at once (a full forward does not care where a row's block is).
-    With a cache, the rows of one forward must share their block start (the cache is
-    [0, block_start) for all of them), so a row whose block is done waits, without being
-    forwarded, until every row has finished that block; then all start the next block together
-    with one full forward. Within a block every forwarded row is then at the same forward index.
-
-    `compact`: `select` sees only the span of the block's columns from the first to the last one
-    still masked in some row (a slice: fewer float64 scores over the vocabulary late in a block;
-    the same choices, since every score is computed per position). Decoders pass False when
-    `select` draws noise, whose shape must not depend on the other rows.
-
-    The step is kept thin (issue 14): which positions are still masked is tracked on the host;
-    the step's one read-back is x0 and the scores (`tolist`); the rule decides on those lists
-    (the `pick_*` functions: the tensor rules' decisions bit for bit); and the commits are
-    written into the canvas on the host (`_HostCanvas`: on the CPU its memory is the tensor's,
-    elsewhere one index write per step). This relies on `select` never proposing [MASK].
-    """
-    check_cache(cache, refresh_every)
-    x, attention, P = make_canvas(model, prompts, gen_length)  # (N, P+L), N = len(prompts)
-    canvas = _HostCanvas(x)
-    x = canvas.x
-    N, dev, B = x.shape[0], x.device, block_length
-    padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
-    n_blocks = gen_length // B
-    idle_rule = cache != "none" and refresh_every != 1 and not skip_idle_forward
-    block = [0] * N  # each row's current block
-    index = [0] * N  # forwards the row has made in its current block
-    idle = [False] * N  # the block is done but its idle cached forward is still due
-    open_ = [[True] * B for _ in range(N)]  # host copy: which positions of the row's block are still masked
-    commits: list[list[int]] = [[] for _ in range(N)]
-    kv: KVCache | None = None
-    kv_rows: list[int] = []  # the prompts whose K/V `kv` holds, in its row order
-    calls = 0
-    while True:
-        rows = [r for r in range(N) if block[r] < n_blocks]
-        if not rows:
-            break
-        if cache != "none":  # one shared block start: rows ahead wait for the slowest row
-            current = min(block[r] for r in rows)
-            rows = [r for r in rows if block[r] == current]
-        starts = [P + block[r] * B for r in rows]
-        s = starts[0]
-        same = all(t == s for t in starts)
-        # The step's plan, from the host copy alone (made before the forward: nothing waits on it).
-        brows = [r for r in rows if not idle[r]]  # idle rows are forwarded and commit nothing
-        a, z = 0, B  # the columns `select` sees: with compact, the span of the rows' open columns
-        if compact and brows:
-            a = min(o.index(True) for o in (open_[r] for r in brows))
-            z = B - min(o[::-1].index(True) for o in (open_[r] for r in brows))
-        sel = None if len(rows) == N else torch.tensor(rows, device=dev)
-        xr = x if sel is None else x.index_select(0, sel)  # (R, P+L)
-        mask = None
-        if attention is not None and any(padded[r] for r in rows):
-            mask = attention if sel is None else attention.index_select(0, sel)
-        i0 = index[rows[0]]  # with a cache, every row of the forward is at the same index
-        full = cache == "none" or i0 == 0 or (refresh_every is not None and i0 % refresh_every == 0)
-        if full:
-            out = forward(model, xr, rows, attention_mask=mask)
-            if same:
-                logits = out.logits[:, s : s + B]  # (R, B, V)
-            else:  # cache="none": each row's own block
-                at = torch.tensor(starts, device=dev).view(-1, 1) + torch.arange(B, device=dev)  # (R, B)
-                logits = out.logits.gather(1, at.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1]))
-            if cache != "none":
-                kv, kv_rows = (out.kv.keep(s) if cache == "prefix" else out.kv), list(rows)
-        else:
-            assert kv is not None
-            if kv_rows != rows:  # rows that finished the block left: drop their K/V
-                keep = torch.tensor([kv_rows.index(r) for r in rows], device=dev)
-                kv = KVCache([k.index_select(0, keep) for k in kv.keys], [v.index_select(0, keep) for v in kv.values])
-                kv_rows = list(rows)
-            if cache == "prefix":  # block + masked suffix in, block out
-                logits = forward(model, xr[:, s:], rows, start=s, cache=kv, attention_mask=mask).logits[:, :B]
-            else:  # in-place span write into kv
-                logits = forward(model, xr[:, s : s + B], rows, start=s, cache=kv, attention_mask=mask).logits
-        calls += 1
-        for r in rows:
-            if idle[r]:
-                commits[r].append(0)
-                idle[r], block[r], index[r], open_[r] = False, block[r] + 1, 0, [True] * B
-        step: list[tuple[int, int]] = []  # (prompt, absolute position) of this step's commits, for on_step
-        if brows:
-            if len(brows) < len(rows):
-                logits = logits.index_select(0, torch.tensor([j for j, r in enumerate(rows) if r in brows], device=dev))
-            x0, scores = select(logits[:, a:z], [index[r] for r in brows], brows)  # (R', z - a) each
-            tokens, values = x0.tolist(), scores.tolist()  # the step's one read-back
-            for j, r in enumerate(brows):
-                o, base = open_[r], P + block[r] * B + a
-                picked = rule(values[j], [q for q in range(z - a) if o[a + q]], index[r], scores.dtype)
-                if not picked:
-                    raise AssertionError("a selection rule must commit at least one masked position")
-                for q in picked:
-                    o[a + q] = False
-                    canvas.write(r, base + q, tokens[j][q])
-                    if on_step is not None:
-                        step.append((r, base + q))
-                commits[r].append(len(picked))
-                index[r] += 1
-                if not any(o):  # blocks start fully masked, so the next one has masks
-                    if index[r] == 1 and idle_rule:
-                        idle[r] = True  # the reference's idle forward comes next, in this block
-                    else:
-                        block[r] += 1
-                        index[r] = 0
-                        open_[r] = [True] * B
-            canvas.push()
-        if on_step is not None:
-            committed = torch.zeros_like(x, dtype=torch.bool)
-            for r, t in step:
-                committed[r, t] = True
-            report_step(on_step, calls, x, committed)
-    return generations(x, P, commits)
-
-
-class _HostCanvas:
-    """The canvas x (N, T) written from the host. On the CPU `x` is a view of a host int64
-    array, so a write is a store into it (no tensor op); elsewhere the step's writes are
-    collected and `push()` makes them one index write on the device."""
-
-    def __init__(self, x: torch.Tensor, shared: bool | None = None) -> None:
-        self.T = x.shape[1]
-        self.shared = x.device.type == "cpu" if shared is None else shared  # False on a CPU: the device path (tests)
-        if self.shared:
-            self.ids = array("q", x.reshape(-1).tolist())  # x itself may wrap a buffer Python cannot index (make_canvas)
-            self.x = torch.frombuffer(self.ids, dtype=torch.long).view(x.shape)  # shares `ids`' memory
-        else:
-            self.x = x
-            self.pending: list[tuple[int, int, int]] = []
-
-    def write(self, row: int, position: int, token: int) -> None:
-        if self.shared:
-            self.ids[row * self.T + position] = token
-        else:
-            self.pending.append((row, position, token))
-
-    def push(self) -> None:
-        if not self.shared and self.pending:
-            r, t, v = zip(*self.pending)
-            dev = self.x.device
-            self.x[torch.tensor(r, device=dev), torch.tensor(t, device=dev)] = torch.tensor(v, device=dev)
-            self.pending = []
-
-
-def blocks(
-    model: Model, prompts: Sequence[Sequence[int]], cfg, select: Select, rule: Rule, on_step: OnStep | None, compact: bool
-) -> list[Generation]:
-    """`block_loop` with the block and cache fields of a threshold decoder's Config (fastdllm,
-    dparallel, eb: gen_length, block_length, cache, refresh_every, skip_idle_forward)."""
-    return block_loop(
-        model,
-        prompts,
-        cfg.gen_length,
-        cfg.block_length,
-        select,
-        rule,
-        cache=cfg.cache,
-        refresh_every=cfg.refresh_every,
-        skip_idle_forward=cfg.skip_idle_forward,
-        on_step=on_step,
-        compact=compact,
-    )
 
 
 # ---------------------------------------------------------------------------- edit accounting

@@ -20,7 +20,7 @@ the same loops as `fastdllm`, including the reference's idle cached forward afte
 block-start forward completed (counted; `skip_idle_forward=True` is ours and leaves it out), and
 the same deviation ([MASK] never proposed). Ties break by (entropy, then position) instead of `torch.topk`'s
 order. The reference decodes one prompt at a time; here prompts are batched, each row advancing
-on its own and leaving the forward once done, with its batch-1 tokens and NFE (`_parts.block_loop`).
+on its own and leaving the forward once done, with its batch-1 tokens and NFE (`_blocks.block_loop`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 
-from dleval.decoders import _parts
+from dleval.decoders import _blocks, _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -85,4 +85,4 @@ def decode(
         # the lowest H always, and every H <= tau (Dream: H < tau, i.e. -H > -tau; negation is exact)
         return _parts.pick_threshold(v, cands, -_parts.as_dtype(cfg.threshold, dtype), strict=dream)
 
-    return _parts.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks
+    return _blocks.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks

@@ -13,9 +13,9 @@ argmax over every token but [MASK] (`_parts.propose`), as in `fastdllm`.
 The rule composes with the harness's block schedule: Fast-dLLM's sequential-block loop, each
 block decoded until it has no mask, on the common LLaDA baseline (gen 256, block 32, T = 0;
 decoders.md §9 checklist 1). The Fast-dLLM caches are available but off by default; with one,
-NFE counts the forwards as Fast-dLLM's loops spend them (`_parts.block_loop`).
+NFE counts the forwards as Fast-dLLM's loops spend them (`_blocks.block_loop`).
 Prompts are batched, each row advancing on its own and leaving the forward once done, with its
-batch-1 tokens and NFE (`_parts.block_loop`).
+batch-1 tokens and NFE (`_blocks.block_loop`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from dleval.decoders import _parts
+from dleval.decoders import _blocks, _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -71,4 +71,4 @@ def decode(
     def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int]:
         return _parts.pick_entropy_bound(v, cands, cfg.gamma)
 
-    return _parts.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks
+    return _blocks.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks

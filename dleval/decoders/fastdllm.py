@@ -26,7 +26,7 @@ Deviations, all from the harness conventions (§0.3) or its contract:
   forward, which reduces `dual` and `prefix` exactly to `none`).
 The reference builds a canvas of batch 1; here prompts are batched, each row advancing on its
 own and leaving the forward once done, so every row gets its batch-1 tokens and NFE
-(`_parts.block_loop`).
+(`_blocks.block_loop`).
 
 **Dream models** (`model.logit_shift`): Fast-dLLM's `dream/` folder decodes differently, and we
 follow it (NVlabs/Fast-dLLM `dream/model/generation_utils_block.py` and `generation_utils.py`,
@@ -52,7 +52,7 @@ from typing import Literal
 
 import torch
 
-from dleval.decoders import _parts
+from dleval.decoders import _blocks, _parts
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -131,7 +131,7 @@ def decode(
         return _parts.pick_threshold(conf, cands, _parts.as_dtype(cfg.threshold, dtype))
 
     # noise, Dream's block start: full blocks
-    return _parts.blocks(
+    return _blocks.blocks(
         model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0 and cfg.remasking == "low_confidence" and not dream
     )
 
