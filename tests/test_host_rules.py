@@ -8,6 +8,7 @@ Run: pytest tests/test_host_rules.py
 from __future__ import annotations
 
 import math
+from array import array
 
 import pytest
 import torch
@@ -88,8 +89,8 @@ def test_pick_entropy_bound_is_entropy_bound_mask():
 
 
 def test_host_canvas_writes_what_the_device_path_writes():
-    x = torch.arange(12).view(2, 6)
-    shared, device = _blocks._HostCanvas(x.clone()), _blocks._HostCanvas(x.clone(), shared=False)
+    cpu = torch.device("cpu")
+    shared, device = _blocks._HostCanvas(array("q", range(12)), 2, cpu), _blocks._HostCanvas(array("q", range(12)), 2, cpu, shared=False)
     for c in (shared, device):
         c.write(0, 5, 100)
         c.write(1, 2, 200)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from dleval.decoders._parts import check_cache, forward, generations, make_canvas, report_step
+from dleval.decoders._parts import check_cache, forward, generations, host_canvas, report_step
 from dleval.models.base import KVCache, Model
 from dleval.types import Generation, OnStep
 
@@ -80,9 +80,11 @@ def block_loop(
     elsewhere one index write per step). This relies on `select` never proposing [MASK].
     """
     check_cache(cache, refresh_every)
-    x, attention, P = make_canvas(model, prompts, gen_length)  # (N, P+L), N = len(prompts)
-    canvas = _HostCanvas(x)
-    x = canvas.x
+    ids, attention, P = host_canvas(model, prompts, gen_length)
+    canvas = _HostCanvas(ids, len(prompts), model.device)
+    x = canvas.x  # (N, P+L), N = len(prompts)
+    if attention is not None:
+        attention = attention.to(x.device)
     N, dev, B = x.shape[0], x.device, block_length
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
     n_blocks = gen_length // B
@@ -177,18 +179,18 @@ def block_loop(
 
 
 class _HostCanvas:
-    """The canvas x (N, T) written from the host. On the CPU `x` is a view of a host int64
-    array, so a write is a store into it (no tensor op); elsewhere the step's writes are
-    collected and `push()` makes them one index write on the device."""
+    """The canvas x (N, T) written from the host: `ids`, `host_canvas`'s flat int64 array. On the
+    CPU `x` wraps `ids`, so a write is a store into it (no tensor op); elsewhere `x` is a device
+    copy, the step's writes are collected and `push()` makes them one index write."""
 
-    def __init__(self, x: torch.Tensor, shared: bool | None = None) -> None:
-        self.T = x.shape[1]
-        self.shared = x.device.type == "cpu" if shared is None else shared  # False on a CPU: the device path (tests)
+    def __init__(self, ids: array, rows: int, device: torch.device, shared: bool | None = None) -> None:
+        self.ids, self.T = ids, len(ids) // rows
+        self.shared = device.type == "cpu" if shared is None else shared  # False on a CPU: the device path (tests)
+        x = torch.frombuffer(ids, dtype=torch.long).view(rows, self.T)
         if self.shared:
-            self.ids = array("q", x.reshape(-1).tolist())  # x itself may wrap a buffer Python cannot index (make_canvas)
-            self.x = torch.frombuffer(self.ids, dtype=torch.long).view(x.shape)  # shares `ids`' memory
-        else:
             self.x = x
+        else:
+            self.x = x.to(device, copy=True)
             self.pending: list[tuple[int, int, int]] = []
 
     def write(self, row: int, position: int, token: int) -> None:

@@ -15,7 +15,7 @@ independent (tests/test_host.py checks both on the machine it runs on). `pow` on
 kernel computes a contiguous tensor's tail with std::pow and the rest with SIMD, which can differ
 in the last bit, so a power keeps the reference's layout (dinfer_credit's p ** gamma over the
 whole block; `draft` draws the Gumbel noise over the whole block). A comparison of a tensor with a
-Python number rounds the number to the tensor's dtype first (`as_dtype`, `f32`).
+Python number rounds the number to the tensor's dtype first (`_parts.as_dtype`, `f32`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import struct
 from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
-from functools import lru_cache
 
 import torch
 
@@ -105,12 +104,3 @@ def draft(
 def f32(value: float) -> float:
     """`value` rounded to float32 (round to nearest even), as a Python float."""
     return struct.unpack("f", struct.pack("f", value))[0]
-
-
-@lru_cache(maxsize=64)
-def as_dtype(value: float, dtype: torch.dtype) -> float:
-    """`value` rounded to `dtype`, as torch rounds a Python scalar compared with a tensor of that
-    dtype (`p > 0.3` on float32 compares with float32(0.3)); exact as a Python float."""
-    if dtype == torch.float64:
-        return value
-    return f32(value) if dtype == torch.float32 else float(torch.tensor(value, dtype=dtype))

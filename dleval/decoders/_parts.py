@@ -14,6 +14,7 @@ import math
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 
@@ -117,23 +118,30 @@ def make_canvas(
     RoPE attention depends only on relative positions, so a padded row computes the same
     function as the row alone.
     """
+    ids, mask, P = host_canvas(model, prompts, gen_length, pad_id)
+    x = torch.frombuffer(ids, dtype=torch.long).view(len(prompts), -1)  # wraps the host array
+    device = model.device
+    if device.type != "cpu":
+        x, mask = x.to(device), None if mask is None else mask.to(device)
+    return x, mask, P
+
+
+def host_canvas(
+    model: Model, prompts: Sequence[Sequence[int]], gen_length: int, pad_id: int | None = None
+) -> tuple[array, torch.Tensor | None, int]:
+    """`make_canvas`'s rows as one flat int64 host array (B * (P+L), row after row; no
+    per-element conversion when a tensor wraps it), the key padding mask on the CPU, and P."""
     if not prompts:
         raise ValueError("decode() needs at least one prompt")
     P = max(len(p) for p in prompts)
     pad, mask_id = model.eos_id if pad_id is None else pad_id, model.mask_id
     if any(mask_id in p for p in prompts):
         raise ValueError("a prompt contains the mask token id")
-    # Built on the host as one flat int64 array the tensor wraps (no per-element conversion), and
-    # one copy to the device per decode.
     ids = array("q", [t for p in prompts for t in (*[pad] * (P - len(p)), *p, *[mask_id] * gen_length)])
-    x = torch.frombuffer(ids, dtype=torch.long).view(len(prompts), P + gen_length)
     mask = None
     if any(len(p) < P for p in prompts):
         mask = torch.tensor([[False] * (P - len(p)) + [True] * (len(p) + gen_length) for p in prompts])
-    device = model.device
-    if device.type != "cpu":
-        x, mask = x.to(device), None if mask is None else mask.to(device)
-    return x, mask, P
+    return ids, mask, P
 
 
 def generations(x: torch.Tensor, P: int, commits: list[list[int]], finish: Sequence[str] | str = "length") -> list[Generation]:
@@ -264,6 +272,11 @@ def quota(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
     return base + (torch.arange(steps, device=mask_count.device).view(1, -1) < rem).long()
 
 
+def quota_list(masks: int, steps: int) -> list[int]:
+    """`quota` of one block entered with `masks` masks, on the host: (steps,) ints."""
+    return [masks // steps + (j < masks % steps) for j in range(steps)]
+
+
 def check_cache(cache: str, refresh_every: int | None) -> None:
     """The settings of `block_loop`'s Fast-dLLM caches, shared by every decoder that uses it."""
     if cache not in CACHES:
@@ -377,19 +390,11 @@ def _key(s: list[float]) -> Callable[[int], tuple[bool, float]]:
     return lambda j: (s[j] != s[j], s[j])
 
 
+@lru_cache(maxsize=64)
 def as_dtype(value: float, dtype: torch.dtype) -> float:
-    """`value` rounded to `dtype`, as torch rounds a Python number it compares with a tensor."""
-    return value if dtype == torch.float64 else _rounded(value, dtype)
-
-
-_ROUNDED: dict[tuple[float, torch.dtype], float] = {}
-
-
-def _rounded(value: float, dtype: torch.dtype) -> float:
-    key = (value, dtype)
-    if key not in _ROUNDED:
-        _ROUNDED[key] = torch.tensor(value, dtype=dtype).item()
-    return _ROUNDED[key]
+    """`value` rounded to `dtype`, as torch rounds a Python number it compares with a tensor of
+    that dtype (`p > 0.3` on float32 compares with float32(0.3)); exact as a Python float."""
+    return value if dtype == torch.float64 else torch.tensor(value, dtype=dtype).item()
 
 
 def pick_threshold(s: list[float], cands: list[int], threshold: float, strict: bool = False) -> list[int]:

@@ -102,9 +102,7 @@ def decode(
         _parts.Noise(seeds, len(prompts), model.device) if cfg.temperature > 0 or cfg.remasking == "random" or seeds is not None else None
     )
     per_block = cfg.total_steps // (cfg.gen_length // cfg.block_length)
-    # Blocks start fully masked, so the quota (k_0..k_{s-1}) is the same for every block: LLaDA's
-    # floor(n / steps) each, the first n mod steps one more (`_parts.quota`).
-    k = [cfg.block_length // per_block + (i < cfg.block_length % per_block) for i in range(per_block)]
+    k = _parts.quota_list(cfg.block_length, per_block)  # blocks start fully masked: the same quota for each
 
     dream = bool(getattr(model, "logit_shift", False)) and cfg.threshold is not None
     if dream and cfg.cache == "none":

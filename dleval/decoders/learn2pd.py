@@ -213,7 +213,7 @@ def decode(
     per_block = cfg.total_steps // (L // B)
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
     gens = x[:, P:].tolist()
-    rows = [_Row(x[r : r + 1].clone(), gens[r], [-1] * L, P, _quota(B, per_block)) for r in range(N)]
+    rows = [_Row(x[r : r + 1].clone(), gens[r], [-1] * L, P, _parts.quota_list(B, per_block)) for r in range(N)]
     accept32 = _parts.as_dtype(cfg.accept_threshold, params["out.bias"].dtype)  # the sigmoid's dtype
     d = _Decode(model, params, rows, P, cfg, noise, accept32, model.mask_id, model.eos_id)
     calls = 0
@@ -239,11 +239,6 @@ def decode(
             commits[s] += 1
         out.append(Generation(tuple(row.gen), tuple(commits), "eos" if len(row.gen) < L else "length"))
     return out
-
-
-def _quota(masks: int, per_block: int) -> list[int]:
-    """LLaDA's quota (`_parts.quota`) for a block entered with `masks` masks."""
-    return [masks // per_block + (j < masks % per_block) for j in range(per_block)]
 
 
 def _step(d: _Decode, group: list[int], mask: torch.Tensor | None) -> dict[int, list[int]]:
@@ -351,7 +346,7 @@ def _advance(row: _Row, left: int, cfg: Config) -> None:
             row.done = True
         else:  # nothing commits outside the current block, so what is left of it is all masks
             per_block = cfg.total_steps // (cfg.gen_length // cfg.block_length)
-            row.quota, row.i = _quota(min(cfg.block_length, row.x.shape[1] - row.block), per_block), 0
+            row.quota, row.i = _parts.quota_list(min(cfg.block_length, row.x.shape[1] - row.block), per_block), 0
 
 
 def _report(on_step: OnStep, calls: int, rows: list[_Row], chosen: dict[int, list[int]], P: int, eos: int) -> None:
