@@ -137,7 +137,12 @@ def host_canvas(
     pad, mask_id = model.eos_id if pad_id is None else pad_id, model.mask_id
     if any(mask_id in p for p in prompts):
         raise ValueError("a prompt contains the mask token id")
-    ids = array("q", [t for p in prompts for t in (*[pad] * (P - len(p)), *p, *[mask_id] * gen_length)])
+    ids, masks = array("q"), array("q", [mask_id]) * gen_length
+    for p in prompts:  # array ops: no Python loop over the tokens
+        if len(p) < P:
+            ids += array("q", [pad]) * (P - len(p))
+        ids.extend(p)
+        ids += masks
     mask = None
     if any(len(p) < P for p in prompts):
         mask = torch.tensor([[False] * (P - len(p)) + [True] * (len(p) + gen_length) for p in prompts])

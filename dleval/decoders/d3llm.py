@@ -479,7 +479,8 @@ def _commit_thin(
     firsts = [next(((b.start - s0, b.end - s0) for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
     cands = [[i for i in range(ends[j] - s0) if gens[j][s0 - P + i] == mask_id] for j in range(len(group))]
     approx = _parts.neg_entropy32(lg).tolist()  # (R, n) -H, each row within `bands` of the float64 scores
-    bands = [_parts.entropy32_band(lg.shape[-1], max((-v[i] for i in c), default=0.0)) * _BAND_SCALE for v, c in zip(approx, cands)]
+    # the band of the row's largest float32 entropy (-min(v): at least every candidate's; NaN first: inf)
+    bands = [_parts.entropy32_band(lg.shape[-1], -min(v) if c else 0.0) * _BAND_SCALE for v, c in zip(approx, cands)]
     picks = [_choose(approx[j], cands[j], firsts[j], tau, bands[j]) for j in range(len(group))]
     if None in picks:  # a decision near its boundary: the reference's float64 -H (taken before the argmax writes lg)
         exact = _parts.neg_entropy(lg).tolist()
