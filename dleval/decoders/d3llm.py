@@ -528,10 +528,9 @@ def _choose(
     an argmax whose runner-up trails by more than twice the error cannot change)."""
     if not cands:
         return [], None
-    if band and any(not abs(v[i] + tau) > band for i in cands):
-        return None
-    chosen = _parts.pick_threshold(v, cands, -tau)  # `threshold_mask`'s rule, on the host
-    if band and v[chosen[0]] < -tau and _near(v, cands, chosen[0], band):  # nothing passed: the forced pick is close
+    # `threshold_mask`'s rule, on the host
+    chosen = _parts.pick_threshold_within(v, cands, -tau, band) if band else _parts.pick_threshold(v, cands, -tau)
+    if chosen is None:
         return None
     if first is None:
         return chosen, None
@@ -540,14 +539,9 @@ def _choose(
     if not inside or any(a <= i < z for i in chosen):
         return chosen, None
     q = max(inside, key=lambda i: (v[i] != v[i], v[i]))  # torch's argmax: first of equal maxima, NaN above all
-    if band and _near(v, inside, q, band):
+    if band and _parts.near_best(v, inside, q, band):
         return None
     return chosen, q
-
-
-def _near(v: list[float], cands: list[int], best: int, band: float) -> bool:
-    """Some other candidate's approximate score is within 2 * band of the best one's."""
-    return any(v[i] >= v[best] - 2 * band for i in cands if i != best)
 
 
 def _finish_step(row: _Row, gen: list[int], P: int, cfg: Config, mask_id: int, eos: int, marks: list[bool] | None) -> None:
