@@ -86,7 +86,7 @@ def greedy_matches_reference(logits, cfg, mask_id=1):
     """The sort-free greedy nucleus equals the reference's sort-based path bit for bit."""
     want_conf, want_tok = dream._sample_tokens(logits.clone(), cfg, mask_id, None)
     rows, hard_conf, token = dream._greedy_nucleus(logits.clone(), cfg, mask_id)
-    conf = torch.full((len(logits),), dream._ONE_HOT_CONF[cfg.alg])
+    conf = torch.full((len(logits),), dream._one_hot_conf(cfg.alg, logits.dtype), dtype=logits.dtype)
     if rows is not None:
         conf.index_copy_(0, rows, hard_conf)
     tok = torch.stack([token(j) for j in range(len(logits))])
@@ -107,6 +107,7 @@ def test_greedy_nucleus_equals_the_sorting_filter(alg, top_p):
     cfg = dream.Config(alg=alg, top_p=top_p)
     for logits in rows:
         greedy_matches_reference(logits, cfg)
+    greedy_matches_reference(rows[2].double(), cfg)  # float64 logits: a one-token nucleus's entropy is ~1e-10 there
 
 
 def nucleus(probs: list[float], V: int = 12) -> torch.Tensor:

@@ -39,6 +39,7 @@ rounding band and the sort itself as the fallback: the same values bit for bit (
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -168,9 +169,18 @@ def _score(filtered: torch.Tensor, cfg: Config, mask_id: int, gen: torch.Generat
 # the filter is `logits < (m-th largest)`, the reference's mask. Any other row (a boundary tie,
 # a nucleus beyond _TOP, a c_j in the band, NaN) is filtered by the sort itself.
 _TOP = 16  # nucleus sizes on the tiny models at top_p 0.9: 1 (87 %) to 8
-# A one-token nucleus leaves a one-hot distribution, exactly: exp(0) = 1 for any faithful exp, the
-# dropped logits' exps underflow to 0, 1/1 = 1. So p log(p + 1e-10) sums to 0 and p(x0) = 1 - 0 = 1.
-_ONE_HOT_CONF = {"entropy": 0.0, "maskgit_plus": 1.0, "topk_margin": 1.0}
+
+
+@functools.lru_cache(maxsize=16)
+def _one_hot_conf(alg: str, dtype: torch.dtype) -> float:
+    """The confidence of a one-token nucleus. It leaves a one-hot distribution, exactly: exp(0) = 1
+    for any faithful exp, the dropped logits' exps underflow to 0, 1/1 = 1. So p(x0) = 1 - 0 = 1
+    (maskgit_plus, topk_margin), and the entropy sum is 1 * log(1 + 1e-10) plus -0.0 terms (0 *
+    log(1e-10)): log(1 + 1e-10) in `dtype`, 0.0 in float32 (1 + 1e-10 rounds to 1), ~1e-10 in
+    float64 (log is position independent: a 0-d tensor gives a row's bits, tests/test_host.py)."""
+    if alg != "entropy":
+        return 1.0
+    return torch.log(torch.ones((), dtype=dtype) + 1e-10).item()
 
 
 def _greedy_nucleus(
@@ -178,7 +188,7 @@ def _greedy_nucleus(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, Callable[[int], torch.Tensor]]:
     """`_sample_tokens` at T = 0 with a nucleus filter, equal bit for bit, without a sort per row
     (see _TOP). Returns (rows, their confidences, token): every row not in `rows` (an index
-    tensor, None when empty) has the confidence `_ONE_HOT_CONF[cfg.alg]`; row j's token is
+    tensor, None when empty) has the confidence `_one_hot_conf(cfg.alg, dtype)`; row j's token is
     `token(j)`, taken only for the rows committed. A row whose top token alone clears top_p (most
     of them) is done with one softmax and a max (the step's host sync): its token is the argmax
     (its top logit is unique: p_top > 1/2). [MASK] is zeroed before the max, so a row whose top
@@ -273,7 +283,7 @@ def decode(
             full = torch.full((T - offset,), float("-inf"), dtype=lg.dtype, device=dev)
             if greedy:  # (T = 0, so k > 0 here)
                 hard, conf, token = _greedy_nucleus(lg, cfg, mask_id)
-                full.index_fill_(0, w, _ONE_HOT_CONF[cfg.alg])
+                full.index_fill_(0, w, _one_hot_conf(cfg.alg, lg.dtype))
                 if hard is not None:
                     full.index_copy_(0, w.index_select(0, hard), conf)
             else:
