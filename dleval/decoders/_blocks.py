@@ -12,19 +12,24 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from dleval.decoders import _parts
 from dleval.decoders._parts import check_cache, forward, generations, host_canvas, report_step
 from dleval.models.base import KVCache, Model
 from dleval.types import Generation, OnStep
 
 # select(logits (R, C, V) of the columns of each row's current block that `block_loop` shows it,
 # each row's forward index within its block, the prompts the R rows are) -> (x0 (R, C) proposed
-# tokens, never [MASK]; scores (R, C) the rule's numbers). R counts the rows forwarded, not every
-# prompt. `select` owns the logits (a view of this forward's output or a copy) and may write them.
-Select = Callable[[torch.Tensor, list[int], list[int]], tuple[torch.Tensor, torch.Tensor]]
+# tokens, never [MASK]; scores (R, C) the rule's numbers; retake: None, or when the scores are a
+# cheaper approximation of the reference's, a function giving the reference's scores (R, C)).
+# R counts the rows forwarded, not every prompt. `select` owns the logits (a view of this
+# forward's output or a copy) and may write them (not those a retake still reads).
+Select = Callable[[torch.Tensor, list[int], list[int]], tuple[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor] | None]]
 # rule(one row's scores over the C columns (host floats: the tensor's values exactly), the
 # columns that are still masked in that row (ascending; never empty), the row's forward index,
-# the scores' dtype) -> the columns to commit: a non-empty subset of the candidates.
-Rule = Callable[[list[float], list[int], int, torch.dtype], list[int]]
+# the scores' dtype) -> the columns to commit: a non-empty subset of the candidates; or None
+# when the scores are an approximation (select gave a retake) too close to a decision's
+# boundary: the rule is then asked again on the retaken (reference) scores.
+Rule = Callable[[list[float], list[int], int, torch.dtype], list[int] | None]
 
 
 def block_loop(
@@ -148,11 +153,18 @@ def block_loop(
         if brows:
             if len(brows) < len(rows):
                 logits = logits.index_select(0, torch.tensor([j for j, r in enumerate(rows) if r in brows], device=dev))
-            x0, scores = select(logits[:, a:z], [index[r] for r in brows], brows)  # (R', z - a) each
+            x0, scores, retake = select(logits[:, a:z], [index[r] for r in brows], brows)  # (R', z - a) each
             tokens, values = x0.tolist(), scores.tolist()  # the step's one read-back
+            cands = [[q for q in range(z - a) if open_[r][a + q]] for r in brows]
+            picks = [rule(values[j], cands[j], index[r], scores.dtype) for j, r in enumerate(brows)]
+            if None in picks:  # some row's decision is too close to call on the approximate scores
+                assert retake is not None, "a rule may decline only approximate scores"
+                exact = retake()
+                values = exact.tolist()
+                picks = [p if p is not None else rule(values[j], cands[j], index[r], exact.dtype) for j, (p, r) in enumerate(zip(picks, brows))]
             for j, r in enumerate(brows):
                 o, base = open_[r], P + block[r] * B + a
-                picked = rule(values[j], [q for q in range(z - a) if o[a + q]], index[r], scores.dtype)
+                picked = picks[j]
                 if not picked:
                     raise AssertionError("a selection rule must commit at least one masked position")
                 for q in picked:
@@ -205,6 +217,25 @@ class _HostCanvas:
             dev = self.x.device
             self.x[torch.tensor(r, device=dev), torch.tensor(t, device=dev)] = torch.tensor(v, device=dev)
             self.pending = []
+
+
+def pick_threshold_band(v: list[float], cands: list[int], threshold: float, band: float) -> list[int] | None:
+    """`_parts.pick_threshold(v, cands, threshold)` where `v` lies within `band` of the reference's
+    scores (float32 -H within `_parts.entropy32_band` of the float64 one), or None where that
+    choice could differ from the reference scores' one. Proven the same otherwise: every
+    candidate more than `band` from the threshold is on the same side of it in both (so the same
+    ones pass, `>=` included: an exact score equal to the threshold is within band); when some
+    pass, the best candidate passes in both (its exact score is at least a passing one's), so
+    the forced top-1 adds nothing; when none passes, the forced best (first of equal maxima) is
+    the same when every other candidate trails it by more than 2 band (exact ties trail by 0).
+    NaN: `abs` of it is not > band, so None."""
+    if any(not abs(v[i] - threshold) > band for i in cands):
+        return None
+    chosen = _parts.pick_threshold(v, cands, threshold)
+    best = chosen[0]
+    if v[best] < threshold and any(v[i] >= v[best] - 2 * band for i in cands if i != best):
+        return None
+    return chosen
 
 
 def blocks(

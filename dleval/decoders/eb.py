@@ -64,9 +64,9 @@ def decode(
 
     mask_id = model.mask_id
 
-    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, None]:
         v = _parts.neg_entropy(logits)  # -H
-        return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v  # (R, C) each
+        return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v, None  # (R, C) each
 
     def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int]:
         return _parts.pick_entropy_bound(v, cands, cfg.gamma)
