@@ -8,6 +8,7 @@ scores the block on the device and its `rule` decides each row's commits on the 
 from __future__ import annotations
 
 from array import array
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -236,6 +237,62 @@ def pick_threshold_band(v: list[float], cands: list[int], threshold: float, band
     if v[best] < threshold and any(v[i] >= v[best] - 2 * band for i in cands if i != best):
         return None
     return chosen
+
+
+APPROX = (torch.float32, torch.bfloat16, torch.float16)  # logits float32 holds exactly (the band assumes no rounding of them)
+BAND_SCALE = 1.0  # tests set it to inf: every decision retaken on the float64 scores
+
+
+def neg_entropy_select(
+    logits: torch.Tensor, temperature: float, mask_id: int, noise: _parts.Noise | None, rows: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor] | None]:
+    """A `Select` of the float64 -H rules (dParallel, EB): x0 (`_parts.propose`) and -H, the latter
+    first in float32 (`_parts.neg_entropy32`, a third of the float64 time) with the reference's
+    float64 `neg_entropy` as the retake; `propose` copies, so the logits stay intact for it.
+    Float64 logits (float32 would round them) take the float64 -H at once."""
+    if logits.dtype not in APPROX:
+        v = _parts.neg_entropy(logits)
+        return _parts.propose_(logits, temperature, mask_id, noise, rows), v, None
+    v = _parts.neg_entropy32(logits)
+    return _parts.propose(logits, temperature, mask_id, noise, rows), v, lambda: _parts.neg_entropy(logits)
+
+
+def entropy_band(v: list[float], cands: list[int], vocab: int) -> float:
+    """`_parts.entropy32_band` of a row's float32 -H `v`, valid at every candidate (the band grows
+    with H, so the largest candidate H's). inf with NaN or inf scores."""
+    return _parts.entropy32_band(vocab, max(-v[i] for i in cands)) * BAND_SCALE
+
+
+def pick_entropy_bound_band(v: list[float], cands: list[int], gamma: float, band: float) -> list[int] | None:
+    """`_parts.pick_entropy_bound(v, cands, gamma)` where `v` lies within `band` of the reference's
+    -H at every candidate, or None where that choice could differ from the reference scores' one.
+
+    The rule: sort -H descending (stable), k = the largest n with T_n = S_n - low_n >= -gamma
+    (S_n the sequential float64 sum of the first n, low_n their minimum), at least 1; commit the
+    first k. Proven the same otherwise. (1) k: in real numbers S_n - low_n is the sum of the n
+    largest values minus the n-th largest, and both are order statistics, which move by at most
+    n band and band when every value moves by at most band, whatever the ties and the order; the
+    float64 sums add at most n 2^-52 (sum |v| + n band) on each side (`slack`, far below band). So
+    when every T_n with n >= max(k, 2) lies more than (n + 1) band + slack from -gamma, the exact
+    tests agree for those n: the exact T_k passes (k >= 2) and no later one does, so the exact k
+    is k. (2) the set: when the k-th and (k+1)-th sorted values are more than 2 band apart, every
+    exact value of the first k exceeds every later one, so the exact sort's first k are the same
+    positions (exact ties across the cut are within 2 band: declined). NaN: declined."""
+    if not band < math.inf or any(v[j] != v[j] for j in cands):
+        return None
+    order = sorted(cands, key=v.__getitem__, reverse=True)  # stable: ties by position
+    t, total, low = [], 0.0, math.inf
+    for j in order:
+        total += v[j]
+        low = min(low, v[j])
+        t.append(total - low)
+    k = max((n for n in range(2, len(order) + 1) if t[n - 1] >= -gamma), default=1)
+    slack = 2.0**-50 * len(order) * (sum(-v[j] if v[j] < 0 else v[j] for j in order) + len(order) * band + gamma + 1)
+    if any(not abs(t[n - 1] + gamma) > (n + 1) * band + slack for n in range(max(k, 2), len(order) + 1)):
+        return None
+    if k < len(order) and not v[order[k - 1]] - v[order[k]] > 2 * band:
+        return None
+    return sorted(order[:k])
 
 
 def blocks(

@@ -39,8 +39,6 @@ BATCHED = True
 PAPER_MODEL = "Zigeng/dParallel-LLaDA-8B-instruct"
 DREAM_PAPER_MODEL = "Zigeng/dParallel_Dream_7B_Instruct"  # dParallel's Dream student (czg1225/dParallel README)
 CPU_MODEL = "tiny-dparallel"  # the bundled student of `dleval train distill --method dparallel`
-_APPROX = (torch.float32, torch.bfloat16, torch.float16)  # logits float32 holds exactly: -H approximated in float32 first
-_BAND_SCALE = 1.0  # tests set it to inf: every decision retaken on the float64 scores
 
 
 @dataclass(frozen=True)
@@ -82,20 +80,13 @@ def decode(
             x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
             p = torch.softmax(logits, dim=-1)
             return x0, (p * torch.log(p + 1e-8)).sum(dim=-1), None  # -H: the sum negated, exactly
-        if logits.dtype not in _APPROX:  # float64 logits: float32 would round them (the band assumes it does not)
-            v = _parts.neg_entropy(logits)  # -H: H <= tau is -H >= -tau, the negations exact
-            return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v, None  # (R, C) each
-        # -H first in float32, the reference's float64 -H only if some row's decision is too close
-        # to call (`rule`); `propose` copies, so the logits stay intact for that retake
-        v = _parts.neg_entropy32(logits)
         vocab[0] = logits.shape[-1]
-        return _parts.propose(logits, cfg.temperature, mask_id, noise, rows), v, lambda: _parts.neg_entropy(logits)
+        return _blocks.neg_entropy_select(logits, cfg.temperature, mask_id, noise, rows)  # -H float32 first, then float64 if asked
 
     def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int] | None:
         # the lowest H always, and every H <= tau (Dream: H < tau, i.e. -H > -tau; negation is exact)
         if dream or dtype == torch.float64:
             return _parts.pick_threshold(v, cands, -_parts.as_dtype(cfg.threshold, dtype), strict=dream)
-        band = _parts.entropy32_band(vocab[0], max(-v[i] for i in cands)) * _BAND_SCALE
-        return _blocks.pick_threshold_band(v, cands, -cfg.threshold, band)  # None: retaken in float64
+        return _blocks.pick_threshold_band(v, cands, -cfg.threshold, _blocks.entropy_band(v, cands, vocab[0]))  # None: retaken in float64
 
     return _blocks.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks

@@ -64,11 +64,15 @@ def decode(
 
     mask_id = model.mask_id
 
-    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, None]:
-        v = _parts.neg_entropy(logits)  # -H
-        return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v, None  # (R, C) each
+    vocab = [0]  # V of the last approximate scores (for their band)
 
-    def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int]:
-        return _parts.pick_entropy_bound(v, cands, cfg.gamma)
+    def select(logits: torch.Tensor, index: list[int], rows: list[int]):
+        vocab[0] = logits.shape[-1]
+        return _blocks.neg_entropy_select(logits, cfg.temperature, mask_id, noise, rows)  # -H float32 first, then float64 if asked
+
+    def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int] | None:
+        if dtype == torch.float64:  # the reference's scores
+            return _parts.pick_entropy_bound(v, cands, cfg.gamma)
+        return _blocks.pick_entropy_bound_band(v, cands, cfg.gamma, _blocks.entropy_band(v, cands, vocab[0]))  # None: retaken
 
     return _blocks.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks
