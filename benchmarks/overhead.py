@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     spec = tasks.load_task("synth_gsm")
     samples = tasks.load_samples(spec)[: args.problems]
     names = [decoders.canonical(n.strip()) for n in args.decoders.split(",") if n.strip()]
-    setups = {}
+    setups: dict = {}
     for name in names:
         info = decoders.info(name)
         module = decoders.load(name)
@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = decoder_config(module, spec.generation, {}, name)
         ids = [prompts.render(s, spec.prompt, loaded.tokenizer).ids for s in samples]
         setups[name] = (module, cfg, loaded.model, ids)
+    floor_model = models.load(decoders.info("llada").cpu_model, device="cpu")
+    floor_cfg = decoder_config(decoders.load("llada"), spec.generation, {}, "llada")
+    floor_ids = [prompts.render(s, spec.prompt, floor_model.tokenizer).ids for s in samples]
+    setups[FLOOR] = (_Floor, floor_cfg, floor_model.model, floor_ids)
+    names.append(FLOOR)
 
     # The setup (models, tokenizers) leaves many objects behind; freezing them keeps the cyclic
     # GC's full collections, which they would trigger at random, out of the timed decodes. Young
@@ -112,10 +117,33 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['cpu_forward_ms']:14.3f}{r['cpu_overhead_ms']:12.3f}{100 * r['cpu_share']:7.1f}%"
         )
     if args.check_tokens:
-        args.check_tokens.write_text(json.dumps(tokens) + "\n")
+        args.check_tokens.write_text(json.dumps({n: t for n, t in tokens.items() if n != FLOOR}) + "\n")
     result = {"problems": len(samples), "threads": args.threads, "load": load, "rows": rows}
     print(json.dumps(result))
     return result
+
+
+FLOOR = "(floor)"
+
+
+class _Floor:
+    """The `(floor)` row: a "decoder" that makes `gen_length` forwards of the prompt and its
+    masks and does nothing with the logits (the harness's own cost per step)."""
+
+    @staticmethod
+    @torch.inference_mode()
+    def decode(model, prompts, cfg):
+        out = []
+        for p in prompts:
+            x = torch.tensor([list(p) + [model.mask_id] * cfg.gen_length])
+            for _ in range(cfg.gen_length):
+                model.forward(x)
+            out.append(_NoTokens)
+        return out
+
+
+class _NoTokens:
+    tokens: tuple = ()
 
 
 if __name__ == "__main__":

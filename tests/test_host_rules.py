@@ -116,105 +116,43 @@ def test_float32_entropy_stays_within_its_band(vocab):
     assert _parts.entropy32_band(348, float("nan")) == math.inf and _parts.entropy32_band(2_000_000, 0.1) == math.inf
 
 
-def approximations(seed: int) -> list[tuple[list[float], list[float], float]]:
-    """(exact float64 -H row, an approximation within `band` of it, band): random entropies, heavy
-    ties, values placed at the thresholds/budgets the tests use, and the approximation's error
-    anywhere in [-band, band] (so some decisions flip and must be declined)."""
+def perturbed(seed: int) -> list[tuple[list[float], list[float], float]]:
+    """(exact -H, an approximation within `band` of it, band) rows: random entropies, heavy ties,
+    sums landing on gamma, one column; the approximation's error is up to the band itself."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    for i in range(300):
-        C = 1 + i % 12
-        if i % 3 == 0:
-            e = -torch.randint(0, 4, (C,), generator=g).double() / 40  # ties, sums landing on gamma = 0.1
-        elif i % 3 == 1:
-            e = -0.5 + (torch.rand(C, generator=g, dtype=torch.float64) - 0.5) * 2e-3  # at tau = 0.5
+    for case in range(300):
+        C = 1 + case % 9
+        if case % 3 == 0:
+            h = (torch.randint(0, 4, (C,), generator=g).double() / 40).tolist()  # ties; 0.025 steps (gamma 0.1 reachable exactly)
         else:
-            e = -torch.rand(C, generator=g, dtype=torch.float64) * 0.08
-        band = [1e-4, 1e-3, 1e-2][i % 3 * 0 + (i // 3) % 3]
-        a = e + (torch.rand(C, generator=g, dtype=torch.float64) * 2 - 1) * band
-        out.append((e.tolist(), a.tolist(), band))
+            h = (torch.rand(C, generator=g, dtype=torch.float64) * 0.2).tolist()
+        band = [0.0, 1e-9, 1e-4, 3e-3][case % 4]
+        approx = [-x + band * (2 * torch.rand(1, generator=g).item() - 1) for x in h]
+        out.append(([-x for x in h], approx, band))
     return out
 
 
-def test_pick_threshold_band_declines_or_agrees_with_the_exact_scores():
-    declined = decided = 0
-    for e, a, band in approximations(3) + [([-0.1, float("nan")], [-0.1, float("nan")], 1e-4)]:
-        for cands in [list(range(len(e))), list(range(0, len(e), 2))]:
-            got = _blocks.pick_threshold_band(a, cands, -0.5, band)
-            if got is None:
-                declined += 1
-            else:
-                decided += 1
-                assert got == _parts.pick_threshold(e, cands, -0.5), (e, a, band)
-    assert declined > 20 and decided > 100  # both paths exercised
-    assert _blocks.pick_threshold_band([-0.1, float("nan")], [0, 1], -0.5, 1e-4) is None
+def test_pick_threshold_within_answers_only_the_exact_choice():
+    answered = 0
+    for exact, approx, band in perturbed(5):
+        for tau in (0.0, 0.05, 0.1, 0.125):
+            got = _parts.pick_threshold_within(approx, list(range(len(exact))), -tau, band)
+            if got is not None:
+                answered += 1
+                assert got == _parts.pick_threshold(exact, list(range(len(exact))), -tau)
+    assert answered > 300  # the band decides most rows: the check is not vacuous
 
 
-def test_pick_entropy_bound_band_declines_or_agrees_with_the_exact_scores():
-    declined = decided = 0
-    for e, a, band in approximations(4):
-        for cands in [list(range(len(e))), list(range(0, len(e), 2))]:
-            got = _blocks.pick_entropy_bound_band(a, cands, 0.1, band)
-            if got is None:
-                declined += 1
-            else:
-                decided += 1
-                assert got == _parts.pick_entropy_bound(e, cands, 0.1), (e, a, band)
-    assert declined > 20 and decided > 100
-    assert _blocks.pick_entropy_bound_band([-0.1, float("nan")], [0, 1], 0.1, 1e-4) is None
-    assert _blocks.pick_entropy_bound_band([-0.1, -0.2], [0, 1], 0.1, math.inf) is None
-
-
-@pytest.mark.parametrize("name", ["dparallel", "eb"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_float32_entropy_rules_decode_as_the_float64_ones(name, dtype, monkeypatch):
-    """dParallel and EB with -H in float32 first: the same tokens as with every decision retaken
-    on the float64 -H (BAND_SCALE = inf), the retake taken at least once on the tiny model, for
-    float32, bf16 and float64 logits (float64: no approximation), several settings, a batch of 2."""
-    from dleval import decoders, models
-
-    module = decoders.load(name)
-    loaded = models.load(decoders.info(name).cpu_model, device="cpu")
-    model = loaded.model
-
-    class Cast:  # the tiny model's logits in `dtype`
-        def __getattr__(self, k):
-            return getattr(model, k)
-
-        def forward(self, ids, **kw):
-            out = model.forward(ids, **kw)
-            out.logits = out.logits.to(dtype)
-            return out
-
-    prompts = [loaded.tokenizer.encode("Tom has 3 apples and buys 4 more. How many?"), loaded.tokenizer.encode("2 + 2 =")]
-    knob = {"dparallel": "threshold", "eb": "gamma"}[name]
-    calls = {"retakes": 0}
-    real = _blocks.neg_entropy_select
-
-    def counting(*args):
-        x0, v, retake = real(*args)
-        if retake is None:
-            return x0, v, None
-
-        def counted():
-            calls["retakes"] += 1
-            return retake()
-
-        return x0, v, counted
-
-    monkeypatch.setattr(_blocks, "neg_entropy_select", counting)
-    # the lowest H of the first block at the first forward, as tau or gamma: a decision on its boundary
-    x = torch.tensor([prompts[0] + [model.mask_id] * 32])
-    lowest = -_parts.neg_entropy(model.forward(x).logits[0, len(prompts[0]) : len(prompts[0]) + 8].to(dtype)).max().item()
-    fast_retakes = 0
-    for value, cache, T in [(lowest, "none", 0.0), (0.5, "none", 0.0), (0.05, "prefix", 0.0), (2.0, "dual", 0.0), (0.5, "none", 0.7)]:
-        cfg = module.Config(gen_length=32, block_length=8, cache=cache, temperature=T, **{knob: value})
-        seeds = [1, 2] if T else None
-        calls["retakes"] = 0
-        fast = module.decode(Cast(), prompts, cfg, seeds=seeds)
-        fast_retakes += calls["retakes"]
-        with monkeypatch.context() as m:
-            m.setattr(_blocks, "BAND_SCALE", math.inf)
-            slow = module.decode(Cast(), prompts, cfg, seeds=seeds)
-        assert fast == slow
-    assert (fast_retakes > 0) == (dtype != torch.float64)  # the fallback ran where there is one
+def test_pick_entropy_bound_within_answers_only_the_exact_choice():
+    answered = 0
+    for exact, approx, band in perturbed(6):
+        for gamma in (0.0, 0.05, 0.1, 0.3):
+            cands = list(range(len(exact)))
+            got = _parts.pick_entropy_bound_within(approx, cands, gamma, band)
+            if got is not None:
+                answered += 1
+                assert got == _parts.pick_entropy_bound(exact, cands, gamma)
+    assert answered > 300
+    assert _parts.pick_entropy_bound_within([-0.1, float("nan")], [0, 1], 0.1, 1e-6) is None
+    assert _parts.pick_entropy_bound_within([-0.1, -0.2], [0, 1], 0.1, math.inf) is None

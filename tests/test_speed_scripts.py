@@ -41,8 +41,10 @@ def test_gpu_benchmark_runs_on_cpu_with_a_small_config():
 @pytest.mark.slow  # ~30 s on a loaded 2-core machine
 def test_overhead_benchmark_runs():
     result = script("overhead.py", "--problems", "2", "--repeats", "1", "--decoders", "fastdllm,llada")
-    assert [r["decoder"] for r in result["rows"]] == ["fastdllm", "llada"]
+    assert [r["decoder"] for r in result["rows"]] == ["fastdllm", "llada", "(floor)"]
     assert all(r["forwards"] >= 1 and r["cpu_forward_ms"] > 0 for r in result["rows"])
+    floor, llada = result["rows"][2], result["rows"][1]
+    assert floor["forwards"] == llada["forwards"]  # llada's shapes and forward count, no decoding
 
 
 @pytest.mark.slow  # batching itself is checked in tests/test_batched.py

@@ -8,28 +8,27 @@ scores the block on the device and its `rule` decides each row's commits on the 
 from __future__ import annotations
 
 from array import array
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 
-from dleval.decoders import _parts
 from dleval.decoders._parts import check_cache, forward, generations, host_canvas, report_step
 from dleval.models.base import KVCache, Model
 from dleval.types import Generation, OnStep
 
 # select(logits (R, C, V) of the columns of each row's current block that `block_loop` shows it,
 # each row's forward index within its block, the prompts the R rows are) -> (x0 (R, C) proposed
-# tokens, never [MASK]; scores (R, C) the rule's numbers; retake: None, or when the scores are a
-# cheaper approximation of the reference's, a function giving the reference's scores (R, C)).
-# R counts the rows forwarded, not every prompt. `select` owns the logits (a view of this
-# forward's output or a copy) and may write them (not those a retake still reads).
-Select = Callable[[torch.Tensor, list[int], list[int]], tuple[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor] | None]]
+# tokens, never [MASK]; scores (R, C) the rule's numbers) or (x0, scores, exact): then `scores`
+# are cheaper approximations of the reference's and `exact()` computes the reference's (R, C),
+# called only when a rule cannot decide from the approximations. R counts the rows forwarded,
+# not every prompt. `select` owns the logits (a view of this forward's output or a copy) and may
+# write them.
+Select = Callable[[torch.Tensor, list[int], list[int]], tuple]
 # rule(one row's scores over the C columns (host floats: the tensor's values exactly), the
 # columns that are still masked in that row (ascending; never empty), the row's forward index,
 # the scores' dtype) -> the columns to commit: a non-empty subset of the candidates; or None
-# when the scores are an approximation (select gave a retake) too close to a decision's
-# boundary: the rule is then asked again on the retaken (reference) scores.
+# when the scores are approximations (select's third value) too close to a decision to take it:
+# the rule is asked again with the exact scores, where it must decide.
 Rule = Callable[[list[float], list[int], int, torch.dtype], list[int] | None]
 
 
@@ -154,18 +153,18 @@ def block_loop(
         if brows:
             if len(brows) < len(rows):
                 logits = logits.index_select(0, torch.tensor([j for j, r in enumerate(rows) if r in brows], device=dev))
-            x0, scores, retake = select(logits[:, a:z], [index[r] for r in brows], brows)  # (R', z - a) each
+            x0, scores, *exact = select(logits[:, a:z], [index[r] for r in brows], brows)  # (R', z - a) each
             tokens, values = x0.tolist(), scores.tolist()  # the step's one read-back
             cands = [[q for q in range(z - a) if open_[r][a + q]] for r in brows]
             picks = [rule(values[j], cands[j], index[r], scores.dtype) for j, r in enumerate(brows)]
-            if None in picks:  # some row's decision is too close to call on the approximate scores
-                assert retake is not None, "a rule may decline only approximate scores"
-                exact = retake()
-                values = exact.tolist()
-                picks = [p if p is not None else rule(values[j], cands[j], index[r], exact.dtype) for j, (p, r) in enumerate(zip(picks, brows))]
+            if None in picks:  # approximate scores too close to a decision: the reference's, once for the step
+                if not exact:
+                    raise AssertionError("a rule may answer None only for approximate scores")
+                ref = exact[0]()
+                values = ref.tolist()
+                picks = [p if p is not None else rule(values[j], cands[j], index[r], ref.dtype) for j, (p, r) in enumerate(zip(picks, brows))]
             for j, r in enumerate(brows):
-                o, base = open_[r], P + block[r] * B + a
-                picked = picks[j]
+                o, base, picked = open_[r], P + block[r] * B + a, picks[j]
                 if not picked:
                     raise AssertionError("a selection rule must commit at least one masked position")
                 for q in picked:
@@ -218,81 +217,6 @@ class _HostCanvas:
             dev = self.x.device
             self.x[torch.tensor(r, device=dev), torch.tensor(t, device=dev)] = torch.tensor(v, device=dev)
             self.pending = []
-
-
-def pick_threshold_band(v: list[float], cands: list[int], threshold: float, band: float) -> list[int] | None:
-    """`_parts.pick_threshold(v, cands, threshold)` where `v` lies within `band` of the reference's
-    scores (float32 -H within `_parts.entropy32_band` of the float64 one), or None where that
-    choice could differ from the reference scores' one. Proven the same otherwise: every
-    candidate more than `band` from the threshold is on the same side of it in both (so the same
-    ones pass, `>=` included: an exact score equal to the threshold is within band); when some
-    pass, the best candidate passes in both (its exact score is at least a passing one's), so
-    the forced top-1 adds nothing; when none passes, the forced best (first of equal maxima) is
-    the same when every other candidate trails it by more than 2 band (exact ties trail by 0).
-    NaN: `abs` of it is not > band, so None."""
-    if any(not abs(v[i] - threshold) > band for i in cands):
-        return None
-    chosen = _parts.pick_threshold(v, cands, threshold)
-    best = chosen[0]
-    if v[best] < threshold and any(v[i] >= v[best] - 2 * band for i in cands if i != best):
-        return None
-    return chosen
-
-
-APPROX = (torch.float32, torch.bfloat16, torch.float16)  # logits float32 holds exactly (the band assumes no rounding of them)
-BAND_SCALE = 1.0  # tests set it to inf: every decision retaken on the float64 scores
-
-
-def neg_entropy_select(
-    logits: torch.Tensor, temperature: float, mask_id: int, noise: _parts.Noise | None, rows: list[int]
-) -> tuple[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor] | None]:
-    """A `Select` of the float64 -H rules (dParallel, EB): x0 (`_parts.propose`) and -H, the latter
-    first in float32 (`_parts.neg_entropy32`, a third of the float64 time) with the reference's
-    float64 `neg_entropy` as the retake; `propose` copies, so the logits stay intact for it.
-    Float64 logits (float32 would round them) take the float64 -H at once."""
-    if logits.dtype not in APPROX:
-        v = _parts.neg_entropy(logits)
-        return _parts.propose_(logits, temperature, mask_id, noise, rows), v, None
-    v = _parts.neg_entropy32(logits)
-    return _parts.propose(logits, temperature, mask_id, noise, rows), v, lambda: _parts.neg_entropy(logits)
-
-
-def entropy_band(v: list[float], cands: list[int], vocab: int) -> float:
-    """`_parts.entropy32_band` of a row's float32 -H `v`, valid at every candidate (the band grows
-    with H, so the largest candidate H's). inf with NaN or inf scores."""
-    return _parts.entropy32_band(vocab, max(-v[i] for i in cands)) * BAND_SCALE
-
-
-def pick_entropy_bound_band(v: list[float], cands: list[int], gamma: float, band: float) -> list[int] | None:
-    """`_parts.pick_entropy_bound(v, cands, gamma)` where `v` lies within `band` of the reference's
-    -H at every candidate, or None where that choice could differ from the reference scores' one.
-
-    The rule: sort -H descending (stable), k = the largest n with T_n = S_n - low_n >= -gamma
-    (S_n the sequential float64 sum of the first n, low_n their minimum), at least 1; commit the
-    first k. Proven the same otherwise. (1) k: in real numbers S_n - low_n is the sum of the n
-    largest values minus the n-th largest, and both are order statistics, which move by at most
-    n band and band when every value moves by at most band, whatever the ties and the order; the
-    float64 sums add at most n 2^-52 (sum |v| + n band) on each side (`slack`, far below band). So
-    when every T_n with n >= max(k, 2) lies more than (n + 1) band + slack from -gamma, the exact
-    tests agree for those n: the exact T_k passes (k >= 2) and no later one does, so the exact k
-    is k. (2) the set: when the k-th and (k+1)-th sorted values are more than 2 band apart, every
-    exact value of the first k exceeds every later one, so the exact sort's first k are the same
-    positions (exact ties across the cut are within 2 band: declined). NaN: declined."""
-    if not band < math.inf or any(v[j] != v[j] for j in cands):
-        return None
-    order = sorted(cands, key=v.__getitem__, reverse=True)  # stable: ties by position
-    t, total, low = [], 0.0, math.inf
-    for j in order:
-        total += v[j]
-        low = min(low, v[j])
-        t.append(total - low)
-    k = max((n for n in range(2, len(order) + 1) if t[n - 1] >= -gamma), default=1)
-    slack = 2.0**-50 * len(order) * (sum(-v[j] if v[j] < 0 else v[j] for j in order) + len(order) * band + gamma + 1)
-    if any(not abs(t[n - 1] + gamma) > (n + 1) * band + slack for n in range(max(k, 2), len(order) + 1)):
-        return None
-    if k < len(order) and not v[order[k - 1]] - v[order[k]] > 2 * band:
-        return None
-    return sorted(order[:k])
 
 
 def blocks(

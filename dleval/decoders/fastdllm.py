@@ -110,16 +110,16 @@ def decode(
 
     mask_id = model.mask_id
 
-    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, None]:
+    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if dream:  # Fast-dLLM's Dream `sample_tokens` (see _dream_propose, _dream_confidence)
             x0 = _dream_propose(logits, cfg, mask_id, noise, rows)
-            return x0, _dream_confidence(logits, x0) if cfg.remasking == "low_confidence" else noise.uniform(x0.shape[1:], rows), None
+            return x0, _dream_confidence(logits, x0) if cfg.remasking == "low_confidence" else noise.uniform(x0.shape[1:], rows)
         if cfg.remasking == "low_confidence":  # the softmax first: the argmax then writes the logits
             p = torch.softmax(logits, dim=-1, dtype=torch.float64)
             x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
-            return x0, p.gather(-1, x0.unsqueeze(-1)).squeeze(-1), None
+            return x0, p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         x0 = _parts.propose_(logits, cfg.temperature, mask_id, noise, rows)
-        return x0, noise.uniform(x0.shape[1:], rows), None
+        return x0, noise.uniform(x0.shape[1:], rows)
 
     def rule(conf: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int]:
         if cfg.threshold is None:  # LLaDA's quota
