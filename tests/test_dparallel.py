@@ -6,6 +6,7 @@ Run: pytest tests/test_dparallel.py
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -148,3 +149,58 @@ def test_dream_path_keeps_only_entropies_strictly_below_tau():
     for tau, first in ((h1, 1), (float(torch.nextafter(torch.tensor(h1), torch.tensor(9.0))), 2)):
         gen, _, _ = decode(dparallel.Config(gen_length=L, block_length=L, threshold=tau), [4, 5], ShiftedFixedLogits(table))
         assert gen.committed_per_step[0] == first
+
+
+_neg_entropy = _parts.neg_entropy
+
+
+@pytest.mark.parametrize("side", ["at", "below"])
+def test_float32_entropy_is_retaken_in_float64_at_the_threshold(monkeypatch, side):
+    """tau equal to (or one float below) a position's float64 entropy: the float32 -H cannot tell
+    the two apart, so the step retakes the reference's float64 scores (with the [MASK] logit the
+    proposal overwrote put back) and commits exactly the positions with H <= tau plus the lowest."""
+    P, L = len(PROMPT), 8
+    table = torch.full((P + L, 8), -5.0)
+    for i in range(L):
+        table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) * (1 + 0.7 * i)  # entropy falls with i
+    table[:, 1] = 0.3  # the [MASK] logit counts in the reference's entropy
+    h = _parts.entropy(table[P:]).tolist()
+    tau = h[4] if side == "at" else math.nextafter(h[4], -math.inf)
+    retakes = []
+    monkeypatch.setattr(_parts, "neg_entropy", lambda lg: retakes.append(1) or _neg_entropy(lg))
+    _, _, steps = decode(dparallel.Config(gen_length=L, block_length=L, threshold=tau), model=FixedLogits(table))
+    want = [hi <= tau for hi in h]
+    want[h.index(min(h))] = True
+    assert steps[0].committed[0, P:].tolist() == want
+    assert retakes  # the float64 retake ran
+
+
+def test_float32_near_tie_for_the_forced_commit_is_retaken(monkeypatch):
+    """No position passes tau and two share the lowest entropy: the float32 scores cannot name
+    the lowest, the float64 ones do (the first of equal minima, the reference's argmax)."""
+    P, L = len(PROMPT), 8
+    table = torch.full((P + L, 8), -5.0)
+    for i in range(L):
+        table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) * (1 + 0.1 * (i % 4))  # positions 3, 7 lowest, tied
+    retakes = []
+    monkeypatch.setattr(_parts, "neg_entropy", lambda lg: retakes.append(1) or _neg_entropy(lg))
+    gen, nfe, steps = decode(dparallel.Config(gen_length=L, block_length=L, threshold=0.0), model=FixedLogits(table))
+    assert steps[0].committed[0, P:].nonzero().flatten().tolist() == [3] and retakes
+    assert nfe == L and set(gen.committed_per_step) == {1}
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_float32_fast_path_equals_the_float64_path(monkeypatch, cache):
+    """With the band infinite every decision is taken on the float64 scores: the same tokens and
+    commits as the float32 path with its retakes, on a random model (thresholds around its
+    entropies, a batch of two prompts of different lengths, T > 0 with seeds)."""
+    model = random_llada(seed=3)
+    prompts = [PROMPT, [7, 3, 9]]
+    for tau, temperature in [(0.0, 0.0), (PARALLEL, 0.0), (4.1, 0.0), (100.0, 0.0), (PARALLEL, 0.7)]:
+        cfg = dparallel.Config(gen_length=16, block_length=8, threshold=tau, cache=cache, temperature=temperature)
+        seeds = [1, 2] if temperature else None
+        fast = dparallel.decode(Counted(model), prompts, cfg, seeds=seeds)
+        with monkeypatch.context() as m:
+            m.setattr(dparallel, "BAND_SCALE", math.inf)
+            slow = dparallel.decode(Counted(model), prompts, cfg, seeds=seeds)
+        assert fast == slow

@@ -5,13 +5,15 @@ Run: pytest tests/test_eb.py
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from dleval.decoders import _parts, eb
 from dleval.models.base import Counted
 from tests.conftest import random_llada
-from tests.recording import Recording, block_logits
+from tests.recording import FixedLogits, Recording, block_logits
 
 PROMPTS = [[5, 9, 12, 7, 30], [8, 3, 44]]
 
@@ -89,3 +91,39 @@ def test_default_gamma_is_diffusers_entropy_bound():
     assert eb.Config().gamma == 0.1
     with pytest.raises(ValueError, match="gamma"):
         eb.Config(gamma=-0.1)
+
+
+_neg_entropy = _parts.neg_entropy
+
+
+def test_float32_entropy_is_retaken_in_float64_at_the_bound(monkeypatch):
+    """gamma set to the float64 sum of the two lowest entropies: the float32 -H cannot tell
+    whether a third token fits, so the step retakes the float64 scores and commits what the
+    float64 rule commits."""
+    P, L = 5, 8
+    table = torch.full((P + L, 8), -5.0)
+    for i in range(L):
+        table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) * (3 + i)  # entropy falls with i
+    h = sorted(_parts.entropy(table[P:]).tolist())
+    gamma = h[0] + h[1]  # in float64, as the rule sums them
+    retakes = []
+    monkeypatch.setattr(_parts, "neg_entropy", lambda lg: retakes.append(1) or _neg_entropy(lg))
+    _, _, steps = decode(eb.Config(gen_length=L, block_length=L, gamma=gamma), PROMPTS[0], model=FixedLogits(table))
+    v = (-_parts.entropy(table[P:])).tolist()
+    want = _parts.pick_entropy_bound(v, list(range(L)), gamma)
+    assert steps[0].committed[0, P:].nonzero().flatten().tolist() == want and retakes
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_float32_fast_path_equals_the_float64_path(monkeypatch, cache):
+    """With the band infinite every decision is taken on the float64 scores: the same tokens and
+    commits as the float32 path with its retakes (random model, a batch of two, T > 0 too)."""
+    model = random_llada(seed=4)
+    for gamma, temperature in [(0.0, 0.0), (0.1, 0.0), (1.0, 0.0), (5.0, 0.0), (1.0, 0.7)]:
+        cfg = eb.Config(gen_length=16, block_length=8, gamma=gamma, cache=cache, temperature=temperature)
+        seeds = [1, 2] if temperature else None
+        fast = eb.decode(Counted(model), PROMPTS, cfg, seeds=seeds)
+        with monkeypatch.context() as m:
+            m.setattr(eb, "BAND_SCALE", math.inf)
+            slow = eb.decode(Counted(model), PROMPTS, cfg, seeds=seeds)
+        assert fast == slow

@@ -114,3 +114,45 @@ def test_float32_entropy_stays_within_its_band(vocab):
             band = _parts.entropy32_band(vocab, -a)
             assert abs(a - e) <= band / 10, (vocab, scale, a, e, band)
     assert _parts.entropy32_band(348, float("nan")) == math.inf and _parts.entropy32_band(2_000_000, 0.1) == math.inf
+
+
+def perturbed(seed: int) -> list[tuple[list[float], list[float], float]]:
+    """(exact -H, an approximation within `band` of it, band) rows: random entropies, heavy ties,
+    sums landing on gamma, one column; the approximation's error is up to the band itself."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for case in range(300):
+        C = 1 + case % 9
+        if case % 3 == 0:
+            h = (torch.randint(0, 4, (C,), generator=g).double() / 40).tolist()  # ties; 0.025 steps (gamma 0.1 reachable exactly)
+        else:
+            h = (torch.rand(C, generator=g, dtype=torch.float64) * 0.2).tolist()
+        band = [0.0, 1e-9, 1e-4, 3e-3][case % 4]
+        approx = [-x + band * (2 * torch.rand(1, generator=g).item() - 1) for x in h]
+        out.append(([-x for x in h], approx, band))
+    return out
+
+
+def test_pick_threshold_within_answers_only_the_exact_choice():
+    answered = 0
+    for exact, approx, band in perturbed(5):
+        for tau in (0.0, 0.05, 0.1, 0.125):
+            got = _parts.pick_threshold_within(approx, list(range(len(exact))), -tau, band)
+            if got is not None:
+                answered += 1
+                assert got == _parts.pick_threshold(exact, list(range(len(exact))), -tau)
+    assert answered > 300  # the band decides most rows: the check is not vacuous
+
+
+def test_pick_entropy_bound_within_answers_only_the_exact_choice():
+    answered = 0
+    for exact, approx, band in perturbed(6):
+        for gamma in (0.0, 0.05, 0.1, 0.3):
+            cands = list(range(len(exact)))
+            got = _parts.pick_entropy_bound_within(approx, cands, gamma, band)
+            if got is not None:
+                answered += 1
+                assert got == _parts.pick_entropy_bound(exact, cands, gamma)
+    assert answered > 300
+    assert _parts.pick_entropy_bound_within([-0.1, float("nan")], [0, 1], 0.1, 1e-6) is None
+    assert _parts.pick_entropy_bound_within([-0.1, -0.2], [0, 1], 0.1, math.inf) is None

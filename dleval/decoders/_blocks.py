@@ -18,13 +18,18 @@ from dleval.types import Generation, OnStep
 
 # select(logits (R, C, V) of the columns of each row's current block that `block_loop` shows it,
 # each row's forward index within its block, the prompts the R rows are) -> (x0 (R, C) proposed
-# tokens, never [MASK]; scores (R, C) the rule's numbers). R counts the rows forwarded, not every
-# prompt. `select` owns the logits (a view of this forward's output or a copy) and may write them.
-Select = Callable[[torch.Tensor, list[int], list[int]], tuple[torch.Tensor, torch.Tensor]]
+# tokens, never [MASK]; scores (R, C) the rule's numbers) or (x0, scores, exact): then `scores`
+# are cheaper approximations of the reference's and `exact()` computes the reference's (R, C),
+# called only when a rule cannot decide from the approximations. R counts the rows forwarded,
+# not every prompt. `select` owns the logits (a view of this forward's output or a copy) and may
+# write them.
+Select = Callable[[torch.Tensor, list[int], list[int]], tuple]
 # rule(one row's scores over the C columns (host floats: the tensor's values exactly), the
 # columns that are still masked in that row (ascending; never empty), the row's forward index,
-# the scores' dtype) -> the columns to commit: a non-empty subset of the candidates.
-Rule = Callable[[list[float], list[int], int, torch.dtype], list[int]]
+# the scores' dtype) -> the columns to commit: a non-empty subset of the candidates; or None
+# when the scores are approximations (select's third value) too close to a decision to take it:
+# the rule is asked again with the exact scores, where it must decide.
+Rule = Callable[[list[float], list[int], int, torch.dtype], list[int] | None]
 
 
 def block_loop(
@@ -148,11 +153,18 @@ def block_loop(
         if brows:
             if len(brows) < len(rows):
                 logits = logits.index_select(0, torch.tensor([j for j, r in enumerate(rows) if r in brows], device=dev))
-            x0, scores = select(logits[:, a:z], [index[r] for r in brows], brows)  # (R', z - a) each
+            x0, scores, *exact = select(logits[:, a:z], [index[r] for r in brows], brows)  # (R', z - a) each
             tokens, values = x0.tolist(), scores.tolist()  # the step's one read-back
+            cands = [[q for q in range(z - a) if open_[r][a + q]] for r in brows]
+            picks = [rule(values[j], cands[j], index[r], scores.dtype) for j, r in enumerate(brows)]
+            if None in picks:  # approximate scores too close to a decision: the reference's, once for the step
+                if not exact:
+                    raise AssertionError("a rule may answer None only for approximate scores")
+                ref = exact[0]()
+                values = ref.tolist()
+                picks = [p if p is not None else rule(values[j], cands[j], index[r], ref.dtype) for j, (p, r) in enumerate(zip(picks, brows))]
             for j, r in enumerate(brows):
-                o, base = open_[r], P + block[r] * B + a
-                picked = rule(values[j], [q for q in range(z - a) if o[a + q]], index[r], scores.dtype)
+                o, base, picked = open_[r], P + block[r] * B + a, picks[j]
                 if not picked:
                     raise AssertionError("a selection rule must commit at least one masked position")
                 for q in picked:

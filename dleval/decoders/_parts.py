@@ -137,7 +137,12 @@ def host_canvas(
     pad, mask_id = model.eos_id if pad_id is None else pad_id, model.mask_id
     if any(mask_id in p for p in prompts):
         raise ValueError("a prompt contains the mask token id")
-    ids = array("q", [t for p in prompts for t in (*[pad] * (P - len(p)), *p, *[mask_id] * gen_length)])
+    ids, masks = array("q"), array("q", [mask_id]) * gen_length
+    for p in prompts:  # array ops: no Python loop over the tokens
+        if len(p) < P:
+            ids += array("q", [pad]) * (P - len(p))
+        ids.extend(p)
+        ids += masks
     mask = None
     if any(len(p) < P for p in prompts):
         mask = torch.tensor([[False] * (P - len(p)) + [True] * (len(p) + gen_length) for p in prompts])
@@ -408,6 +413,26 @@ def pick_threshold(s: list[float], cands: list[int], threshold: float, strict: b
     return passed if best in passed else sorted([*passed, best])
 
 
+def pick_threshold_within(v: list[float], cands: list[int], threshold: float, band: float) -> list[int] | None:
+    """`pick_threshold(exact, cands, threshold)` from approximations `v`, each within `band` of
+    the exact score (a float32 -H and `entropy32_band`), or None where `v` cannot tell: a
+    candidate within `band` of the threshold (or NaN), or, when none passes, a runner-up within
+    2 * band of the best. Otherwise every comparison with the threshold has the exact sign, and
+    the best leads every other candidate in the exact scores too."""
+    if any(not abs(v[j] - threshold) > band for j in cands):
+        return None
+    chosen = pick_threshold(v, cands, threshold)
+    if v[chosen[0]] < threshold and near_best(v, cands, chosen[0], band):
+        return None
+    return chosen
+
+
+def near_best(v: list[float], cands: list[int], best: int, band: float) -> bool:
+    """Some other candidate's approximate score is within 2 * band of the best one's: with every
+    score within `band` of its exact value, the exact argmax may be another candidate."""
+    return any(v[i] >= v[best] - 2 * band for i in cands if i != best)
+
+
 def pick_top_k(s: list[float], cands: list[int], k: int) -> list[int]:
     """`top_k_mask(s with non-candidates at -inf, k) & candidates` on the host: the k best-scored
     candidates (ties by position; NaN first, as torch's stable descending sort)."""
@@ -429,6 +454,36 @@ def pick_entropy_bound(v: list[float], cands: list[int], gamma: float) -> list[i
         low = min(low, v[j])
         if total - low >= -gamma:
             k = n
+    return sorted(order[:k])
+
+
+def pick_entropy_bound_within(v: list[float], cands: list[int], gamma: float, band: float) -> list[int] | None:
+    """`pick_entropy_bound(exact, cands, gamma)` from approximations `v`, each within `band` of the
+    exact -H (a float32 -H and `entropy32_band`), or None where `v` cannot tell.
+
+    Why it is exact when it answers: the rule's test at n, sum(H_1..n) - max(H_1..n) <= gamma, is
+    a function of the n smallest entropies only (their sum minus the n-th smallest), and both are
+    1-Lipschitz in every entropy: with each score within `band`, the exact and approximate values
+    of the test differ by at most (n + 1) band, whatever the order of near-equal scores. Add the
+    float64 rounding of both sequential sums (each <= n 2^-53 sum |v|, taken twice over): a test
+    further than that from -gamma has the exact outcome, so k (the largest n that passes) is
+    exact; then the first k candidates are the exact first k when the k-th score leads the next
+    by more than 2 band (else None). A NaN or an infinite band: None."""
+    if math.isinf(band) or any(v[j] != v[j] for j in cands):
+        return None
+    order = sorted(cands, key=v.__getitem__, reverse=True)  # stable: ties by position
+    k, total, low, size = 1, 0.0, math.inf, 0.0
+    for n, j in enumerate(order, 1):
+        total += v[j]
+        low = min(low, v[j])
+        size += abs(v[j]) + band
+        slack = (n + 1) * band + 4 * n * 2.0**-53 * size
+        if total - low >= -gamma + slack:
+            k = n
+        elif not total - low < -gamma - slack:
+            return None
+    if k < len(order) and not v[order[k - 1]] - v[order[k]] > 2 * band:
+        return None
     return sorted(order[:k])
 
 

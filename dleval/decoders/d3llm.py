@@ -479,7 +479,8 @@ def _commit_thin(
     firsts = [next(((b.start - s0, b.end - s0) for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
     cands = [[i for i in range(ends[j] - s0) if gens[j][s0 - P + i] == mask_id] for j in range(len(group))]
     approx = _parts.neg_entropy32(lg).tolist()  # (R, n) -H, each row within `bands` of the float64 scores
-    bands = [_parts.entropy32_band(lg.shape[-1], max((-v[i] for i in c), default=0.0)) * _BAND_SCALE for v, c in zip(approx, cands)]
+    # the band of the row's largest float32 entropy (-min(v): at least every candidate's; NaN first: inf)
+    bands = [_parts.entropy32_band(lg.shape[-1], -min(v) if c else 0.0) * _BAND_SCALE for v, c in zip(approx, cands)]
     picks = [_choose(approx[j], cands[j], firsts[j], tau, bands[j]) for j in range(len(group))]
     if None in picks:  # a decision near its boundary: the reference's float64 -H (taken before the argmax writes lg)
         exact = _parts.neg_entropy(lg).tolist()
@@ -527,10 +528,9 @@ def _choose(
     an argmax whose runner-up trails by more than twice the error cannot change)."""
     if not cands:
         return [], None
-    if band and any(not abs(v[i] + tau) > band for i in cands):
-        return None
-    chosen = _parts.pick_threshold(v, cands, -tau)  # `threshold_mask`'s rule, on the host
-    if band and v[chosen[0]] < -tau and _near(v, cands, chosen[0], band):  # nothing passed: the forced pick is close
+    # `threshold_mask`'s rule, on the host
+    chosen = _parts.pick_threshold_within(v, cands, -tau, band) if band else _parts.pick_threshold(v, cands, -tau)
+    if chosen is None:
         return None
     if first is None:
         return chosen, None
@@ -539,14 +539,9 @@ def _choose(
     if not inside or any(a <= i < z for i in chosen):
         return chosen, None
     q = max(inside, key=lambda i: (v[i] != v[i], v[i]))  # torch's argmax: first of equal maxima, NaN above all
-    if band and _near(v, inside, q, band):
+    if band and _parts.near_best(v, inside, q, band):
         return None
     return chosen, q
-
-
-def _near(v: list[float], cands: list[int], best: int, band: float) -> bool:
-    """Some other candidate's approximate score is within 2 * band of the best one's."""
-    return any(v[i] >= v[best] - 2 * band for i in cands if i != best)
 
 
 def _finish_step(row: _Row, gen: list[int], P: int, cfg: Config, mask_id: int, eos: int, marks: list[bool] | None) -> None:

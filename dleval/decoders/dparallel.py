@@ -21,6 +21,9 @@ block-start forward completed (counted; `skip_idle_forward=True` is ours and lea
 the same deviation ([MASK] never proposed). Ties break by (entropy, then position) instead of `torch.topk`'s
 order. The reference decodes one prompt at a time; here prompts are batched, each row advancing
 on its own and leaving the forward once done, with its batch-1 tokens and NFE (`_blocks.block_loop`).
+On LLaDA models the entropies are taken in float32 first: a decision that `entropy32_band` proves
+the same in float64 is taken there, any other step's on the float64 scores
+(`_parts.pick_threshold_within`; same tokens).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ BATCHED = True
 PAPER_MODEL = "Zigeng/dParallel-LLaDA-8B-instruct"
 DREAM_PAPER_MODEL = "Zigeng/dParallel_Dream_7B_Instruct"  # dParallel's Dream student (czg1225/dParallel README)
 CPU_MODEL = "tiny-dparallel"  # the bundled student of `dleval train distill --method dparallel`
+
+
+BAND_SCALE = 1.0  # tests set it to inf: every decision on the float64 scores
 
 
 @dataclass(frozen=True)
@@ -72,17 +78,31 @@ def decode(
 
     mask_id = model.mask_id
     dream = bool(getattr(model, "logit_shift", False))
+    vocab = 0  # the logits' width, for the float32 band
 
-    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple:
         if dream:  # the Dream path's `sample_tokens_with_entropy`: H in the logits' dtype, log(p + 1e-8), H < tau
             x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
             p = torch.softmax(logits, dim=-1)
             return x0, (p * torch.log(p + 1e-8)).sum(dim=-1)  # -H: the sum negated, exactly
-        v = _parts.neg_entropy(logits)  # -H: H <= tau is -H >= -tau, the negations exact
-        return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v  # (R, C) each
+        # -H (H <= tau is -H >= -tau, the negations exact) first in float32, within
+        # `entropy32_band` of the reference's float64 `neg_entropy`, which `exact` takes when a
+        # decision is within the band. propose_ writes -inf into the [MASK] column: kept for it.
+        nonlocal vocab
+        vocab = logits.shape[-1]
+        approx, column = _parts.neg_entropy32(logits), logits[..., mask_id].clone()  # (R, C) each
 
-    def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int]:
+        def exact() -> torch.Tensor:
+            logits[..., mask_id] = column
+            return _parts.neg_entropy(logits)
+
+        return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), approx, exact
+
+    def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int] | None:
         # the lowest H always, and every H <= tau (Dream: H < tau, i.e. -H > -tau; negation is exact)
+        if not dream and dtype != torch.float64:  # float32 -H: decided within its band, else None
+            band = _parts.entropy32_band(vocab, -min(v)) * BAND_SCALE  # the row's largest H: at least every candidate's band
+            return _parts.pick_threshold_within(v, cands, -cfg.threshold, band)
         return _parts.pick_threshold(v, cands, -_parts.as_dtype(cfg.threshold, dtype), strict=dream)
 
     return _blocks.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks

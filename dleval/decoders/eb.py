@@ -15,7 +15,9 @@ block decoded until it has no mask, on the common LLaDA baseline (gen 256, block
 decoders.md §9 checklist 1). The Fast-dLLM caches are available but off by default; with one,
 NFE counts the forwards as Fast-dLLM's loops spend them (`_blocks.block_loop`).
 Prompts are batched, each row advancing on its own and leaving the forward once done, with its
-batch-1 tokens and NFE (`_blocks.block_loop`).
+batch-1 tokens and NFE (`_blocks.block_loop`). The entropies are taken in float32 first: a rule
+decision that `entropy32_band` proves the same in float64 is taken there, any other step's on the
+float64 scores (`_parts.pick_entropy_bound_within`; same tokens, ~1 step in 100 retaken here).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
 BATCHED = True
+
+
+BAND_SCALE = 1.0  # tests set it to inf: every decision on the float64 scores
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,26 @@ def decode(
     noise = _parts.Noise(seeds, len(prompts), model.device) if cfg.temperature > 0 or seeds is not None else None
 
     mask_id = model.mask_id
+    vocab = 0  # the logits' width, for the float32 band
 
-    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        v = _parts.neg_entropy(logits)  # -H
-        return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v  # (R, C) each
+    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple:
+        # -H first in float32, within `entropy32_band` of the reference's float64 `neg_entropy`,
+        # which `exact` takes when the rule cannot decide. propose_ writes -inf into the [MASK]
+        # column: kept for it.
+        nonlocal vocab
+        vocab = logits.shape[-1]
+        approx, column = _parts.neg_entropy32(logits), logits[..., mask_id].clone()  # (R, C) each
 
-    def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int]:
+        def exact() -> torch.Tensor:
+            logits[..., mask_id] = column
+            return _parts.neg_entropy(logits)
+
+        return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), approx, exact
+
+    def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int] | None:
+        if dtype != torch.float64:  # float32 -H: decided within its band, else None
+            band = _parts.entropy32_band(vocab, -min(v)) * BAND_SCALE  # the row's largest H: at least every candidate's band
+            return _parts.pick_entropy_bound_within(v, cands, cfg.gamma, band)
         return _parts.pick_entropy_bound(v, cands, cfg.gamma)
 
     return _blocks.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks
