@@ -170,3 +170,21 @@ def test_cli_train_filter_and_run(tmp_path, capsys):
     assert err.startswith("dleval: error: decoder 'learn2pd': no Learn2PD filter") and "Traceback" not in err
     assert main([*args, "-D", f"filter={out}"]) == 0
     assert main(["train", "filter", "--model", "tiny", "-O", "sample=2"]) == 2
+
+
+@pytest.mark.parametrize("score_dtype", ["logits", "float64"])
+def test_thin_step_whole_and_cut_blocks_equal_the_batched_step(bundled, score_dtype, monkeypatch):
+    """`_step_one` feeds the filter the block's slice itself when the block is whole and a
+    zero-padded copy after an EoTP cut inside it: both inputs occur here (float32 scores: the
+    slice shares the scores' storage, the padded copy owns exactly B floats; one-row calls only),
+    and the tokens
+    equal the batched `_step`'s (rows decoded together) for both score dtypes."""
+    from test_batched import check_batch_equals_batch_one, synth_gsm
+
+    B, sizes, filter_logits = 40, [], learn2pd.filter_logits
+    monkeypatch.setattr(learn2pd, "filter_logits", lambda params, c: (len(c) == 1 and sizes.append(c.untyped_storage().nbytes())) or filter_logits(params, c))
+    cfg = learn2pd.Config(gen_length=120, block_length=B, score_dtype=score_dtype)
+    problems = synth_gsm(bundled.tokenizer)
+    check_batch_equals_batch_one(bundled.model, problems, learn2pd, cfg)
+    if score_dtype == "logits":
+        assert B * 4 in sizes and any(s > B * 4 for s in sizes)

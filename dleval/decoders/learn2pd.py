@@ -308,10 +308,14 @@ def _step_one(d: _Decode, r: int, mask: torch.Tensor | None) -> dict[int, list[i
     p = torch.softmax(logits, dim=-1, dtype=_parts.SCORE_DTYPES[cfg.score_dtype])  # before the argmax writes the [MASK] logit
     x0t = _parts.propose_(logits, cfg.temperature, mask_id, noise, [r])  # (1, n)
     conf_t = p.gather(-1, x0t.unsqueeze(-1)).squeeze(-1)  # (1, n)
-    block_conf = conf_t.new_zeros((1, B), dtype=torch.float32)  # (1, B), zero-padded after a cut inside the block
-    block_conf[:, :w] = conf_t[:, a : a + w]  # cast as .to(float32)
-    sig = torch.sigmoid(filter_logits(params, block_conf))[0, :w].tolist()  # float32 values: compared with accept32
-    x0, conf = x0t[0].tolist(), conf_t[0].tolist()
+    if w == B:  # the whole block: the slice itself, cast as .to(float32) (no copy when the scores are float32)
+        block_conf = conf_t[:, a : a + B].to(torch.float32)  # (1, B)
+    else:  # a cut inside the block: zero-padded to the filter's input size
+        block_conf = conf_t.new_zeros((1, B), dtype=torch.float32)  # (1, B)
+        block_conf[:, :w] = conf_t[:, a : a + w]  # cast as .to(float32)
+    # read back whole and index on the host: a tensor index is a torch call, a list index is not
+    sig = torch.sigmoid(filter_logits(params, block_conf)).tolist()[0]  # (B,) float32 values: compared with accept32; [w:] unread
+    x0, conf = x0t.tolist()[0], conf_t.tolist()[0]
     cands = [i for i in range(a, a + w) if gen[i] == mask_id]  # the block's masks (it has one)
     accepted = [i for i in cands if sig[i - a] > d.accept32]
     top = _parts.pick_top_k(conf, cands, row.quota[row.i])  # ties by position
