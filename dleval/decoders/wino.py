@@ -130,7 +130,8 @@ def _decode_one(model: Model, prompt: Sequence[int], cfg: Config, on_step: OnSte
                     accept = _accept([(conf[j - lo][0], j) for j in at], cfg.threshold, max_accept, guard(logits.shape[-1]))
             if accept is None:  # the reference's float64 scores
                 p = torch.softmax(draft, dim=-1, dtype=torch.float64)  # before the draft may write the [MASK] logit
-                x0, tokens = _host.draft(draft, T, mask_id, logits, s, e, lo)
+                if not tokens or mask_id in tokens:  # else x0 is the float32 path's argmax: _host.draft's own first step
+                    x0, tokens = _host.draft(draft, T, mask_id, logits, s, e, lo)
                 conf = p.gather(-1, x0).tolist()[0]
                 accept = _accept([(conf[j - lo][0], j) for j in at], cfg.threshold, max_accept, None)
                 assert accept is not None
