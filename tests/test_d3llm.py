@@ -169,15 +169,19 @@ def test_progress_guarantee_commits_in_the_first_fully_activated_block():
     assert 1 not in gen.tokens and counted.nfe == len(steps)
 
 
+@pytest.mark.parametrize("offset", [None, 1e8])
 @pytest.mark.parametrize("side", ["at", "below"])
-def test_float32_entropy_is_retaken_in_float64_at_the_threshold(monkeypatch, side):
+def test_float32_entropy_is_retaken_in_float64_at_the_threshold(monkeypatch, side, offset):
     """tau equal to (or one float below) a position's float64 entropy: the float32 -H cannot tell
     the two apart, so the step retakes the reference's float64 scores and commits exactly the
-    positions with H <= tau (plus the lowest-entropy one)."""
+    positions with H <= tau (plus the lowest-entropy one). offset: float64 logits near 1e8, which
+    a float32 cast would round to equal values: they take the float64 -H at once."""
     P, L = 2, 8
     table = torch.full((P + L, 8), -5.0)
     for i in range(L):
         table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) * (1 + 0.7 * i)  # entropy falls with i
+    if offset is not None:
+        table = table.double() + offset
     h = _parts.entropy(table[P:]).tolist()
     k = 4
     tau = h[k] if side == "at" else math.nextafter(h[k], -math.inf)

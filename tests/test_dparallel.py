@@ -154,15 +154,17 @@ def test_dream_path_keeps_only_entropies_strictly_below_tau():
 _neg_entropy = _parts.neg_entropy
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("side", ["at", "below"])
-def test_float32_entropy_is_retaken_in_float64_at_the_threshold(monkeypatch, side):
+def test_float32_entropy_is_retaken_in_float64_at_the_threshold(monkeypatch, side, dtype):
     """tau equal to (or one float below) a position's float64 entropy: the float32 -H cannot tell
     the two apart, so the step retakes the reference's float64 scores (with the [MASK] logit the
-    proposal overwrote put back) and commits exactly the positions with H <= tau plus the lowest."""
+    proposal overwrote put back) and commits exactly the positions with H <= tau plus the lowest.
+    float64 logits take the float64 -H at once, also before the proposal writes [MASK]'s logit."""
     P, L = len(PROMPT), 8
-    table = torch.full((P + L, 8), -5.0)
+    table = torch.full((P + L, 8), -5.0, dtype=dtype)
     for i in range(L):
-        table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) * (1 + 0.7 * i)  # entropy falls with i
+        table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5], dtype=dtype) * (1 + 0.7 * i)  # entropy falls with i
     table[:, 1] = 0.3  # the [MASK] logit counts in the reference's entropy
     h = _parts.entropy(table[P:]).tolist()
     tau = h[4] if side == "at" else math.nextafter(h[4], -math.inf)

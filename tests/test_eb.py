@@ -96,14 +96,16 @@ def test_default_gamma_is_diffusers_entropy_bound():
 _neg_entropy = _parts.neg_entropy
 
 
-def test_float32_entropy_is_retaken_in_float64_at_the_bound(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_float32_entropy_is_retaken_in_float64_at_the_bound(monkeypatch, dtype):
     """gamma set to the float64 sum of the two lowest entropies: the float32 -H cannot tell
-    whether a third token fits, so the step retakes the float64 scores and commits what the
-    float64 rule commits."""
+    whether a third token fits, so the step retakes the float64 scores (the [MASK] logit put
+    back) and commits what the float64 rule commits; float64 logits take them at once."""
     P, L = 5, 8
-    table = torch.full((P + L, 8), -5.0)
+    table = torch.full((P + L, 8), -5.0, dtype=dtype)
+    table[:, 1] = 0.3  # the [MASK] logit counts in the reference's entropy
     for i in range(L):
-        table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]) * (3 + i)  # entropy falls with i
+        table[P + i, 2:] = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5], dtype=dtype) * (3 + i)  # entropy falls with i
     h = sorted(_parts.entropy(table[P:]).tolist())
     gamma = h[0] + h[1]  # in float64, as the rule sums them
     retakes = []

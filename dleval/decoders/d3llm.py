@@ -478,13 +478,17 @@ def _commit_thin(
     gens = [rows[r].gen for r in group]  # (R, L) before the commit, the rows' own lists: written in place
     firsts = [next(((b.start - s0, b.end - s0) for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
     cands = [[i for i in range(ends[j] - s0) if gens[j][s0 - P + i] == mask_id] for j in range(len(group))]
-    approx = _parts.neg_entropy32(lg).tolist()  # (R, n) -H, each row within `bands` of the float64 scores
-    # the band of the row's largest float32 entropy (-min(v): at least every candidate's; NaN first: inf)
-    bands = [_parts.entropy32_band(lg.shape[-1], -min(v) if c else 0.0) * _BAND_SCALE for v, c in zip(approx, cands)]
-    picks = [_choose(approx[j], cands[j], firsts[j], tau, bands[j]) for j in range(len(group))]
-    if None in picks:  # a decision near its boundary: the reference's float64 -H (taken before the argmax writes lg)
+    if lg.dtype == torch.float64:  # a float32 -H would round the logits themselves, which the band does not cover
         exact = _parts.neg_entropy(lg).tolist()
-        picks = [p if p is not None else _choose(exact[j], cands[j], firsts[j], tau, 0.0) for j, p in enumerate(picks)]
+        picks = [_choose(exact[j], cands[j], firsts[j], tau, 0.0) for j in range(len(group))]
+    else:
+        approx = _parts.neg_entropy32(lg).tolist()  # (R, n) -H, each row within `bands` of the float64 scores
+        # the band of the row's largest float32 entropy (-min(v): at least every candidate's; NaN first: inf)
+        bands = [_parts.entropy32_band(lg.shape[-1], -min(v) if c else 0.0) * _BAND_SCALE for v, c in zip(approx, cands)]
+        picks = [_choose(approx[j], cands[j], firsts[j], tau, bands[j]) for j in range(len(group))]
+        if None in picks:  # a decision near its boundary: the reference's float64 -H (taken before the argmax writes lg)
+            exact = _parts.neg_entropy(lg).tolist()
+            picks = [p if p is not None else _choose(exact[j], cands[j], firsts[j], tau, 0.0) for j, p in enumerate(picks)]
     if cfg.temperature == 0:
         x0 = _parts.propose_(lg, 0.0, mask_id).tolist()  # (R, n)
     else:

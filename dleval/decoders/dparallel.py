@@ -89,7 +89,8 @@ def decode(
         # `entropy32_band` of the reference's float64 `neg_entropy`, which `exact` takes when a
         # decision is within the band. propose_ writes -inf into the [MASK] column: kept for it.
         if logits.dtype == torch.float64:  # float32 would round the logits themselves, which the band does not cover
-            return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), _parts.neg_entropy(logits)  # the reference's -H
+            v = _parts.neg_entropy(logits)  # the reference's -H, before propose_ writes the [MASK] column
+            return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v
         nonlocal vocab
         vocab = logits.shape[-1]
         approx, column = _parts.neg_entropy32(logits), logits[..., mask_id].clone()  # (R, C) each
