@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from dleval.decoders import _parts
 from dleval.decoders._parts import check_cache, forward, generations, host_canvas, report_step
 from dleval.models.base import KVCache, Model
 from dleval.types import Generation, OnStep
@@ -237,3 +238,34 @@ def blocks(
         on_step=on_step,
         compact=compact,
     )
+
+
+class EntropySelect:
+    """The `select` of the entropy rules (dparallel and eb on LLaDA models): x0 (the argmax over
+    every token but [MASK], `_parts.propose_`) and -H first in float32 (`_parts.neg_entropy32`),
+    within `band(v)` of the reference's float64 `neg_entropy`, which the step's `exact()` takes
+    for a rule that cannot decide. propose_ writes -inf into the [MASK] column: the column is kept
+    for `exact`. float64 logits take the float64 -H at once (a float32 cast would round the logits
+    themselves, which the band does not cover)."""
+
+    def __init__(self, mask_id: int, temperature: float, noise: _parts.Noise | None) -> None:
+        self.mask_id, self.temperature, self.noise = mask_id, temperature, noise
+        self.vocab = 0  # the logits' width, for the band
+
+    def __call__(self, logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple:
+        if logits.dtype == torch.float64:
+            v = _parts.neg_entropy(logits)  # before propose_ writes the [MASK] column
+            return _parts.propose_(logits, self.temperature, self.mask_id, self.noise, rows), v
+        self.vocab = logits.shape[-1]
+        approx, column = _parts.neg_entropy32(logits), logits[..., self.mask_id].clone()  # (R, C) each
+
+        def exact() -> torch.Tensor:
+            logits[..., self.mask_id] = column
+            return _parts.neg_entropy(logits)
+
+        return _parts.propose_(logits, self.temperature, self.mask_id, self.noise, rows), approx, exact
+
+    def band(self, v: list[float]) -> float:
+        """The band of a row's float32 -H `v`: that of its largest entropy (-min(v)), at least
+        every position's; a NaN first gives inf."""
+        return _parts.entropy32_band(self.vocab, -min(v))

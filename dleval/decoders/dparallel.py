@@ -78,34 +78,19 @@ def decode(
 
     mask_id = model.mask_id
     dream = bool(getattr(model, "logit_shift", False))
-    vocab = 0  # the logits' width, for the float32 band
+    entropy = _blocks.EntropySelect(mask_id, cfg.temperature, noise)  # -H (H <= tau is -H >= -tau, negations exact)
 
     def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple:
         if dream:  # the Dream path's `sample_tokens_with_entropy`: H in the logits' dtype, log(p + 1e-8), H < tau
             x0 = _parts.propose(logits, cfg.temperature, mask_id, noise, rows)  # (R, C)
             p = torch.softmax(logits, dim=-1)
             return x0, (p * torch.log(p + 1e-8)).sum(dim=-1)  # -H: the sum negated, exactly
-        # -H (H <= tau is -H >= -tau, the negations exact) first in float32, within
-        # `entropy32_band` of the reference's float64 `neg_entropy`, which `exact` takes when a
-        # decision is within the band. propose_ writes -inf into the [MASK] column: kept for it.
-        if logits.dtype == torch.float64:  # float32 would round the logits themselves, which the band does not cover
-            v = _parts.neg_entropy(logits)  # the reference's -H, before propose_ writes the [MASK] column
-            return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v
-        nonlocal vocab
-        vocab = logits.shape[-1]
-        approx, column = _parts.neg_entropy32(logits), logits[..., mask_id].clone()  # (R, C) each
-
-        def exact() -> torch.Tensor:
-            logits[..., mask_id] = column
-            return _parts.neg_entropy(logits)
-
-        return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), approx, exact
+        return entropy(logits, index, rows)
 
     def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int] | None:
         # the lowest H always, and every H <= tau (Dream: H < tau, i.e. -H > -tau; negation is exact)
         if not dream and dtype != torch.float64:  # float32 -H: decided within its band, else None
-            band = _parts.entropy32_band(vocab, -min(v)) * BAND_SCALE  # the row's largest H: at least every candidate's band
-            return _parts.pick_threshold_within(v, cands, -cfg.threshold, band)
+            return _parts.pick_threshold_within(v, cands, -cfg.threshold, entropy.band(v) * BAND_SCALE)
         return _parts.pick_threshold(v, cands, -_parts.as_dtype(cfg.threshold, dtype), strict=dream)
 
     return _blocks.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks

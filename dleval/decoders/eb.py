@@ -68,29 +68,11 @@ def decode(
     noise = _parts.Noise(seeds, len(prompts), model.device) if cfg.temperature > 0 or seeds is not None else None
 
     mask_id = model.mask_id
-    vocab = 0  # the logits' width, for the float32 band
-
-    def select(logits: torch.Tensor, index: list[int], rows: list[int]) -> tuple:
-        # -H first in float32, within `entropy32_band` of the reference's float64 `neg_entropy`,
-        # which `exact` takes when the rule cannot decide. propose_ writes -inf into the [MASK]
-        # column: kept for it.
-        if logits.dtype == torch.float64:  # float32 would round the logits themselves, which the band does not cover
-            v = _parts.neg_entropy(logits)  # the reference's -H, before propose_ writes the [MASK] column
-            return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), v
-        nonlocal vocab
-        vocab = logits.shape[-1]
-        approx, column = _parts.neg_entropy32(logits), logits[..., mask_id].clone()  # (R, C) each
-
-        def exact() -> torch.Tensor:
-            logits[..., mask_id] = column
-            return _parts.neg_entropy(logits)
-
-        return _parts.propose_(logits, cfg.temperature, mask_id, noise, rows), approx, exact
+    select = _blocks.EntropySelect(mask_id, cfg.temperature, noise)  # -H
 
     def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int] | None:
         if dtype != torch.float64:  # float32 -H: decided within its band, else None
-            band = _parts.entropy32_band(vocab, -min(v)) * BAND_SCALE  # the row's largest H: at least every candidate's band
-            return _parts.pick_entropy_bound_within(v, cands, cfg.gamma, band)
+            return _parts.pick_entropy_bound_within(v, cands, cfg.gamma, select.band(v) * BAND_SCALE)
         return _parts.pick_entropy_bound(v, cands, cfg.gamma)
 
     return _blocks.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks
