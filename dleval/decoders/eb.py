@@ -17,7 +17,8 @@ NFE counts the forwards as Fast-dLLM's loops spend them (`_blocks.block_loop`).
 Prompts are batched, each row advancing on its own and leaving the forward once done, with its
 batch-1 tokens and NFE (`_blocks.block_loop`). The entropies are taken in float32 first: a rule
 decision that `entropy32_band` proves the same in float64 is taken there, any other step's on the
-float64 scores (`_parts.pick_entropy_bound_within`; same tokens, ~1 step in 100 retaken here).
+float64 scores (`_parts.pick_entropy_bound_within`; same tokens; 17 of 139 steps retaken on
+30 synth_gsm problems with the tiny model, fp32).
 """
 
 from __future__ import annotations
