@@ -42,7 +42,7 @@ def test_gpu_benchmark_runs_on_cpu_with_a_small_config():
 def test_overhead_benchmark_runs():
     result = script("overhead.py", "--problems", "2", "--repeats", "1", "--decoders", "fastdllm,llada")
     assert [r["decoder"] for r in result["rows"]] == ["fastdllm", "llada", "(floor)"]
-    assert all(r["forwards"] >= 1 and r["cpu_forward_ms"] > 0 for r in result["rows"])
+    assert all(r["forwards"] >= 1 and r["cpu_forward_ms"] > 0 and r["replay_ms"] > 0 for r in result["rows"])
     floor, llada = result["rows"][2], result["rows"][1]
     assert floor["forwards"] == llada["forwards"]  # llada's shapes and forward count, no decoding
 
