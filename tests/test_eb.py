@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from dleval.decoders import _parts, eb
+from dleval.decoders import _parts, _picks, eb
 from dleval.models.base import Counted
 from tests.conftest import random_llada
 from tests.recording import FixedLogits, Recording, block_logits
@@ -112,7 +112,7 @@ def test_float32_entropy_is_retaken_in_float64_at_the_bound(monkeypatch, dtype):
     monkeypatch.setattr(_parts, "neg_entropy", lambda lg: retakes.append(1) or _neg_entropy(lg))
     _, _, steps = decode(eb.Config(gen_length=L, block_length=L, gamma=gamma), PROMPTS[0], model=FixedLogits(table))
     v = (-_parts.entropy(table[P:])).tolist()
-    want = _parts.pick_entropy_bound(v, list(range(L)), gamma)
+    want = _picks.pick_entropy_bound(v, list(range(L)), gamma)
     assert steps[0].committed[0, P:].nonzero().flatten().tolist() == want and retakes
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dleval.decoders import _dinfer, _host, _parts, dinfer, klass, wino
+from dleval.decoders import _dinfer, _host, _parts, _picks, dinfer, klass, wino
 from dleval.models.base import Counted
 from tests.conftest import random_llada
 
@@ -96,7 +96,7 @@ def test_host_rules_equal_the_references_tensor_code(dtype):
         masked[0, int(torch.randint(0, b, (1,), generator=gen))] = True
         at = [j for j in range(b) if masked[0, j]]
         c = [float(conf[0, j]) for j in at]
-        picked = _dinfer.hierarchy_pick(c, at, _parts.as_dtype(0.9, dtype), _parts.as_dtype(0.3, dtype))
+        picked = _dinfer.hierarchy_pick(c, at, _picks.as_dtype(0.9, dtype), _picks.as_dtype(0.3, dtype))
         assert [j for j, f in zip(at, picked) if f] == reference_hierarchy(conf, masked, 0.9, 0.3)[0].nonzero().flatten().tolist()
         if dtype == torch.float32:
             picked = _dinfer.threshold_pick(c, _host.f32(0.9))

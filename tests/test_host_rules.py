@@ -1,4 +1,4 @@
-"""`block_loop` decides on the host: the `_parts.pick_*` rules must take the tensor rules'
+"""`block_loop` decides on the host: the `_picks.pick_*` rules must take the tensor rules'
 decisions bit for bit (ties, NaN, thresholds compared in the scores' dtype), and the host canvas
 must write what the device path writes.
 
@@ -13,7 +13,7 @@ from array import array
 import pytest
 import torch
 
-from dleval.decoders import _blocks, _parts
+from dleval.decoders import _blocks, _parts, _picks
 
 
 def rows(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
@@ -44,9 +44,9 @@ def test_pick_threshold_is_threshold_mask(dtype):
             masked[0, cands] = True
             for tau in (0.3, 0.5, 0.9, 0.25):
                 want = _parts.threshold_mask(s, masked, s >= tau)[0].nonzero().flatten().tolist()
-                assert _parts.pick_threshold(values, cands, _parts.as_dtype(tau, dtype)) == want, (s, cands, tau)
+                assert _picks.pick_threshold(values, cands, _picks.as_dtype(tau, dtype)) == want, (s, cands, tau)
                 strict = _parts.threshold_mask(s, masked, s > tau)[0].nonzero().flatten().tolist()
-                assert _parts.pick_threshold(values, cands, _parts.as_dtype(tau, dtype), strict=True) == strict
+                assert _picks.pick_threshold(values, cands, _picks.as_dtype(tau, dtype), strict=True) == strict
 
 
 def test_a_threshold_compares_in_the_scores_dtype():
@@ -54,8 +54,8 @@ def test_a_threshold_compares_in_the_scores_dtype():
     rounds the 0.9 to float32 first; a plain float64 comparison would reject it."""
     s = torch.tensor([[0.9, 0.1, 0.95]], dtype=torch.float32)
     assert (s >= 0.9)[0, 0] and s[0, 0].item() < 0.9
-    assert _parts.pick_threshold(s[0].tolist(), [0, 1, 2], _parts.as_dtype(0.9, torch.float32)) == [0, 2]
-    assert _parts.as_dtype(0.9, torch.float64) == 0.9
+    assert _picks.pick_threshold(s[0].tolist(), [0, 1, 2], _picks.as_dtype(0.9, torch.float32)) == [0, 2]
+    assert _picks.as_dtype(0.9, torch.float64) == 0.9
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -67,7 +67,7 @@ def test_pick_top_k_is_top_k_mask(dtype):
             masked[0, cands] = True
             for k in (1, 2, 3, len(cands), s.shape[1]):
                 want = (_parts.top_k_mask(s.masked_fill(~masked, _parts.NEG_INF), [k]) & masked)[0].nonzero().flatten().tolist()
-                assert _parts.pick_top_k(s[0].tolist(), cands, k) == want, (s, cands, k)
+                assert _picks.pick_top_k(s[0].tolist(), cands, k) == want, (s, cands, k)
 
 
 def test_pick_entropy_bound_is_entropy_bound_mask():
@@ -85,7 +85,7 @@ def test_pick_entropy_bound_is_entropy_bound_mask():
                     want = _parts.entropy_bound_mask(-v, masked, gamma)[0].nonzero().flatten().tolist()
                     if len(cands) == s.shape[1]:
                         assert _parts.neg_entropy_bound_mask(v, gamma)[0].nonzero().flatten().tolist() == want
-                assert _parts.pick_entropy_bound(v[0].tolist(), cands, gamma) == want, (v, cands, gamma)
+                assert _picks.pick_entropy_bound(v[0].tolist(), cands, gamma) == want, (v, cands, gamma)
 
 
 def test_host_canvas_writes_what_the_device_path_writes():
@@ -137,10 +137,10 @@ def test_pick_threshold_within_answers_only_the_exact_choice():
     answered = 0
     for exact, approx, band in perturbed(5):
         for tau in (0.0, 0.05, 0.1, 0.125):
-            got = _parts.pick_threshold_within(approx, list(range(len(exact))), -tau, band)
+            got = _picks.pick_threshold_within(approx, list(range(len(exact))), -tau, band)
             if got is not None:
                 answered += 1
-                assert got == _parts.pick_threshold(exact, list(range(len(exact))), -tau)
+                assert got == _picks.pick_threshold(exact, list(range(len(exact))), -tau)
     assert answered > 300  # the band decides most rows: the check is not vacuous
 
 
@@ -149,10 +149,10 @@ def test_pick_entropy_bound_within_answers_only_the_exact_choice():
     for exact, approx, band in perturbed(6):
         for gamma in (0.0, 0.05, 0.1, 0.3):
             cands = list(range(len(exact)))
-            got = _parts.pick_entropy_bound_within(approx, cands, gamma, band)
+            got = _picks.pick_entropy_bound_within(approx, cands, gamma, band)
             if got is not None:
                 answered += 1
-                assert got == _parts.pick_entropy_bound(exact, cands, gamma)
+                assert got == _picks.pick_entropy_bound(exact, cands, gamma)
     assert answered > 300
-    assert _parts.pick_entropy_bound_within([-0.1, float("nan")], [0, 1], 0.1, 1e-6) is None
-    assert _parts.pick_entropy_bound_within([-0.1, -0.2], [0, 1], 0.1, math.inf) is None
+    assert _picks.pick_entropy_bound_within([-0.1, float("nan")], [0, 1], 0.1, 1e-6) is None
+    assert _picks.pick_entropy_bound_within([-0.1, -0.2], [0, 1], 0.1, math.inf) is None

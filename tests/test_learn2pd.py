@@ -182,7 +182,11 @@ def test_thin_step_whole_and_cut_blocks_equal_the_batched_step(bundled, score_dt
     from test_batched import check_batch_equals_batch_one, synth_gsm
 
     B, sizes, filter_logits = 40, [], learn2pd.filter_logits
-    monkeypatch.setattr(learn2pd, "filter_logits", lambda params, c: (len(c) == 1 and sizes.append(c.untyped_storage().nbytes())) or filter_logits(params, c))
+    monkeypatch.setattr(
+        learn2pd,
+        "filter_logits",
+        lambda params, c: (len(c) == 1 and sizes.append(c.untyped_storage().nbytes())) or filter_logits(params, c),
+    )
     cfg = learn2pd.Config(gen_length=120, block_length=B, score_dtype=score_dtype)
     problems = synth_gsm(bundled.tokenizer)
     check_batch_equals_batch_one(bundled.model, problems, learn2pd, cfg)

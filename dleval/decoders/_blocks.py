@@ -2,7 +2,7 @@
 loops (decoders.md §2.2-2.4; NVlabs/Fast-dLLM `llada/generate.py` @24cc59e) as one function,
 since dParallel and EB reuse them with another selection rule. Each forward a decoder's `select`
 scores the block on the device and its `rule` decides each row's commits on the host
-(`_parts.pick_*`).
+(`_picks.pick_*`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 import torch
 
 from dleval.decoders import _parts
-from dleval.decoders._parts import check_cache, forward, generations, host_canvas, report_step
 from dleval.models.base import KVCache, Model
 from dleval.types import Generation, OnStep
 
@@ -85,8 +84,8 @@ def block_loop(
     written into the canvas on the host (`_HostCanvas`: on the CPU its memory is the tensor's,
     elsewhere one index write per step). This relies on `select` never proposing [MASK].
     """
-    check_cache(cache, refresh_every)
-    ids, attention, P = host_canvas(model, prompts, gen_length)
+    _parts.check_cache(cache, refresh_every)
+    ids, attention, P = _parts.host_canvas(model, prompts, gen_length)
     canvas = _HostCanvas(ids, len(prompts), model.device)
     x = canvas.x  # (N, P+L), N = len(prompts)
     if attention is not None:
@@ -127,7 +126,7 @@ def block_loop(
         i0 = index[rows[0]]  # with a cache, every row of the forward is at the same index
         full = cache == "none" or i0 == 0 or (refresh_every is not None and i0 % refresh_every == 0)
         if full:
-            out = forward(model, xr, rows, attention_mask=mask)
+            out = _parts.forward(model, xr, rows, attention_mask=mask)
             if same:
                 logits = out.logits[:, s : s + B]  # (R, B, V)
             else:  # cache="none": each row's own block
@@ -142,9 +141,9 @@ def block_loop(
                 kv = KVCache([k.index_select(0, keep) for k in kv.keys], [v.index_select(0, keep) for v in kv.values])
                 kv_rows = list(rows)
             if cache == "prefix":  # block + masked suffix in, block out
-                logits = forward(model, xr[:, s:], rows, start=s, cache=kv, attention_mask=mask).logits[:, :B]
+                logits = _parts.forward(model, xr[:, s:], rows, start=s, cache=kv, attention_mask=mask).logits[:, :B]
             else:  # in-place span write into kv
-                logits = forward(model, xr[:, s : s + B], rows, start=s, cache=kv, attention_mask=mask).logits
+                logits = _parts.forward(model, xr[:, s : s + B], rows, start=s, cache=kv, attention_mask=mask).logits
         calls += 1
         for r in rows:
             if idle[r]:
@@ -163,7 +162,9 @@ def block_loop(
                     raise AssertionError("a rule may answer None only for approximate scores")
                 ref = exact[0]()
                 values = ref.tolist()
-                picks = [p if p is not None else rule(values[j], cands[j], index[r], ref.dtype) for j, (p, r) in enumerate(zip(picks, brows))]
+                picks = [
+                    p if p is not None else rule(values[j], cands[j], index[r], ref.dtype) for j, (p, r) in enumerate(zip(picks, brows))
+                ]
             for j, r in enumerate(brows):
                 o, base, picked = open_[r], P + block[r] * B + a, picks[j]
                 if not picked:
@@ -187,8 +188,8 @@ def block_loop(
             committed = torch.zeros_like(x, dtype=torch.bool)
             for r, t in step:
                 committed[r, t] = True
-            report_step(on_step, calls, x, committed)
-    return generations(x, P, commits)
+            _parts.report_step(on_step, calls, x, committed)
+    return _parts.generations(x, P, commits)
 
 
 class _HostCanvas:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dleval.decoders import _host, _parts
+from dleval.decoders import _host, _parts, _picks
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -145,7 +145,7 @@ def hierarchy_pick(conf: Sequence[float], at: Sequence[int], threshold: float, l
     increasing positions `at` (a gap is a non-mask): each run of adjacent masks' most confident
     (every tied maximum) if p > low_threshold, every mask with p > threshold, and the most
     confident mask (the first of equal maxima). The thresholds come rounded to p's dtype
-    (`_parts.as_dtype`), as torch compares a tensor with a Python number."""
+    (`_picks.as_dtype`), as torch compares a tensor with a Python number."""
     n = len(conf)
     chosen = [False] * n
     best = 0
@@ -205,5 +205,5 @@ def hierarchy_rule(
     """`dinfer_hierarchy`'s rule on a block's tensors, as the reference's function takes them:
     logits (1, b, V), masked (1, b) -> (x0 (1, b), chosen (1, b)). Writes the [MASK] logit of `logits`."""
     x0, conf = hierarchy_scores(logits, temperature, mask_id, logits, 0, logits.shape[1], 0)
-    high, low = _parts.as_dtype(threshold, logits.dtype), _parts.as_dtype(low_threshold, logits.dtype)
+    high, low = _picks.as_dtype(threshold, logits.dtype), _picks.as_dtype(low_threshold, logits.dtype)
     return _on_block(masked, lambda at: hierarchy_pick([conf[j] for j in at], at, high, low), x0)

@@ -15,7 +15,7 @@ independent (tests/test_host.py checks both on the machine it runs on). `pow` on
 kernel computes a contiguous tensor's tail with std::pow and the rest with SIMD, which can differ
 in the last bit, so a power keeps the reference's layout (dinfer_credit's p ** gamma over the
 whole block; `draft` draws the Gumbel noise over the whole block). A comparison of a tensor with a
-Python number rounds the number to the tensor's dtype first (`_parts.as_dtype`, `f32`).
+Python number rounds the number to the tensor's dtype first (`_picks.as_dtype`, `f32`).
 """
 
 from __future__ import annotations

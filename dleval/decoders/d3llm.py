@@ -98,7 +98,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dleval.decoders import _parts
+from dleval.decoders import _parts, _picks
 from dleval.models.base import KVCache, Model
 from dleval.types import Generation, OnStep
 
@@ -533,7 +533,7 @@ def _choose(
     if not cands:
         return [], None
     # `threshold_mask`'s rule, on the host
-    chosen = _parts.pick_threshold_within(v, cands, -tau, band) if band else _parts.pick_threshold(v, cands, -tau)
+    chosen = _picks.pick_threshold_within(v, cands, -tau, band) if band else _picks.pick_threshold(v, cands, -tau)
     if chosen is None:
         return None
     if first is None:
@@ -543,7 +543,7 @@ def _choose(
     if not inside or any(a <= i < z for i in chosen):
         return chosen, None
     q = max(inside, key=lambda i: (v[i] != v[i], v[i]))  # torch's argmax: first of equal maxima, NaN above all
-    if band and _parts.near_best(v, inside, q, band):
+    if band and _picks.near_best(v, inside, q, band):
         return None
     return chosen, q
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dleval.decoders import _dinfer, _parts
+from dleval.decoders import _dinfer, _picks
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -57,7 +57,7 @@ def decode(
     def select(logits: torch.Tensor, s: int, e: int, at: list[int]) -> tuple[list[int], list[bool]]:
         lo = at[0]  # scores for the span of the masks (cheaper than gathering their rows)
         x0, conf = _dinfer.hierarchy_scores(logits[:, lo : at[-1] + 1], temperature, mask_id, logits, s, e, lo)
-        high, low = _parts.as_dtype(cfg.threshold, logits.dtype), _parts.as_dtype(cfg.low_threshold, logits.dtype)  # p's dtype
+        high, low = _picks.as_dtype(cfg.threshold, logits.dtype), _picks.as_dtype(cfg.low_threshold, logits.dtype)  # p's dtype
         return [x0[j - lo] for j in at], _dinfer.hierarchy_pick([conf[j - lo] for j in at], at, high, low)
 
     def make_select() -> _dinfer.Select:

@@ -23,7 +23,7 @@ order. The reference decodes one prompt at a time; here prompts are batched, eac
 on its own and leaving the forward once done, with its batch-1 tokens and NFE (`_blocks.block_loop`).
 On LLaDA models the entropies are taken in float32 first: a decision that `entropy32_band` proves
 the same in float64 is taken there, any other step's on the float64 scores
-(`_parts.pick_threshold_within`; same tokens).
+(`_picks.pick_threshold_within`; same tokens).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Literal
 
 import torch
 
-from dleval.decoders import _blocks, _parts
+from dleval.decoders import _blocks, _parts, _picks
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -90,7 +90,7 @@ def decode(
     def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int] | None:
         # the lowest H always, and every H <= tau (Dream: H < tau, i.e. -H > -tau; negation is exact)
         if not dream and dtype != torch.float64:  # float32 -H: decided within its band, else None
-            return _parts.pick_threshold_within(v, cands, -cfg.threshold, entropy.band(v) * BAND_SCALE)
-        return _parts.pick_threshold(v, cands, -_parts.as_dtype(cfg.threshold, dtype), strict=dream)
+            return _picks.pick_threshold_within(v, cands, -cfg.threshold, entropy.band(v) * BAND_SCALE)
+        return _picks.pick_threshold(v, cands, -_picks.as_dtype(cfg.threshold, dtype), strict=dream)
 
     return _blocks.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks

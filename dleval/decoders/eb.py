@@ -17,7 +17,7 @@ NFE counts the forwards as Fast-dLLM's loops spend them (`_blocks.block_loop`).
 Prompts are batched, each row advancing on its own and leaving the forward once done, with its
 batch-1 tokens and NFE (`_blocks.block_loop`). The entropies are taken in float32 first: a rule
 decision that `entropy32_band` proves the same in float64 is taken there, any other step's on the
-float64 scores (`_parts.pick_entropy_bound_within`; same tokens; 17 of 139 steps retaken on
+float64 scores (`_picks.pick_entropy_bound_within`; same tokens; 17 of 139 steps retaken on
 30 synth_gsm problems with the tiny model, fp32).
 """
 
@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from dleval.decoders import _blocks, _parts
+from dleval.decoders import _blocks, _parts, _picks
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -73,7 +73,7 @@ def decode(
 
     def rule(v: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int] | None:
         if dtype != torch.float64:  # float32 -H: decided within its band, else None
-            return _parts.pick_entropy_bound_within(v, cands, cfg.gamma, select.band(v) * BAND_SCALE)
-        return _parts.pick_entropy_bound(v, cands, cfg.gamma)
+            return _picks.pick_entropy_bound_within(v, cands, cfg.gamma, select.band(v) * BAND_SCALE)
+        return _picks.pick_entropy_bound(v, cands, cfg.gamma)
 
     return _blocks.blocks(model, prompts, cfg, select, rule, on_step, compact=cfg.temperature == 0)  # noise: full blocks

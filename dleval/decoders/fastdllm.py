@@ -52,7 +52,7 @@ from typing import Literal
 
 import torch
 
-from dleval.decoders import _blocks, _parts
+from dleval.decoders import _blocks, _parts, _picks
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -123,10 +123,10 @@ def decode(
 
     def rule(conf: list[float], cands: list[int], index: int, dtype: torch.dtype) -> list[int]:
         if cfg.threshold is None:  # LLaDA's quota
-            return _parts.pick_top_k(conf, cands, k[index])
+            return _picks.pick_top_k(conf, cands, k[index])
         if dream and index == 0:  # Fast-dLLM dream/: a block-start forward commits the block's first position only
             return [0] if cands[0] == 0 else []
-        return _parts.pick_threshold(conf, cands, _parts.as_dtype(cfg.threshold, dtype))
+        return _picks.pick_threshold(conf, cands, _picks.as_dtype(cfg.threshold, dtype))
 
     # noise, Dream's block start: full blocks
     return _blocks.blocks(

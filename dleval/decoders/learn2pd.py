@@ -71,7 +71,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dleval.decoders import _parts
+from dleval.decoders import _parts, _picks
 from dleval.models.base import Model
 from dleval.types import Generation, OnStep
 
@@ -214,7 +214,7 @@ def decode(
     padded = [len(p) < P for p in prompts]  # rows that need the key padding mask
     gens = x[:, P:].tolist()
     rows = [_Row(x[r : r + 1].clone(), gens[r], [-1] * L, P, _parts.quota_list(B, per_block)) for r in range(N)]
-    accept32 = _parts.as_dtype(cfg.accept_threshold, params["out.bias"].dtype)  # the sigmoid's dtype
+    accept32 = _picks.as_dtype(cfg.accept_threshold, params["out.bias"].dtype)  # the sigmoid's dtype
     d = _Decode(model, params, rows, P, cfg, noise, accept32, model.mask_id, model.eos_id)
     calls = 0
     while True:
@@ -318,7 +318,7 @@ def _step_one(d: _Decode, r: int, mask: torch.Tensor | None) -> dict[int, list[i
     x0, conf = x0t.tolist()[0], conf_t.tolist()[0]
     cands = [i for i in range(a, a + w) if gen[i] == mask_id]  # the block's masks (it has one)
     accepted = [i for i in cands if sig[i - a] > d.accept32]
-    top = _parts.pick_top_k(conf, cands, row.quota[row.i])  # ties by position
+    top = _picks.pick_top_k(conf, cands, row.quota[row.i])  # ties by position
     chosen = sorted(set(accepted).union(top))
     cut = n
     if cfg.eotp:
