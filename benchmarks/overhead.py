@@ -9,19 +9,20 @@ per step is (decode time - forward time) / forwards, and its share is that over 
 forward time. Both are measured twice: in wall time, and in this thread's CPU time
 (`time.thread_time`), which on a shared machine is the trustworthy one with `--threads 1`
 (time spent waiting for a core is not counted). Each decoder runs once as warm-up, then `--repeats` times interleaved with the
-others (so that load on a shared machine hits them alike); the median repeat is reported.
+others (so that load on a shared machine hits them alike); the median repeat is reported. The
+timing wrapper looks the device up once (its own cost is not the decoder's), and the objects the
+setup leaves are frozen out of the cyclic GC (`gc.freeze`) so that a full collection they would
+trigger at random does not land in one decoder's time.
 
 The last column, "replayed", is the same decode with every forward answered from a recording
 of the warm-up's outputs instead of the model (same tokens, checked): the decoder's own work
 with warm caches. On this CPU each forward of the tiny model streams its 3.8 MB of weights
 through a 512 KiB L2, so the code and data of the step that follows come back from L3 and the
-step costs ~1.5-2x its warm time; on a GPU the forward runs on the device and the host's caches
-stay warm, so this column is the nearer estimate of the host work a GPU run pays per step
-(plus kernel launches). The
-timing wrapper looks the device up once (its own cost is not the decoder's), and the objects the
-setup leaves are frozen out of the cyclic GC (`gc.freeze`) so that a full collection they would
-trigger at random does not land in one decoder's time. The
-issue 14 target is <= 0.2 ms per step for every decoder on a 2-core CPU, one thread. Prints a
+step costs 1.6-2.8x its warm time (measured); on a GPU the forward runs on the device and the
+host's caches stay warm, so this column is the nearer estimate of the host work a GPU run pays
+per step (plus kernel launches).
+
+The issue 14 target is <= 0.2 ms per step for every decoder on a 2-core CPU, one thread. Prints a
 table and, last, one JSON line; `--check-tokens FILE` also writes every decoder's tokens (to
 compare two versions of the code: identical files = outputs unchanged).
 """
