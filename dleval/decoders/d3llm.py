@@ -364,6 +364,13 @@ def _draws(
     return x0
 
 
+def _span(rows: list[_Row], group: list[int], lo: int, P: int) -> tuple[int, list[int], int]:
+    """The span [s0, hi) a group's commit looks at (every mask lies at or after the cache end
+    `lo` and the prompt), and each row's active end (the end of its last open block)."""
+    ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]
+    return max(lo, P), ends, max(ends)
+
+
 def _commit_dream(
     d: _Decode,
     group: list[int],
@@ -381,9 +388,7 @@ def _commit_dream(
     candidates still)."""
     x, P, cfg, noise, rows = d.x, d.P, d.cfg, d.noise, d.rows
     R, B, mask_id, eos, dev = len(group), cfg.block_length, d.mask_id, d.eos, x.device
-    s0 = max(lo, P)  # every mask lies at or after the cache end
-    ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
-    hi = max(ends)
+    s0, ends, hi = _span(rows, group, lo, P)
     lg = logits[:, s0 - lo : hi - lo]  # (R, n, V) over [s0, hi)
     region = x[:, s0:hi] if sel is None else x[:, s0:hi].index_select(0, sel)  # (R, n)
     pos = torch.arange(s0, hi, device=dev)
@@ -471,24 +476,20 @@ def _commit_thin(
     (`_parts.entropy32_band`) of flipping takes the reference's float64 scores."""
     x, P, cfg, noise, rows, mask_id = d.x, d.P, d.cfg, d.noise, d.rows, d.mask_id
     tau = cfg.threshold
-    s0 = max(lo, P)  # every mask lies at or after the cache end
-    ends = [max(b.end for b in rows[r].blocks if b.full or b.masks) for r in group]  # each row's active end
-    hi = max(ends)
+    s0, ends, hi = _span(rows, group, lo, P)
     lg = logits[:, s0 - lo : hi - lo]  # (R, n, V) over [s0, hi)
     gens = [rows[r].gen for r in group]  # (R, L) before the commit, the rows' own lists: written in place
     firsts = [next(((b.start - s0, b.end - s0) for b in rows[r].blocks[1:] if b.full and b.masks), None) for r in group]
     cands = [[i for i in range(ends[j] - s0) if gens[j][s0 - P + i] == mask_id] for j in range(len(group))]
-    if lg.dtype == torch.float64:  # a float32 -H would round the logits themselves, which the band does not cover
-        exact = _parts.neg_entropy(lg).tolist()
-        picks = [_choose(exact[j], cands[j], firsts[j], tau, 0.0) for j in range(len(group))]
-    else:
+    picks: list = [None] * len(group)  # float64 logits: a float32 -H would round the logits themselves (no band covers it)
+    if lg.dtype != torch.float64:
         approx = _parts.neg_entropy32(lg).tolist()  # (R, n) -H, each row within `bands` of the float64 scores
         # the band of the row's largest float32 entropy (-min(v): at least every candidate's; NaN first: inf)
         bands = [_parts.entropy32_band(lg.shape[-1], -min(v) if c else 0.0) * _BAND_SCALE for v, c in zip(approx, cands)]
         picks = [_choose(approx[j], cands[j], firsts[j], tau, bands[j]) for j in range(len(group))]
-        if None in picks:  # a decision near its boundary: the reference's float64 -H (taken before the argmax writes lg)
-            exact = _parts.neg_entropy(lg).tolist()
-            picks = [p if p is not None else _choose(exact[j], cands[j], firsts[j], tau, 0.0) for j, p in enumerate(picks)]
+    if None in picks:  # a decision near its boundary: the reference's float64 -H (taken before the argmax writes lg)
+        exact = _parts.neg_entropy(lg).tolist()
+        picks = [p if p is not None else _choose(exact[j], cands[j], firsts[j], tau, 0.0) for j, p in enumerate(picks)]
     if cfg.temperature == 0:
         x0 = _parts.propose_(lg, 0.0, mask_id).tolist()  # (R, n)
     else:
