@@ -18,9 +18,9 @@ The last column, "replayed", is the same decode with every forward answered from
 of the warm-up's outputs instead of the model (same tokens, checked): the decoder's own work
 with warm caches. On this CPU each forward of the tiny model streams its 3.8 MB of weights
 through a 512 KiB L2, so the code and data of the step that follows come back from L3 and the
-step costs 1.6-2.8x its warm time (measured); on a GPU the forward runs on the device and the
-host's caches stay warm, so this column is the nearer estimate of the host work a GPU run pays
-per step (plus kernel launches).
+step costs 1.6-2.8x its warm time (measured). On a GPU the forward runs on the device and the
+host's caches stay warm: a GPU run pays the warm cost, less the ops' arithmetic (the device's),
+plus kernel launches and the device time of the step's ops (`gpu.py` measures that).
 
 The issue 14 target is <= 0.2 ms per step for every decoder on a 2-core CPU, one thread. Prints a
 table and, last, one JSON line; `--check-tokens FILE` also writes every decoder's tokens (to
