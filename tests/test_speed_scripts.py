@@ -7,6 +7,7 @@ Run: pytest tests/test_speed_scripts.py
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,23 @@ def test_gpu_benchmark_runs_on_cpu_with_a_small_config():
     assert all(r["forwards"] >= 1 for r in llada["decoders"])
     dream = result["families"]["Dream-7B"]  # logit-shifted, with custom attention: every decoder runs (wino too)
     assert {r["decoder"] for r in dream["decoders"] if "skipped" not in r} == set(decoders.names())
+
+
+@pytest.mark.slow  # ~40 s: gpu.py's small configs in full and a two-rank torchrun
+def test_device_check_runs_every_step_on_cpu(tmp_path):
+    """benchmarks/device_check.sh, the one command a GPU machine runs, with its --cpu small configs:
+    both steps run and leave their logs (the GPU itself is not here)."""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    out = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--cpu"], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["env.txt", "gpu.txt", "summary.json", "torchrun.txt"]
+    gpu = json.loads((tmp_path / "gpu.txt").read_text().strip().splitlines()[-1])
+    assert set(gpu["families"]) == {"LLaDA-8B", "Dream-7B"}
+    assert "rank 1 of 2" in (tmp_path / "torchrun.txt").read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["samples"] == summary["present"] == 64
 
 
 @pytest.mark.slow  # ~30 s on a loaded 2-core machine
