@@ -10,7 +10,7 @@
 #                 on a machine with more), `dleval run` on synth_gsm with the tiny model; rank 0 merges
 #   summary.json  that run's merged summary
 # Usage:
-#   bash benchmarks/device_check.sh          # on the GPU machine: ~6 minutes on one H100
+#   bash benchmarks/device_check.sh          # on the GPU machine: at most 330 s + 180 s (its timeouts); a device call with timeout_s 600
 #   bash benchmarks/device_check.sh --cpu    # the same steps with small configs on the CPU (tests/test_speed_scripts.py)
 # Exit status 0 when every step succeeded.
 set -uo pipefail
@@ -40,11 +40,11 @@ if [ "${1:-}" != "--cpu" ] && ! "$py" -c "import torch, sys; sys.exit(0 if torch
 fi
 
 echo "== benchmarks/gpu.py"
-timeout 400 "$py" benchmarks/gpu.py "${gpu_args[@]}" 2>&1 | tee "$out/gpu.txt" || status=1
+timeout 330 "$py" benchmarks/gpu.py "${gpu_args[@]}" 2>&1 | tee "$out/gpu.txt" || status=1
 
 echo "== torchrun: two ranks"
 runs="$(mktemp -d)"  # the run folder holds more files than a device call brings back
-timeout 300 "$py" -m torch.distributed.run --standalone --nproc-per-node 2 -m dleval run --task synth_gsm --decoder fastdllm \
+timeout 180 "$py" -m torch.distributed.run --standalone --nproc-per-node 2 -m dleval run --task synth_gsm --decoder fastdllm \
     --model tiny --limit 64 --out "$runs" --no-progress "${run_args[@]}" 2>&1 | tee "$out/torchrun.txt" || status=1
 summary="$(ls "$runs"/*/summary.json 2>/dev/null | head -n 1)"
 if [ -n "$summary" ]; then cp "$summary" "$out/summary.json"; else echo "no merged summary" >&2; status=1; fi
