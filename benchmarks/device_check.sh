@@ -27,6 +27,10 @@ else
     run_args=()  # under torchrun a rank takes cuda:LOCAL_RANK (modulo the devices there are)
 fi
 status=0
+if ! "$py" -c "import torch" 2>/dev/null; then
+    echo "$py has no PyTorch: set PYTHON to a python that has it" >&2
+    exit 2
+fi
 
 {
     date -u
