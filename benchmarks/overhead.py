@@ -85,12 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     def once(name: str, record: list | None = None) -> tuple[float, float, float, float, int, list]:
         module, cfg, model, ids = setups[name]
-        timed = TimedModel(model if record is None else _Recorder(model, record))
+        recorder = None if record is None else _Recorder(model, record)
+        timed = TimedModel(model if recorder is None else recorder)
         counted = Counted(timed)
         gc.collect()  # the previous decode's garbage is not this one's
         t0, c0 = time.perf_counter(), time.thread_time()
         gens = [module.decode(counted, [p], cfg)[0] for p in ids]
         wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        if recorder is not None and not recorder.cached:  # no forward was given a cache: the K/V need not be kept
+            record[:] = [type(out)(out.logits, None) for out in record]
         return wall, timed.seconds, cpu, timed.cpu_seconds, counted.nfe, [list(g.tokens) for g in gens]
 
     def replay(name: str) -> float:
@@ -174,16 +177,18 @@ class _NoTokens:
 
 class _Recorder:
     """Passes forwards through and keeps each output, its logits copied (decoders write into
-    their logits), for `_Replay`."""
+    their logits), for `_Replay`; `once` drops the K/V of a decode that never passed a cache."""
 
     def __init__(self, model, outputs: list) -> None:
         self.inner, self.outputs = model, outputs
+        self.cached = False  # some forward was given a cache (then the recorded K/V are kept)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     def forward(self, ids, **kwargs):
         out = self.inner.forward(ids, **kwargs)
+        self.cached = self.cached or kwargs.get("cache") is not None
         self.outputs.append(type(out)(out.logits.clone(), out.kv))
         return out
 
