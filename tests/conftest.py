@@ -5,7 +5,9 @@ Run the default suite with `pytest` (slow and GPU tests are excluded by pyprojec
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,16 @@ def random_dream(seed: int = 0, vocab: int = 64, layers: int = 2, kv_heads: int 
             0  # logit 0 for [MASK], below the best of 63 random ones: never proposed, as in a trained model
         )
     return model.eval()
+
+
+def with_and_without_band(monkeypatch, module, run: Callable, attr: str = "BAND_SCALE") -> tuple:
+    """(run() as is, run() with the module's float32 band scaled to infinity): the second takes
+    every decision on the reference's float64 scores, so a float32-first path must equal it."""
+    fast = run()
+    with monkeypatch.context() as m:
+        m.setattr(module, attr, math.inf)
+        slow = run()
+    return fast, slow
 
 
 def write_random_filter(folder: Path, block_length: int, seed: int = 0, bias: float = 2.0) -> Path:

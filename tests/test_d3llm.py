@@ -13,7 +13,7 @@ import torch
 
 from dleval.decoders import _parts, d3llm
 from dleval.models.base import Counted, ForwardOutput, KVCache
-from tests.conftest import random_llada
+from tests.conftest import random_llada, with_and_without_band
 
 _parts_neg_entropy = _parts.neg_entropy
 
@@ -201,10 +201,7 @@ def test_float32_fast_path_equals_the_float64_path(monkeypatch):
     model = random_llada(seed=3)
     for tau in (0.0, 0.5, 2.0, 5.0):
         cfg = d3llm.Config(gen_length=24, block_length=8, threshold=tau, block_add_threshold=0.5, decoded_token_threshold=0.5)
-        fast = [decode(model, p, cfg)[0] for p in PROMPTS]
-        with monkeypatch.context() as m:
-            m.setattr(d3llm, "_BAND_SCALE", math.inf)
-            slow = [decode(model, p, cfg)[0] for p in PROMPTS]
+        fast, slow = with_and_without_band(monkeypatch, d3llm, lambda cfg=cfg: [decode(model, p, cfg)[0] for p in PROMPTS], "_BAND_SCALE")
         assert fast == slow
 
 

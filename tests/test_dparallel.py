@@ -14,7 +14,7 @@ import torch
 from dleval import decoders
 from dleval.decoders import _parts, dparallel
 from dleval.models.base import Counted
-from tests.conftest import random_dream, random_llada
+from tests.conftest import random_dream, random_llada, with_and_without_band
 from tests.recording import FixedLogits, Recording, block_logits
 
 PROMPT = [5, 9, 12, 7, 30]
@@ -201,10 +201,9 @@ def test_float32_fast_path_equals_the_float64_path(monkeypatch, cache):
     for tau, temperature in [(0.0, 0.0), (PARALLEL, 0.0), (4.1, 0.0), (100.0, 0.0), (PARALLEL, 0.7)]:
         cfg = dparallel.Config(gen_length=16, block_length=8, threshold=tau, cache=cache, temperature=temperature)
         seeds = [1, 2] if temperature else None
-        fast = dparallel.decode(Counted(model), prompts, cfg, seeds=seeds)
-        with monkeypatch.context() as m:
-            m.setattr(dparallel, "BAND_SCALE", math.inf)
-            slow = dparallel.decode(Counted(model), prompts, cfg, seeds=seeds)
+        fast, slow = with_and_without_band(
+            monkeypatch, dparallel, lambda cfg=cfg, seeds=seeds: dparallel.decode(Counted(model), prompts, cfg, seeds=seeds)
+        )
         assert fast == slow
 
 
@@ -221,8 +220,7 @@ def test_float64_logits_take_the_float64_entropy_at_once(monkeypatch, module):
         table[:, 1] -= 100  # [MASK] unlikely
         knob = {"threshold": float(_parts.entropy(table[P:]).median())} if module == "dparallel" else {"gamma": 0.5}
         cfg = mod.Config(gen_length=L, block_length=L, **knob)
-        fast = mod.decode(Counted(FixedLogits(table)), [PROMPT], cfg)
-        with monkeypatch.context() as m:
-            m.setattr(mod, "BAND_SCALE", math.inf)
-            slow = mod.decode(Counted(FixedLogits(table)), [PROMPT], cfg)
+        fast, slow = with_and_without_band(
+            monkeypatch, mod, lambda table=table, cfg=cfg: mod.decode(Counted(FixedLogits(table)), [PROMPT], cfg)
+        )
         assert fast == slow

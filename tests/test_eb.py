@@ -5,14 +5,12 @@ Run: pytest tests/test_eb.py
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from dleval.decoders import _parts, _picks, eb
 from dleval.models.base import Counted
-from tests.conftest import random_llada
+from tests.conftest import random_llada, with_and_without_band
 from tests.recording import FixedLogits, Recording, block_logits
 
 PROMPTS = [[5, 9, 12, 7, 30], [8, 3, 44]]
@@ -124,8 +122,7 @@ def test_float32_fast_path_equals_the_float64_path(monkeypatch, cache):
     for gamma, temperature in [(0.0, 0.0), (0.1, 0.0), (1.0, 0.0), (5.0, 0.0), (1.0, 0.7)]:
         cfg = eb.Config(gen_length=16, block_length=8, gamma=gamma, cache=cache, temperature=temperature)
         seeds = [1, 2] if temperature else None
-        fast = eb.decode(Counted(model), PROMPTS, cfg, seeds=seeds)
-        with monkeypatch.context() as m:
-            m.setattr(eb, "BAND_SCALE", math.inf)
-            slow = eb.decode(Counted(model), PROMPTS, cfg, seeds=seeds)
+        fast, slow = with_and_without_band(
+            monkeypatch, eb, lambda cfg=cfg, seeds=seeds: eb.decode(Counted(model), PROMPTS, cfg, seeds=seeds)
+        )
         assert fast == slow
